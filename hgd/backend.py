@@ -1,0 +1,73 @@
+"""The little that differs between Keras backends: a compiled forward pass and input gradients.
+
+Library code is written against ``keras.ops`` so it runs on TensorFlow (the
+default here) and on JAX (the lent GPU machines have no TensorFlow). Only two
+things need the backend itself: compiling an inference call, and the gradient
+of a scalar loss with respect to the model's *input* (attacks), which Keras 3
+does not expose portably.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+
+Tensor = Any
+
+
+def forward_fn(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+    """An inference-mode call of ``model`` compiled for the active backend, numpy in and out.
+
+    ``model(x, training=False)`` under ``tf.function`` / ``jax.jit`` beats
+    ``predict_on_batch`` by ~10% on this CPU and avoids ``predict``'s per-call set-up.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        compiled = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    elif backend == "jax":
+        import jax
+
+        compiled = jax.jit(lambda x: model(x, training=False))
+    else:
+        compiled = lambda x: model(x, training=False)  # noqa: E731 - eager backends (torch)
+    return lambda x: keras.ops.convert_to_numpy(compiled(x))
+
+
+def input_gradient(loss: Callable[[Tensor], Tensor], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Value and gradient of a scalar ``loss(x)`` with respect to ``x``, on the active backend.
+
+    Args:
+        loss: maps a float32 input batch to a scalar tensor using ``keras.ops`` / Keras models.
+        x: the input batch.
+
+    Returns:
+        ``(loss value, d loss / d x)`` as numpy arrays.
+    """
+    backend = keras.backend.backend()
+    x = np.asarray(x, dtype=np.float32)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            value = loss(xt)
+        return value.numpy(), tape.gradient(value, xt).numpy()
+    if backend == "jax":
+        import jax
+
+        value, grad = jax.value_and_grad(loss)(x)
+        return np.asarray(value), np.asarray(grad)
+    if backend == "torch":
+        import torch
+
+        xt = torch.tensor(x, requires_grad=True)
+        value = loss(xt)
+        value.backward()
+        return value.detach().cpu().numpy(), xt.grad.detach().cpu().numpy()
+    raise NotImplementedError(f"input gradients are not implemented for the {backend!r} backend")

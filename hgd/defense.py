@@ -1,0 +1,106 @@
+"""The defense entry point: classify a folder of images, write ``filename,label`` lines.
+
+``defense/run_defense.sh`` and ``baselines/*/run_defense.sh`` are thin wrappers
+around ``python -m hgd.defense --config <their config.json> INPUT_DIR OUTPUT_FILE``.
+The competition contract (``../shared/docs/competition-contract.md``): one line
+per input file, no header, labels 1..1000. A file that cannot be read gets
+label 0 (never correct) and an error line on stderr; the run goes on. The
+output is rewritten atomically after every batch, so a run stopped at the
+time limit keeps every finished batch and never leaves a half-written line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from hgd.images import Batch, iter_batches, list_input_files, write_predictions_csv
+
+UNREADABLE_LABEL = 0
+EXIT_REFUSED = 2
+
+log = logging.getLogger("hgd.defense")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m hgd.defense",
+        description="Classify every file in INPUT_DIR and write competition-format predictions.",
+    )
+    parser.add_argument("input_dir", type=pathlib.Path, help="folder of 299x299 RGB PNGs")
+    parser.add_argument("output_file", type=pathlib.Path, help="CSV to write: filename,label (labels 1..1000)")
+    parser.add_argument("--config", type=pathlib.Path, required=True, help="the submission's config.json")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: config)")
+    return parser.parse_args(argv)
+
+
+def _rows(batch: Batch, labels: Sequence[int]) -> list[tuple[str, int]]:
+    rows = list(zip(batch.names, (int(v) for v in labels)))
+    for name, reason in batch.failed:
+        print(f"ERROR: {name}: {reason}; written with label {UNREADABLE_LABEL}", file=sys.stderr)
+        rows.append((name, UNREADABLE_LABEL))
+    return rows
+
+
+def classify_folder(config_path: pathlib.Path, input_dir: pathlib.Path, output_file: pathlib.Path,
+                    batch_size: int | None = None) -> int:
+    """Run the defense described by ``config_path``; returns the process exit code."""
+    from hgd.defended import load_config  # deferred: keras start-up is not needed to print --help
+
+    config = load_config(config_path)
+    missing = config.missing_weights()
+    if missing:
+        print(
+            f"REFUSED: {config_path} names trained denoiser weights that do not exist: "
+            f"{', '.join(map(str, missing))}.\nHGD must not run an untrained denoiser. Train them with the "
+            "HGD training pipeline, or use the undefended baseline (baselines/undefended).",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    files = list_input_files(input_dir)
+    batch_size = batch_size or config.batch_size
+    rows: list[tuple[str, int]] = []
+    write_predictions_csv(output_file, rows)  # an empty folder still yields an (empty) result file
+    if files:
+        rows = _classify(config, files, batch_size, output_file)
+    print(f"wrote {len(rows)} predictions to {output_file}", file=sys.stderr)
+    return 0
+
+
+def _classify(config, files: list[pathlib.Path], batch_size: int, output_file: pathlib.Path) -> list[tuple[str, int]]:
+    from hgd.backend import forward_fn
+    from hgd.defended import build_defended_model, competition_labels
+
+    start = time.perf_counter()
+    predict = forward_fn(build_defended_model(config.members))
+    log.info("model ready in %.1f s", time.perf_counter() - start)
+    rows: list[tuple[str, int]] = []
+    with tqdm(total=len(files), unit="img", desc="defense", file=sys.stderr) as progress:
+        for batch in iter_batches(files, batch_size):
+            labels = competition_labels(predict(batch.images.astype("float32"))) if batch.names else []
+            rows += _rows(batch, labels)
+            write_predictions_csv(output_file, rows)
+            progress.update(len(batch.names) + len(batch.failed))
+    return rows
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """Console entry point."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        code = classify_folder(args.config, args.input_dir, args.output_file, args.batch_size)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        code = EXIT_REFUSED
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()
