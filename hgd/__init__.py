@@ -5,9 +5,3 @@ Public surface: the target-model zoo (:mod:`hgd.zoo`), the DUNET denoiser
 the pixel I/O (:mod:`hgd.images`); entry points are ``python -m hgd.defense``
 and ``python -m hgd.evaluate``.
 """
-
-import os
-
-# TensorFlow's C++ start-up chatter (oneDNN, CPU-feature notices) buries the
-# progress bar and the error lines a defense must print; a user's own setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -12,3 +12,36 @@ def _private_weights_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HGD_CACHE_DIR", str(tmp_path_factory.mktemp("hgd-cache")))
         yield
+
+
+@pytest.fixture(scope="session")
+def dunet_weights(tmp_path_factory):
+    """Weight files of one small DUNET (width ``0.25``) with three choices of its ``out_conv`` kernel.
+
+    Returns a dict: ``"width"`` -> 0.25; ``"identity"`` -> kernel zeroed, so the denoiser is exactly
+    ``x + 0``; ``"small"`` -> small random kernel (a non-trivial denoiser that keeps the image);
+    ``"large"`` -> large random kernel (destroys the image). Built once per session.
+    """
+    import keras
+    import numpy as np
+
+    from hgd.dunet import build_dunet
+
+    folder = tmp_path_factory.mktemp("dunet-weights")
+    width = 0.25
+    keras.utils.set_random_seed(0)  # the other layers' initial weights: the same every session
+    denoiser = build_dunet(width=width)
+    out_conv = denoiser.get_layer("out_conv")
+    (shape,) = [w.shape for w in out_conv.get_weights()]  # the kernel only (no bias)
+    rng = np.random.default_rng(0)
+    kernels = {
+        "identity": np.zeros(shape, np.float32),
+        "small": rng.normal(0.0, 0.01, shape).astype(np.float32),
+        "large": rng.normal(0.0, 10.0, shape).astype(np.float32),
+    }
+    paths = {}
+    for name, kernel in kernels.items():
+        out_conv.set_weights([kernel])
+        paths[name] = folder / f"dunet_{name}.weights.h5"
+        denoiser.save_weights(paths[name])
+    return {"width": width, **paths}

@@ -1,0 +1,109 @@
+"""Wall time (start-up included) and peak memory of whole ``run_defense.sh`` runs.
+
+Why: a submission is judged as a process: how long ``run_defense.sh INPUT_DIR OUTPUT_FILE``
+takes from launch to exit on a folder of images, and its peak memory (the project's goal:
+<= 4 GiB). Measured for (a) ``baselines/undefended`` and (b) the HGD defense with the
+denoisers that ``defense/config.json`` names. Peak memory is the child's max RSS, read with
+``os.wait4`` from this parent process (the shell ``exec``s python, so it is python's).
+
+The trained denoiser weights may not exist yet, and ``defense/run_defense.sh`` refuses to run
+without them. For timing only, ``defense/`` is copied to a temporary folder and RANDOMLY
+INITIALISED DUNET weights (``build_dunet(...).save_weights``, width/lateral from the config)
+are written where its config.json points; the copy is run. Its predictions are meaningless:
+(b) measures cost only. Real weights (when they exist) are used with ``--trained``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+from _common import DEFAULT_IMAGES, REPO, image_folder, log, median, table, temp_workdir
+
+UNTRAINED_WARNING = ("WARNING: (b) HGD RUNS WITH RANDOMLY INITIALISED, UNTRAINED DENOISER WEIGHTS. "
+                     "IT MEASURES COST (TIME, MEMORY) ONLY; ITS PREDICTIONS ARE MEANINGLESS.")
+
+
+def random_weights_copy(workdir: pathlib.Path) -> pathlib.Path:
+    """``defense/`` copied under ``workdir``, with random DUNET weights at its config's paths."""
+    import keras
+
+    from hgd.dunet import build_dunet
+
+    copy = workdir / "defense"
+    shutil.copytree(REPO / "defense", copy)
+    keras.utils.set_random_seed(0)
+    for member in json.loads((copy / "config.json").read_text())["members"]:
+        spec = member.get("denoiser")
+        if spec:
+            path = copy / spec["weights"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            build_dunet(width=float(spec.get("width", 1.0)), lateral=bool(spec.get("lateral", True))).save_weights(path)
+            log(f"wrote untrained weights {path}")
+    keras.backend.clear_session()
+    return copy
+
+
+def run_once(script: pathlib.Path, images: pathlib.Path, output: pathlib.Path) -> tuple[float, float, int, int]:
+    """(wall s, peak RSS GiB, exit code, prediction lines) of one run; its stderr passes through."""
+    env = {**os.environ, "PYTHON": sys.executable}
+    output.unlink(missing_ok=True)
+    start = time.perf_counter()
+    proc = subprocess.Popen(["sh", str(script), str(images), str(output)], env=env, stdout=sys.stderr)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen from waiting again
+    lines = len(output.read_text().splitlines()) if output.exists() else 0
+    return wall, usage.ru_maxrss / 2**20, proc.returncode, lines  # ru_maxrss is in KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=pathlib.Path, default=DEFAULT_IMAGES, help="PNG folder (first --n files)")
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--which", nargs="+", choices=["undefended", "hgd"], default=["undefended", "hgd"])
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each, alternating; medians are reported")
+    parser.add_argument("--trained", action="store_true", help="run defense/ itself, with its real weights")
+    args = parser.parse_args()
+
+    with temp_workdir("defense") as tmp:
+        tmp = pathlib.Path(tmp)
+        images = image_folder(args.images, args.n, tmp)
+        n = len(os.listdir(images))
+        scripts = {"(a) baselines/undefended": REPO / "baselines" / "undefended" / "run_defense.sh"}
+        if "hgd" in args.which:
+            if not args.trained:
+                log(UNTRAINED_WARNING)
+            defense = REPO / "defense" if args.trained else random_weights_copy(tmp)
+            label = "(b) HGD, defense/config.json" + ("" if args.trained else " -- UNTRAINED weights, cost only")
+            scripts[label] = defense / "run_defense.sh"
+        if "undefended" not in args.which:
+            del scripts["(a) baselines/undefended"]
+        results: dict[str, list[tuple[float, float, int, int]]] = {name: [] for name in scripts}
+        for r in range(args.rounds):
+            for name in scripts if r % 2 == 0 else reversed(scripts):
+                log(f"round {r + 1}/{args.rounds}: {name}")
+                results[name].append(run_once(scripts[name], images, tmp / "result.csv"))
+                wall, peak, code, lines = results[name][-1]
+                log(f"  {wall:.1f} s, peak RSS {peak:.2f} GiB, exit {code}, {lines} prediction lines")
+
+    rows = []
+    for name, runs in results.items():
+        wall, peak = median([w for w, *_ in runs]), max(p for _, p, *_ in runs)
+        ok = all(code == 0 and lines == n for _, _, code, lines in runs)
+        rows.append([name, n, f"{wall:.1f}", f"{n / wall:.2f}", f"{peak:.2f}", "ok" if ok else "FAILED"])
+    if "hgd" in args.which and not args.trained:
+        print(f"**{UNTRAINED_WARNING}**\n")
+    print(f"Median wall time of {args.rounds} run(s) each (launch to exit, start-up included); peak = max RSS "
+          f"of the process over all runs. Goal: peak <= 4 GiB.\n")
+    print(table(["submission", "images", "wall s", "img/s", "peak RSS GiB", "exit / lines"], rows))
+
+
+if __name__ == "__main__":
+    main()

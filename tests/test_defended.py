@@ -1,0 +1,207 @@
+"""Tests of the defended model (``hgd.defended``): one differentiable Keras graph from pixels to logits."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+
+from hgd.backend import forward_fn, input_gradient
+from hgd.defended import (
+    DenoiserSpec,
+    Member,
+    build_defended_model,
+    build_member,
+    competition_labels,
+    load_config,
+)
+from hgd.images import load_image, read_dataset_csv
+from hgd.zoo import ModelName, get_model
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_data"
+IMAGE_IDS = ("28b7b933c8028c6e", "4b588649cd835d4c")  # two sample images the lite models classify right
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[np.ndarray, np.ndarray]:
+    """(2, 299, 299, 3) float32 pixels of two sample images and their 0-based true classes."""
+    labels = read_dataset_csv(SAMPLE / "dev_dataset.csv")
+    images = np.stack([load_image(SAMPLE / "images" / f"{i}.png")[0] for i in IMAGE_IDS]).astype(np.float32)
+    return images, np.array([labels[i][0] - 1 for i in IMAGE_IDS])
+
+
+@pytest.fixture(scope="module")
+def members(dunet_weights) -> tuple[Member, Member]:
+    """lite0 undefended, and lite0 behind an identity DUNET (``out_conv`` zeroed)."""
+    lite0 = get_model(ModelName.LITE0)
+    return Member(lite0), Member(lite0, DenoiserSpec(dunet_weights["identity"], width=dunet_weights["width"]))
+
+
+@pytest.fixture(scope="module")
+def ensemble_logits(members, batch) -> np.ndarray:
+    return forward_fn(build_defended_model(members))(batch[0])
+
+
+@pytest.fixture(scope="module")
+def member_models(members) -> list[keras.Model]:
+    return [build_member(m) for m in members]
+
+
+@pytest.fixture(scope="module")
+def member_logits(member_models, batch) -> list[np.ndarray]:
+    return [forward_fn(model)(batch[0]) for model in member_models]
+
+
+@pytest.fixture(scope="module")
+def hgd_model(dunet_weights) -> keras.Model:
+    """lite0 behind a non-trivial DUNET (small random ``out_conv``), so gradients cross the denoiser's convs."""
+    spec = DenoiserSpec(dunet_weights["small"], width=dunet_weights["width"])
+    return build_defended_model([Member(get_model(ModelName.LITE0), spec)])
+
+
+# ------------------------------------------------------------------------------------------ the ensemble
+
+
+def test_ensemble_logits_shape(ensemble_logits):
+    assert ensemble_logits.shape == (2, 1000)
+    assert ensemble_logits.dtype == np.float32
+    assert np.all(np.isfinite(ensemble_logits))
+
+
+def test_ensemble_is_the_mean_of_its_members(ensemble_logits, member_logits):
+    plain, denoised = member_logits
+    assert plain.shape == denoised.shape == (2, 1000)
+    np.testing.assert_allclose(ensemble_logits, (plain + denoised) / 2, atol=1e-4, rtol=0)
+    # The identity denoiser changes nothing, so the mean is not an accident of one member.
+    np.testing.assert_allclose(plain, denoised, atol=1e-4, rtol=0)
+
+
+def test_ensemble_classifies_the_sample_images(ensemble_logits, batch):
+    np.testing.assert_array_equal(np.argmax(ensemble_logits, axis=-1), batch[1])
+
+
+def test_denoiser_is_in_the_graph(member_models, hgd_model):
+    """A member with a denoiser contains the DUNET (with the loaded weights); one without does not."""
+    def layer_names(model):
+        return {layer.name for layer in model.layers}
+
+    plain, denoised = member_models
+    assert "dunet" in layer_names(denoised) and "dunet" not in layer_names(plain)
+    assert denoised.name.endswith("_hgd") and plain.name.endswith("_undefended")
+    inner = next(layer for layer in hgd_model.layers if isinstance(layer, keras.Model))
+    kernel = inner.get_layer("dunet").get_layer("out_conv").get_weights()[0]
+    assert np.any(kernel != 0) and np.abs(kernel).max() < 1  # the "small" weights, not a fresh init
+
+
+# ------------------------------------------------------------------------------------- differentiability
+
+
+def test_input_gradient_through_the_denoiser(hgd_model, batch):
+    images, classes = batch
+    onehot = keras.ops.convert_to_tensor(np.eye(1000, dtype=np.float32)[classes])
+
+    def loss(x):
+        return keras.ops.sum(hgd_model(x, training=False) * onehot)
+
+    value, grad = input_gradient(loss, images)
+    assert grad.shape == images.shape and grad.dtype == np.float32
+    assert np.all(np.isfinite(grad)) and np.isfinite(value)
+    assert np.abs(grad).max() > 0
+    assert np.count_nonzero(grad) > grad.size // 2  # every pixel reaches the logits
+
+    # Central difference along the gradient: (f(x + h d) - f(x - h d)) / 2h ~ <g, d>. With d scaled to a
+    # largest component of 1, the step moves no pixel by more than h (float32 rounding stays ~0.1%).
+    direction = grad / np.abs(grad).max()
+    h = 1e-2  # pixel units
+    f = forward_fn(hgd_model)
+    offsets = [f(images + s * h * direction) for s in (1, -1)]
+    plus, minus = (float(np.sum(o[np.arange(len(classes)), classes], dtype=np.float64)) for o in offsets)
+    numeric = (plus - minus) / (2 * h)
+    analytic = float(np.sum(grad.astype(np.float64) * direction))
+    assert analytic > 0
+    assert abs(numeric - analytic) < 0.1 * analytic, (numeric, analytic)
+
+
+# ------------------------------------------------------------------------------------------------ labels
+
+
+def test_competition_labels_are_one_based():
+    logits = np.zeros((3, 1000), np.float32)
+    logits[0, 0] = logits[1, 999] = logits[2, 437] = 1.0
+    np.testing.assert_array_equal(competition_labels(logits), [1, 1000, 438])
+    assert competition_labels(logits[1]) == 1000
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def _write(path: pathlib.Path, config: dict) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_load_config_resolves_denoiser_paths_against_the_config_folder(tmp_path, monkeypatch):
+    config = {"members": [{"model": "efficientnet_lite0"},
+                          {"model": "efficientnet_lite1",
+                           "denoiser": {"weights": "weights/a.weights.h5", "width": 0.5, "lateral": False}}],
+              "batch_size": 7}
+    path = _write(tmp_path / "submission" / "config.json", config)
+    (tmp_path / "submission" / "weights").mkdir()
+    (tmp_path / "submission" / "weights" / "a.weights.h5").write_bytes(b"")
+    monkeypatch.chdir(tmp_path / "submission" / "weights")  # elsewhere: the cwd must not matter
+    loaded = load_config(path)
+    assert loaded.batch_size == 7
+    plain, hgd = loaded.members
+    assert plain.target.name is ModelName.LITE0 and plain.denoiser is None
+    assert hgd.target.name is ModelName.LITE1
+    assert hgd.denoiser == DenoiserSpec(tmp_path / "submission" / "weights" / "a.weights.h5", 0.5, False)
+    assert loaded.missing_weights() == []
+
+    # A relative config path: the weights resolve against its folder, not against the cwd.
+    monkeypatch.chdir(tmp_path)
+    relative = load_config(pathlib.Path("submission/config.json"))
+    assert relative.members[1].denoiser.weights.resolve() == (tmp_path / "submission/weights/a.weights.h5")
+    assert relative.missing_weights() == []
+    assert relative.batch_size == 7
+
+
+def test_load_config_defaults(tmp_path):
+    path = _write(tmp_path / "c.json", {"members": [{"model": "efficientnet_lite2", "denoiser": {"weights": "w.h5"}}]})
+    loaded = load_config(path)
+    assert loaded.batch_size == 32
+    assert loaded.members[0].denoiser == DenoiserSpec(tmp_path / "w.h5", 1.0, True)
+
+
+@pytest.mark.parametrize("config", [{"members": []}, {}, {"batch_size": 4}], ids=["empty", "absent", "no-members"])
+def test_load_config_needs_members(tmp_path, config):
+    with pytest.raises(ValueError, match="members"):
+        load_config(_write(tmp_path / "c.json", config))
+
+
+def test_load_config_unknown_model_lists_known_ones(tmp_path):
+    path = _write(tmp_path / "c.json", {"members": [{"model": "efficientnet_lite0"}, {"model": "resnet50"}]})
+    with pytest.raises(ValueError, match="resnet50") as info:
+        load_config(path)
+    for name in ModelName:
+        assert name.value in str(info.value)
+
+
+def test_missing_weights_lists_exactly_the_missing_files(tmp_path):
+    (tmp_path / "present.weights.h5").write_bytes(b"x")
+    (tmp_path / "a_folder.weights.h5").mkdir()  # not a file: counts as missing
+    config = {"members": [{"model": "efficientnet_lite0"},
+                          {"model": "efficientnet_lite0", "denoiser": {"weights": "present.weights.h5"}},
+                          {"model": "efficientnet_lite1", "denoiser": {"weights": "absent.weights.h5"}},
+                          {"model": "efficientnet_lite2", "denoiser": {"weights": "a_folder.weights.h5"}}]}
+    loaded = load_config(_write(tmp_path / "c.json", config))
+    assert loaded.missing_weights() == [tmp_path / "absent.weights.h5", tmp_path / "a_folder.weights.h5"]
+    (tmp_path / "absent.weights.h5").write_bytes(b"x")
+    assert loaded.missing_weights() == [tmp_path / "a_folder.weights.h5"]
