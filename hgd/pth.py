@@ -97,7 +97,12 @@ class _AllowListUnpickler(pickle.Unpickler):
 
 
 def _load_pickle(f: IO[bytes]) -> Any:
-    return _AllowListUnpickler(f).load()
+    try:
+        return _AllowListUnpickler(f).load()
+    except UnsafePickleError:
+        raise
+    except (EOFError, pickle.UnpicklingError) as exc:  # also a zip-format (torch >= 1.6) file
+        raise ValueError(f"not a legacy torch file, or truncated ({exc})") from exc
 
 
 def _collect_storages(obj: Any) -> dict[str, _StorageRef]:
@@ -105,7 +110,10 @@ def _collect_storages(obj: Any) -> dict[str, _StorageRef]:
 
 
 def _read_storage_bytes(f: IO[bytes], ref: _StorageRef) -> np.ndarray:
-    (numel,) = struct.unpack("<q", f.read(8))
+    header = f.read(8)
+    if len(header) != 8:
+        raise ValueError(f"storage {ref.key}: file truncated (no element count)")
+    (numel,) = struct.unpack("<q", header)
     if numel != ref.numel:
         raise ValueError(f"storage {ref.key}: header says {numel} elements, pickle says {ref.numel}")
     nbytes = numel * ref.dtype.itemsize
@@ -156,6 +164,8 @@ def load_legacy_state_dict(path: str | os.PathLike) -> "collections.OrderedDict[
         if not isinstance(obj, collections.OrderedDict) or not isinstance(keys, list):
             raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
         storages = _collect_storages(obj)
+        if set(map(str, keys)) != set(storages):
+            raise ValueError(f"{path}: the storage key list does not match the tensors' storages")
         buffers = {str(k): _read_storage_bytes(f, storages[str(k)]) for k in keys}
     return collections.OrderedDict(
         (name, _materialize(v, buffers[v.storage.key]) if isinstance(v, _TensorRef) else v)

@@ -326,16 +326,16 @@ def test_metadata(submission):
 
 @pytest.fixture(scope="module")
 def few_images(tmp_path_factory) -> pathlib.Path:
-    """Eight of the sample images (in-process runs through a denoiser are slow on a CPU)."""
+    """Six of the sample images (in-process runs through a denoiser are slow on a CPU)."""
     folder = tmp_path_factory.mktemp("few-images")
-    for path in sorted(SAMPLE_IMAGES.glob("*.png"))[:8]:
+    for path in sorted(SAMPLE_IMAGES.glob("*.png"))[:6]:
         shutil.copyfile(path, folder / path.name)
     return folder
 
 
 def _classify(tmp_path: pathlib.Path, name: str, member: dict, images: pathlib.Path) -> dict[str, int]:
     config = tmp_path / f"{name}.json"
-    config.write_text(json.dumps({"members": [member], "batch_size": 8}))
+    config.write_text(json.dumps({"members": [member], "batch_size": 6}))
     output = tmp_path / f"{name}.csv"
     assert classify_folder(config, images, output) == 0
     labels = read_predictions_csv(output)

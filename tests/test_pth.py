@@ -257,22 +257,15 @@ def _pickles_end(data: bytes) -> int:
     return f.tell()
 
 
-# hgd/pth.py lets these escape as struct.error / EOFError / UnpicklingError instead of the documented
-# ValueError (see the report); strict, so the marks must go once the reader is fixed.
-_NOT_VALUE_ERROR_YET = pytest.mark.xfail(
-    strict=True, raises=(struct.error, EOFError, pickle.UnpicklingError), reason="hgd.pth: truncation not mapped to ValueError"
-)
-
-
 @pytest.mark.parametrize(
     "cut",
     [
         "last-byte",
         "inside-first-blob",
-        pytest.param("inside-count", marks=_NOT_VALUE_ERROR_YET),
-        pytest.param("right-after-pickles", marks=_NOT_VALUE_ERROR_YET),
-        pytest.param("inside-pickles", marks=_NOT_VALUE_ERROR_YET),
-        pytest.param("empty", marks=_NOT_VALUE_ERROR_YET),
+        "inside-count",
+        "right-after-pickles",
+        "inside-pickles",
+        "empty",
     ],
 )
 def test_truncated_file(tmp_path, monkeypatch, cut):
@@ -293,7 +286,6 @@ def test_truncated_file(tmp_path, monkeypatch, cut):
         load_legacy_state_dict(tmp_path / "cut.pth")
 
 
-@_NOT_VALUE_ERROR_YET
 def test_zip_format_file_is_a_value_error(tmp_path):
     """What ``torch.save`` writes by default since torch 1.6: a zip archive, not a legacy file."""
     with zipfile.ZipFile(tmp_path / "new.pth", "w") as z:
