@@ -88,9 +88,13 @@ def _member(entry: dict, base: pathlib.Path) -> Member:
     return Member(target=get_model(entry["model"]), denoiser=spec)
 
 
-def build_member(member: Member, image_size: int | None = IMAGE_SIZE) -> keras.Model:
-    """Pixels (float 0..255) -> one member's logits, through its denoiser if it has one."""
-    name = member.target.name.value
+def build_member(member: Member, image_size: int | None = IMAGE_SIZE, index: int = 0) -> keras.Model:
+    """Pixels (float 0..255) -> one member's logits, through its denoiser if it has one.
+
+    ``index`` (the position in the ensemble) makes the name unique, so one target model may
+    appear twice, e.g. with two different denoisers.
+    """
+    name = f"member{index}_{member.target.name.value}"
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
     x = member.target.to_input_space()(pixels)
     if member.denoiser is not None:
@@ -102,7 +106,7 @@ def build_member(member: Member, image_size: int | None = IMAGE_SIZE) -> keras.M
 def build_defended_model(members: Sequence[Member], image_size: int | None = IMAGE_SIZE) -> keras.Model:
     """Pixels -> the members' averaged logits (1000 classes, 0-based): the defense as one model."""
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
-    logits = [build_member(m, image_size)(pixels) for m in members]
+    logits = [build_member(m, image_size, i)(pixels) for i, m in enumerate(members)]
     averaged = logits[0] if len(logits) == 1 else keras.layers.Average(name="ensemble_logits")(logits)
     return keras.Model(pixels, averaged, name="defended_model")
 

@@ -36,7 +36,7 @@ def dunet_weights(tmp_path_factory):
     rng = np.random.default_rng(0)
     kernels = {
         "identity": np.zeros(shape, np.float32),
-        "small": rng.normal(0.0, 0.01, shape).astype(np.float32),
+        "small": rng.normal(0.0, 0.05, shape).astype(np.float32),
         "large": rng.normal(0.0, 10.0, shape).astype(np.float32),
     }
     paths = {}

@@ -38,32 +38,35 @@ def batch() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def members(dunet_weights) -> tuple[Member, Member]:
-    """lite0 undefended, and lite0 behind an identity DUNET (``out_conv`` zeroed)."""
+def members(dunet_weights) -> dict[str, Member]:
+    """lite0 undefended (``plain``), behind an identity DUNET (``identity``: ``out_conv`` zeroed, so exactly
+    ``x + 0``) and behind a non-trivial DUNET (``small``: small random ``out_conv``)."""
     lite0 = get_model(ModelName.LITE0)
-    return Member(lite0), Member(lite0, DenoiserSpec(dunet_weights["identity"], width=dunet_weights["width"]))
+    width = dunet_weights["width"]
+    return {"plain": Member(lite0),
+            "identity": Member(lite0, DenoiserSpec(dunet_weights["identity"], width=width)),
+            "small": Member(lite0, DenoiserSpec(dunet_weights["small"], width=width))}
 
 
 @pytest.fixture(scope="module")
-def ensemble_logits(members, batch) -> np.ndarray:
-    return forward_fn(build_defended_model(members))(batch[0])
+def ensemble(members) -> keras.Model:
+    """plain + small. Not plain + identity: members with equal logits could not tell a mean from either one."""
+    return build_defended_model([members["plain"], members["small"]])
 
 
 @pytest.fixture(scope="module")
-def member_models(members) -> list[keras.Model]:
-    return [build_member(m) for m in members]
+def ensemble_logits(ensemble, batch) -> np.ndarray:
+    return forward_fn(ensemble)(batch[0])
 
 
 @pytest.fixture(scope="module")
-def member_logits(member_models, batch) -> list[np.ndarray]:
-    return [forward_fn(model)(batch[0]) for model in member_models]
+def member_models(members) -> dict[str, keras.Model]:
+    return {name: build_member(member) for name, member in members.items()}
 
 
 @pytest.fixture(scope="module")
-def hgd_model(dunet_weights) -> keras.Model:
-    """lite0 behind a non-trivial DUNET (small random ``out_conv``), so gradients cross the denoiser's convs."""
-    spec = DenoiserSpec(dunet_weights["small"], width=dunet_weights["width"])
-    return build_defended_model([Member(get_model(ModelName.LITE0), spec)])
+def member_logits(member_models, batch) -> dict[str, np.ndarray]:
+    return {name: forward_fn(model)(batch[0]) for name, model in member_models.items()}
 
 
 # ------------------------------------------------------------------------------------------ the ensemble
@@ -76,39 +79,45 @@ def test_ensemble_logits_shape(ensemble_logits):
 
 
 def test_ensemble_is_the_mean_of_its_members(ensemble_logits, member_logits):
-    plain, denoised = member_logits
-    assert plain.shape == denoised.shape == (2, 1000)
-    np.testing.assert_allclose(ensemble_logits, (plain + denoised) / 2, atol=1e-4, rtol=0)
-    # The identity denoiser changes nothing, so the mean is not an accident of one member.
-    np.testing.assert_allclose(plain, denoised, atol=1e-4, rtol=0)
+    plain, small = member_logits["plain"], member_logits["small"]
+    assert plain.shape == small.shape == (2, 1000)
+    assert np.abs(small - plain).max() > 1e-2  # 100x the tolerance: the mean is not either member's logits
+    np.testing.assert_allclose(ensemble_logits, (plain + small) / 2, atol=1e-4, rtol=0)
+
+
+def test_identity_denoiser_changes_nothing(member_logits):
+    np.testing.assert_allclose(member_logits["identity"], member_logits["plain"], atol=1e-4, rtol=0)
 
 
 def test_ensemble_classifies_the_sample_images(ensemble_logits, batch):
     np.testing.assert_array_equal(np.argmax(ensemble_logits, axis=-1), batch[1])
 
 
-def test_denoiser_is_in_the_graph(member_models, hgd_model):
-    """A member with a denoiser contains the DUNET (with the loaded weights); one without does not."""
+def test_denoisers_are_in_the_graph(member_models, ensemble):
+    """A member with a denoiser contains the DUNET with the loaded weights; one without does not."""
     def layer_names(model):
         return {layer.name for layer in model.layers}
 
-    plain, denoised = member_models
-    assert "dunet" in layer_names(denoised) and "dunet" not in layer_names(plain)
-    assert denoised.name.endswith("_hgd") and plain.name.endswith("_undefended")
-    inner = next(layer for layer in hgd_model.layers if isinstance(layer, keras.Model))
-    kernel = inner.get_layer("dunet").get_layer("out_conv").get_weights()[0]
-    assert np.any(kernel != 0) and np.abs(kernel).max() < 1  # the "small" weights, not a fresh init
+    plain = member_models["plain"]
+    assert "dunet" not in layer_names(plain) and plain.name.endswith("_undefended")
+    for name, kernel_is_zero in (("identity", True), ("small", False)):
+        model = member_models[name]
+        assert "dunet" in layer_names(model) and model.name.endswith("_hgd")
+        kernel = model.get_layer("dunet").get_layer("out_conv").get_weights()[0]
+        assert np.all(kernel == 0) == kernel_is_zero and np.abs(kernel).max() < 1  # loaded, not a fresh init
+    inner = [layer for layer in ensemble.layers if isinstance(layer, keras.Model)]
+    assert ["dunet" in layer_names(model) for model in inner] == [False, True]
 
 
 # ------------------------------------------------------------------------------------- differentiability
 
 
-def test_input_gradient_through_the_denoiser(hgd_model, batch):
+def test_input_gradient_through_the_denoisers(ensemble, batch):
     images, classes = batch
     onehot = keras.ops.convert_to_tensor(np.eye(1000, dtype=np.float32)[classes])
 
     def loss(x):
-        return keras.ops.sum(hgd_model(x, training=False) * onehot)
+        return keras.ops.sum(ensemble(x, training=False) * onehot)
 
     value, grad = input_gradient(loss, images)
     assert grad.shape == images.shape and grad.dtype == np.float32
@@ -120,7 +129,7 @@ def test_input_gradient_through_the_denoiser(hgd_model, batch):
     # largest component of 1, the step moves no pixel by more than h (float32 rounding stays ~0.1%).
     direction = grad / np.abs(grad).max()
     h = 1e-2  # pixel units
-    f = forward_fn(hgd_model)
+    f = forward_fn(ensemble)
     offsets = [f(images + s * h * direction) for s in (1, -1)]
     plus, minus = (float(np.sum(o[np.arange(len(classes)), classes], dtype=np.float64)) for o in offsets)
     numeric = (plus - minus) / (2 * h)
@@ -205,3 +214,10 @@ def test_missing_weights_lists_exactly_the_missing_files(tmp_path):
     assert loaded.missing_weights() == [tmp_path / "absent.weights.h5", tmp_path / "a_folder.weights.h5"]
     (tmp_path / "absent.weights.h5").write_bytes(b"x")
     assert loaded.missing_weights() == [tmp_path / "a_folder.weights.h5"]
+
+
+def test_one_target_model_may_appear_twice(members, batch, member_logits) -> None:
+    """Two denoisers in front of the same classifier (an experiment's ensemble) build and average."""
+    twice = build_defended_model([members["identity"], members["small"]])
+    expected = (member_logits["identity"] + member_logits["small"]) / 2
+    np.testing.assert_allclose(forward_fn(twice)(batch[0]), expected, atol=1e-4)

@@ -3,9 +3,9 @@
 ``./run_defense.sh INPUT_DIR OUTPUT_FILE`` in a fresh process, then the output and stderr are checked
 (``docs/competition-contract.md``): one ``filename,label`` line per input file, no header, labels
 1..1000, label 0 and an ``ERROR`` line for a file that cannot be read. Each run of the undefended
-baseline costs seconds (TensorFlow start-up and three models), so a couple of runs on folders
-crafted to hold every case are shared by many tests. A defense with a denoiser is checked
-in-process through ``hgd.defense.classify_folder``.
+baseline costs seconds (TensorFlow start-up and three models), so a few runs, started together
+on folders crafted to hold every case, are shared by many tests. A defense with a denoiser is
+checked in-process through ``hgd.defense.classify_folder``.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def run_submission(submission: pathlib.Path, *args: object) -> subprocess.Comple
 
 
 class Launched:
-    """A submission run started in the background (the runs share two CPU cores better than they queue)."""
+    """A submission run started in the background: much of a run is single-threaded start-up, so runs
+    started together overlap instead of queueing."""
 
     def __init__(self, logs: pathlib.Path, submission: pathlib.Path, *args: object) -> None:
         self._out, self._err = logs.with_suffix(".stdout"), logs.with_suffix(".stderr")
@@ -101,7 +102,7 @@ def mixed_dir(tmp_path_factory) -> pathlib.Path:
     folder = tmp_path_factory.mktemp("mixed-input")
     for name, image_id in COPIES.items():
         shutil.copyfile(SAMPLE_IMAGES / f"{image_id}.png", folder / name)
-    rgb = np.asarray(Image.open(SAMPLE_IMAGES / f"{RGBA[1]}.png").convert("RGB"))
+    rgb = load_image(SAMPLE_IMAGES / f"{RGBA[1]}.png")[0]
     alpha = np.random.default_rng(0).integers(0, 256, rgb.shape[:2], dtype=np.uint8)
     Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(folder / RGBA[0])
     gray = Image.open(SAMPLE_IMAGES / "c6a3411a3987799f.png").convert("L")
@@ -118,8 +119,11 @@ def mixed_dir(tmp_path_factory) -> pathlib.Path:
     shutil.copyfile(SAMPLE_IMAGES / "52ed0e738b90d27a.png", folder / "a_subfolder" / "inside.png")
 
     # The fixture's own premises: the variants really decode to the same pixels as what they copy.
-    assert Image.open(folder / GRAY16).mode.startswith("I")
-    assert Image.open(folder / RGBA[0]).mode == "RGBA" and Image.open(folder / PALETTE).mode == "P"
+    def mode(name: str) -> str:
+        with Image.open(folder / name) as im:
+            return im.mode
+
+    assert mode(GRAY16).startswith("I;16") and mode(RGBA[0]) == "RGBA" and mode(PALETTE) == "P"
     np.testing.assert_array_equal(load_image(folder / GRAY16)[0], load_image(folder / GRAY)[0])
     np.testing.assert_array_equal(load_image(folder / RGBA[0])[0], rgb)
     return folder
@@ -235,7 +239,7 @@ def test_identical_pixels_get_identical_labels(mixed_labels, sample_predictions)
     """Renaming a file, or storing the same pixels another way, does not change the prediction."""
     truth = read_dataset_csv(DATASET_CSV)
     copies = {**COPIES, RGBA[0]: RGBA[1]}
-    right = {name: image_id for name, image_id in copies.items() if sample_predictions[image_id] == truth[image_id][0]}
+    right = {name: i for name, i in copies.items() if sample_predictions[i] == truth[i][0]}
     assert len(right) >= len(copies) - 1, "the undefended model should get (nearly) all these originals right"
     assert {name: mixed_labels[name] for name in right} == {name: sample_predictions[i] for name, i in right.items()}
     assert mixed_labels[GRAY16] == mixed_labels[GRAY]
@@ -286,8 +290,8 @@ def test_hgd_defense_refuses_without_trained_weights(runs):
     from hgd.defended import load_config
 
     config = load_config(HGD / "config.json")
+    assert config.members and all(m.denoiser is not None for m in config.members)
     weights = [m.denoiser.weights for m in config.members]
-    assert weights and all(w is not None for w in weights)
     if any(w.exists() for w in weights):
         pytest.skip(f"trained denoiser weights exist now ({[str(w) for w in weights if w.exists()]}): "
                     "the refusal cannot be exercised")
@@ -345,15 +349,16 @@ def _classify(tmp_path: pathlib.Path, name: str, member: dict, images: pathlib.P
 
 def test_denoiser_is_in_the_decision_path(tmp_path, dunet_weights, few_images):
     lite0 = {"model": "efficientnet_lite0"}
-    width = dunet_weights["width"]
-    for kernel in ("identity", "large"):  # weights are found relative to the config file's folder
+
+    def behind(kernel: str) -> dict:  # the weights are named relative to the config file's folder
         shutil.copyfile(dunet_weights[kernel], tmp_path / f"{kernel}.weights.h5")
+        return {**lite0, "denoiser": {"weights": f"{kernel}.weights.h5", "width": dunet_weights["width"]}}
+
     plain = _classify(tmp_path, "plain", lite0, few_images)
-    identity = _classify(tmp_path, "identity", {**lite0, "denoiser": {"weights": "identity.weights.h5", "width": width}},
-                         few_images)
+    truth = read_dataset_csv(DATASET_CSV)
+    assert sum(plain[i] == truth[i][0] for i in plain) >= len(plain) - 2, plain  # a working classifier
+    identity = _classify(tmp_path, "identity", behind("identity"), few_images)
     assert identity == plain  # x + 0: exactly the undefended classifier
-    assert all(1 <= label <= 1000 for label in plain.values())
-    scrambled = _classify(tmp_path, "large", {**lite0, "denoiser": {"weights": "large.weights.h5", "width": width}},
-                          few_images)
+    scrambled = _classify(tmp_path, "large", behind("large"), few_images)
     changed = [name for name in plain if scrambled[name] != plain[name]]
-    assert len(changed) >= len(plain) // 2, (plain, scrambled)
+    assert len(changed) >= len(plain) // 2, (plain, scrambled)  # the denoiser's output is what gets classified
