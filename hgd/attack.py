@@ -1,0 +1,313 @@
+"""The attack entry point: perturb every image of a folder within MAX_EPSILON, write same-named PNGs.
+
+``attacks/<name>/run_attack.sh`` are thin wrappers around
+``python -m hgd.attack --config <their config.json> INPUT_DIR OUTPUT_DIR MAX_EPSILON``. The
+competition contract (``../shared/docs/competition-contract.md``):
+
+* every readable image of INPUT_DIR gets a PNG of the same file name in OUTPUT_DIR (created if
+  missing), 299x299 RGB uint8, inside the MAX_EPSILON box of the input. MAX_EPSILON is an integer
+  number of pixel levels, 0..255; anything else is refused (exit 2).
+* A file that cannot be read is reported on stderr (``ERROR: <name>: <reason>``) and skipped: an
+  attack has nothing to write for it. The run goes on.
+* Odd inputs (RGBA, grey, palette, 16-bit, a wrong size) are converted by :mod:`hgd.images` the
+  way the defense converts them (alpha dropped, 16-bit scaled, resized to 299 with a warning), and
+  the attack works in the box of the *converted* image. The harness clips every output to the box
+  of the ORIGINAL image anyway (and resizes a wrong-sized output back), so that is what counts.
+* Targeted attacks (``"targeted": true`` in the config) read ``target_class.csv`` from INPUT_DIR
+  (no header, ``<ImageId>.png,<target 1..1000>`` lines; target ``t`` is 0-based class ``t - 1``).
+  An image without a valid entry is attacked towards its least likely class, with a warning.
+  ``target_class.csv`` is never taken for an input image, targeted or not.
+* Outputs are written batch by batch (atomically, by :func:`hgd.images.save_png`), so a run stopped
+  at the time limit keeps every finished image.
+
+Config (``config.json`` beside the submission's script)::
+
+    {"attack": "mifgsm", "steps": 10, "mu": 1.0,
+     "model": {"members": ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]},
+     "batch_size": 16, "notes": "free text"}
+
+``attack`` is one of :class:`AttackName`; the attack's keyword arguments (``steps``, ``alpha``,
+``mu``, ``seed``: those its class takes) sit beside it. ``targeted`` (bool) reads targets;
+``least_likely`` (bool, untargeted submissions only) aims every image at its least likely class.
+``model`` is ``{"members": [names...]}`` (undefended members, logits averaged) or
+``{"defense_config": "path/to/config.json"}`` (a defense's config, relative to this file: attack
+the defended model itself). Attacks that never look at a model (``noop``, ``random_noise``) need no
+``model``, and none is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import enum
+import inspect
+import json
+import logging
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from hgd.images import NUM_LABELS, iter_batches, list_input_files, save_png
+
+TARGET_CLASS_CSV = "target_class.csv"
+EXIT_REFUSED = 2
+DEFAULT_BATCH_SIZE = 16
+
+log = logging.getLogger("hgd.attack")
+
+
+class AttackName(str, enum.Enum):
+    """Attack ids a config may name (a CLI string and Python code take one path)."""
+
+    NOOP = "noop"
+    RANDOM_NOISE = "random_noise"
+    FGSM = "fgsm"
+    IFGSM = "ifgsm"
+    BIM = "bim"
+    PGD = "pgd"
+    MIFGSM = "mifgsm"
+
+    def attack_class(self) -> type:
+        from hgd import attacks
+
+        return {
+            AttackName.NOOP: attacks.NoOp,
+            AttackName.RANDOM_NOISE: attacks.RandomNoise,
+            AttackName.FGSM: attacks.FGSM,
+            AttackName.IFGSM: attacks.BIM,
+            AttackName.BIM: attacks.BIM,
+            AttackName.PGD: attacks.PGD,
+            AttackName.MIFGSM: attacks.MIFGSM,
+        }[self]
+
+
+_ATTACK_PARAMETERS = ("steps", "alpha", "mu", "seed")
+_CONFIG_KEYS = frozenset({"attack", "model", "batch_size", "targeted", "least_likely", "notes", *_ATTACK_PARAMETERS})
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """A parsed attack ``config.json``.
+
+    Attributes:
+        attack: the attack object, hyperparameters set.
+        model: the ``"model"`` entry (``None`` when the attack needs no model).
+        base: the config's folder (relative paths in ``model`` are resolved against it).
+        targeted: read ``target_class.csv`` and attack towards its targets.
+        least_likely: untargeted submission that aims at each image's least likely class.
+        batch_size: images per attack call.
+    """
+
+    attack: Any
+    model: dict | None
+    base: pathlib.Path
+    targeted: bool
+    least_likely: bool
+    batch_size: int
+
+
+def _epsilon(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"must be an integer number of pixel levels in 0..255, got {text!r}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m hgd.attack",
+        description="Write an adversarial PNG, within MAX_EPSILON, for every image in INPUT_DIR.",
+    )
+    parser.add_argument("input_dir", type=pathlib.Path, help="folder of 299x299 RGB PNGs (and target_class.csv)")
+    parser.add_argument("output_dir", type=pathlib.Path, help="folder to write the adversarial PNGs to")
+    parser.add_argument("max_epsilon", metavar="MAX_EPSILON", type=_epsilon,
+                        help="L-infinity bound in pixel levels, an integer 0..255")
+    parser.add_argument("--config", type=pathlib.Path, required=True, help="the submission's config.json")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per attack call (default: config)")
+    return parser.parse_args(argv)
+
+
+def load_attack_config(path: str | pathlib.Path) -> AttackConfig:
+    """Read and validate an attack submission's ``config.json`` (see the module docstring)."""
+    path = pathlib.Path(path)
+    raw = json.loads(path.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the config must be a JSON object")
+    unknown = sorted(set(raw) - _CONFIG_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; known: {sorted(_CONFIG_KEYS)}")
+    try:
+        name = AttackName(raw.get("attack"))
+    except ValueError:
+        raise ValueError(f"{path}: 'attack' must be one of {[a.value for a in AttackName]}, "
+                         f"got {raw.get('attack')!r}") from None
+    cls = name.attack_class()
+    parameters = {key: raw[key] for key in _ATTACK_PARAMETERS if key in raw}
+    accepted = [p.name for p in inspect.signature(cls).parameters.values() if p.kind == p.KEYWORD_ONLY]
+    rejected = sorted(set(parameters) - set(accepted))
+    if rejected:
+        raise ValueError(f"{path}: attack {name.value!r} takes no parameter(s) {rejected}; it takes {accepted}")
+    attack = cls(**parameters)
+    targeted, least_likely = raw.get("targeted", False), raw.get("least_likely", False)
+    for key, value in (("targeted", targeted), ("least_likely", least_likely)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{path}: {key!r} must be true or false, got {value!r}")
+    if targeted and least_likely:
+        raise ValueError(f"{path}: 'targeted' and 'least_likely' exclude each other")
+    model = raw.get("model")
+    if attack.requires_model:
+        _check_model_entry(model, path)
+    batch_size = raw.get("batch_size", DEFAULT_BATCH_SIZE)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{path}: 'batch_size' must be an integer >= 1, got {batch_size!r}")
+    return AttackConfig(attack=attack, model=model if attack.requires_model else None, base=path.parent,
+                        targeted=targeted, least_likely=least_likely, batch_size=batch_size)
+
+
+def _check_model_entry(model: Any, path: pathlib.Path) -> None:
+    if not isinstance(model, dict) or len(model) != 1 or not ({"members", "defense_config"} & set(model)):
+        raise ValueError(f"{path}: 'model' must be {{\"members\": [model names]}} or "
+                         f"{{\"defense_config\": \"path\"}}, got {model!r}")
+    if "members" in model:
+        from hgd.zoo import get_model
+
+        members = model["members"]
+        if not isinstance(members, list) or not members:
+            raise ValueError(f"{path}: 'model.members' must list at least one target model, got {members!r}")
+        for member in members:
+            if isinstance(member, dict) and set(member) != {"model"}:
+                raise ValueError(f"{path}: a member of 'model.members' is a name or {{\"model\": name}}, got "
+                                 f"{member!r}; to attack a defense with denoisers use {{\"defense_config\": path}}")
+            get_model(member["model"] if isinstance(member, dict) else member)  # raises on unknown names
+
+
+def build_model(config: AttackConfig):
+    """The Keras model the attack differentiates: pixels (299x299) -> averaged logits."""
+    from hgd.defended import Member, build_defended_model, load_config
+    from hgd.zoo import get_model
+
+    if "defense_config" in config.model:
+        defense = load_config(config.base / config.model["defense_config"])
+        missing = defense.missing_weights()
+        if missing:
+            raise ValueError(f"the defense to attack names denoiser weights that do not exist: "
+                             f"{', '.join(map(str, missing))}")
+        return build_defended_model(defense.members)
+    names = [m["model"] if isinstance(m, dict) else m for m in config.model["members"]]
+    return build_defended_model([Member(get_model(name)) for name in names])
+
+
+def read_targets(path: pathlib.Path) -> dict[str, int]:
+    """``target_class.csv`` -> 0-based target by image name without ``.png``; bad rows warn and are skipped."""
+    targets: dict[str, int] = {}
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        for number, row in enumerate(csv.reader(f), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            try:
+                target = int(row[1])
+            except (IndexError, ValueError):
+                target = 0
+            if not 1 <= target <= NUM_LABELS:
+                log.warning("%s, line %d: not <ImageId>.png,<target 1..%d>: %r; ignored", path.name, number,
+                            NUM_LABELS, ",".join(row))
+                continue
+            targets[_stem(row[0].strip())] = target - 1
+    return targets
+
+
+def _stem(name: str) -> str:
+    return name[: -len(".png")] if name.endswith(".png") else name
+
+
+def choose_targets(names: Sequence[str], targets: dict[str, int], model, images: np.ndarray) -> np.ndarray:
+    """0-based targets for a batch: from ``targets`` (see :func:`read_targets`) by file name; an image
+    without one gets its least likely class under ``model`` (with a warning)."""
+    from hgd.attacks import LeastLikelyClass
+
+    chosen = np.array([targets.get(_stem(name), -1) for name in names], dtype=np.int64)
+    missing = chosen < 0
+    if missing.any():
+        for name in np.asarray(names)[missing]:
+            log.warning("%s: no target in %s; attacking towards its least likely class", name, TARGET_CLASS_CSV)
+        chosen[missing] = LeastLikelyClass().goal(model, images[missing].astype(np.float32)).classes
+    return chosen
+
+
+def _criterion(config: AttackConfig, model, names: list[str], images: np.ndarray, targets: dict[str, int]):
+    from hgd.attacks import LeastLikelyClass, TargetedMisclassification
+
+    if config.least_likely:
+        return LeastLikelyClass()
+    if not config.targeted:
+        return None  # untargeted, away from the model's own prediction on the clean image
+    return TargetedMisclassification(choose_targets(names, targets, model, images))
+
+
+def attack_folder(config_path: pathlib.Path, input_dir: pathlib.Path, output_dir: pathlib.Path, epsilon: int,
+                  batch_size: int | None = None) -> int:
+    """Run the attack described by ``config_path``; returns the process exit code."""
+    config = load_attack_config(config_path)
+    files = [f for f in list_input_files(input_dir) if f.name != TARGET_CLASS_CSV]
+    targets: dict[str, int] = {}
+    if config.targeted:
+        target_file = input_dir / TARGET_CLASS_CSV
+        if target_file.is_file():
+            targets = read_targets(target_file)
+        else:
+            log.warning("%s: no %s; every image is attacked towards its least likely class",
+                        input_dir, TARGET_CLASS_CSV)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    if files:
+        written = _attack(config, files, output_dir, epsilon, batch_size or config.batch_size, targets)
+    print(f"wrote {written} adversarial images to {output_dir}", file=sys.stderr)
+    return 0
+
+
+def _attack(config: AttackConfig, files: list[pathlib.Path], output_dir: pathlib.Path, epsilon: int,
+            batch_size: int, targets: dict[str, int]) -> int:
+    model = None
+    if config.attack.requires_model:
+        start = time.perf_counter()
+        model = build_model(config)
+        log.info("model ready in %.1f s", time.perf_counter() - start)
+    log.info("%r at epsilon %d, batch size %d", config.attack, epsilon, batch_size)
+    written = 0
+    with tqdm(total=len(files), unit="img", desc="attack", file=sys.stderr) as progress:
+        for batch in iter_batches(files, batch_size):
+            for name, reason in batch.failed:
+                print(f"ERROR: {name}: {reason}", file=sys.stderr)
+            if batch.names:
+                criterion = _criterion(config, model, batch.names, batch.images, targets)
+                adversarial = config.attack(model, batch.images, criterion, epsilon=epsilon)
+                for name, image in zip(batch.names, adversarial):
+                    save_png(output_dir / name, image)
+                written += len(batch.names)
+            progress.update(len(batch.names) + len(batch.failed))
+    return written
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """Console entry point."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        code = attack_folder(args.config, args.input_dir, args.output_dir, args.max_epsilon, args.batch_size)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        code = EXIT_REFUSED
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()
