@@ -1,0 +1,448 @@
+"""Runs the work pieces: every attack on every batch, then every defense on every adversarial batch.
+
+One attack piece (EVAL's worker, ``run_attack_work``):
+
+1. a fresh input folder with the batch's images under anonymized names
+   (``IMG000123.png``) and, for a targeted attack, ``target_class.csv``
+   (``IMG000123.png,<target>`` lines, no header); read-only where permissions apply;
+2. the attack runs with the batch's epsilon under the time limit;
+3. the harness enforces the rules on each expected output: a missing, corrupt or
+   non-regular file counts as missing (the attack earns nothing for it), a
+   wrong size is bicubic-resized to 299x299 (by :func:`hgd.images.load_image`),
+   alpha is dropped, files with other names are ignored, and every pixel is
+   projected into the box ``clip(adv, clip(x - eps, 0, 255), clip(x + eps, 0, 255))``
+   around the clean uint8 image ``x``; the result is saved as
+   ``OUTPUT/adv/<attack>/<ImageId>.png``. Each deviation is logged in the piece's problems.
+
+One defense piece (``run_defense_work``): a fresh input folder with the adversarial
+images of one attack's one batch, named ``ADVBATCH012_IMG000123.png``; the defense
+writes ``result.csv``; it is parsed with :func:`hgd.images.read_predictions_csv`
+(rows without an integer label are skipped; names that were not given are
+ignored) and mapped back to ImageIds. A batch without a readable ``result.csv``
+is *errored*; a defense that crashed or hit the time limit after writing one
+keeps its predictions. An adversarial batch with no image is not given to the
+defenses (there is nothing to classify).
+
+Every finished piece is stored before the next starts (:class:`~hgd.runner.pieces.PieceStore`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from hgd.images import NUM_LABELS, ImageError, load_image, read_predictions_csv
+from hgd.runner.executors import Executor, RunResult
+from hgd.runner.files import (force_rmtree, make_read_only, make_world_writable, write_bytes_atomic,
+                              write_text_atomic)
+from hgd.runner.pieces import (AttackRecord, Dataset, DefenseRecord, ImageBatch, PieceStore, adv_batch_id,
+                               make_batches)
+from hgd.runner.submissions import DEFENSE_OUTPUT_FILE, Attack, Defense
+
+log = logging.getLogger(__name__)
+
+MAX_RESULT_BYTES = 10 * 1024 * 1024
+"""A defense's ``result.csv`` above this size is not read (the batch is errored)."""
+
+LISTED = 5
+"""How many file names a problem line lists before it says "and N more"."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How the run is cut and limited.
+
+    Attributes:
+        batch_size: images per batch (EVAL: 100).
+        epsilon: one MAX_EPSILON for every batch (DEV) or ``"cycle"`` (EVAL: 4, 8, 12, 16 by batch).
+        time_limit: seconds per run of a submission on one batch (EVAL: 500).
+        gpu: ask the executor for GPUs (and use ``container_gpu``).
+        progress: show tqdm progress bars on stderr.
+    """
+
+    batch_size: int = 100
+    epsilon: int | str = 16
+    time_limit: float = 500.0
+    gpu: bool = False
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class Outcome:
+    """Everything a run produced, for scoring and reporting.
+
+    Attributes:
+        attack_records: (attack, batch index) -> record.
+        defense_records: (defense, attack, batch index) -> record.
+        pieces_run / pieces_reused: pieces run now / taken from an earlier run of the same output folder.
+        wall_seconds: the harness's own wall time (both phases).
+        submission_seconds: the summed run time of the submissions run now (as their executor measured).
+    """
+
+    dataset: Dataset
+    batches: list[ImageBatch]
+    attacks: list[Attack]
+    defenses: list[Defense]
+    attack_records: dict[tuple[str, int], AttackRecord]
+    defense_records: dict[tuple[str, str, int], DefenseRecord]
+    pieces_run: int = 0
+    pieces_reused: int = 0
+    wall_seconds: float = 0.0
+    submission_seconds: float = 0.0
+
+
+class Harness:
+    """Runs attacks against defenses on a dataset, writing into ``output_dir``.
+
+    Args:
+        dataset: the images and labels.
+        attacks: non-targeted and targeted attacks (their order numbers the ADVBATCH ids).
+        defenses: the defenses.
+        executor: how each submission runs.
+        output_dir: results, adversarial images, stored pieces and logs.
+        settings: batch size, epsilon, time limit, GPU, progress bars.
+    """
+
+    def __init__(self, *, dataset: Dataset, attacks: Sequence[Attack], defenses: Sequence[Defense],
+                 executor: Executor, output_dir: pathlib.Path, settings: Settings = Settings()) -> None:
+        self.dataset = dataset
+        self.attacks = list(attacks)
+        self.defenses = list(defenses)
+        self.executor = executor
+        self.output_dir = output_dir.resolve()  # submissions run elsewhere: every path they get is absolute
+        self.settings = settings
+        self.store = PieceStore(self.output_dir)
+        self.batches = make_batches(dataset.image_ids, settings.batch_size, settings.epsilon)
+
+    def adv_dir(self, attack: str) -> pathlib.Path:
+        return self.output_dir / "adv" / attack
+
+    def run(self) -> Outcome:
+        """Runs (or reuses) every piece; returns the records. Ctrl-C keeps every finished piece."""
+        outcome = Outcome(dataset=self.dataset, batches=self.batches, attacks=self.attacks,
+                          defenses=self.defenses, attack_records={}, defense_records={})
+        start = time.monotonic()
+        work = self.output_dir / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        fingerprints = {s.name: s.fingerprint() for s in [*self.attacks, *self.defenses]}
+        try:
+            self._attack_phase(outcome, fingerprints, work)
+            self._defense_phase(outcome, fingerprints, work)
+        finally:
+            force_rmtree(work)
+            outcome.wall_seconds = time.monotonic() - start
+        return outcome
+
+    # ------------------------------------------------------------------ attacks
+
+    def _attack_phase(self, outcome: Outcome, fingerprints: dict[str, str], work: pathlib.Path) -> None:
+        total = len(self.attacks) * len(self.batches)
+        with self._bar(total, "attack pieces") as bar:
+            for attack in self.attacks:
+                for batch in self.batches:
+                    bar.set_postfix_str(f"{attack.name} {batch.label}", refresh=False)
+                    record = self.store.load_attack(attack.name, batch.index)
+                    if self._attack_reusable(record, attack, batch, fingerprints[attack.name]):
+                        outcome.pieces_reused += 1
+                    else:
+                        record = self.run_attack_piece(attack, batch, fingerprints[attack.name], work)
+                        self.store.save_attack(record)
+                        outcome.pieces_run += 1
+                        outcome.submission_seconds += record.seconds
+                    outcome.attack_records[attack.name, batch.index] = record
+                    bar.update()
+
+    def _attack_reusable(self, record: AttackRecord | None, attack: Attack, batch: ImageBatch,
+                         fingerprint: str) -> bool:
+        return (record is not None and record.infra_error is None and record.epsilon == batch.epsilon
+                and record.image_ids == list(batch.image_ids) and record.targeted == attack.targeted
+                and record.fingerprint == fingerprint and record.names == batch.attack_names()
+                and all((self.adv_dir(attack.name) / f"{i}.png").is_file() for i in record.produced))
+
+    def run_attack_piece(self, attack: Attack, batch: ImageBatch, fingerprint: str,
+                         work: pathlib.Path) -> AttackRecord:
+        """Runs one attack on one batch and enforces the rules on its outputs."""
+        names = batch.attack_names()
+        scratch = pathlib.Path(tempfile.mkdtemp(prefix=f"{batch.label}-", dir=work))
+        try:
+            input_dir, output_dir = scratch / "input", scratch / "output"
+            input_dir.mkdir()
+            for anonymized, image_id in names.items():
+                shutil.copyfile(self.dataset.image_path(image_id), input_dir / anonymized)
+            if attack.targeted:
+                lines = "".join(f"{a},{self.dataset.target_class(i)}\n" for a, i in names.items())
+                (input_dir / "target_class.csv").write_text(lines, encoding="utf-8")
+            make_read_only(input_dir)
+            make_world_writable(output_dir)
+            result, infra_error = self._execute(lambda: attack.run(
+                self.executor, input_dir, output_dir, batch.epsilon,
+                time_limit=self.settings.time_limit, gpu=self.settings.gpu))
+            problems = run_problems(result, self.settings.time_limit, infra_error)
+            produced, output_problems = enforce_epsilon(output_dir, names, self.dataset, batch.epsilon,
+                                                        self.adv_dir(attack.name))
+            write_text_atomic(self.store.attack_log(attack.name, batch.index), result.log)
+        finally:
+            force_rmtree(scratch)
+        return AttackRecord(attack=attack.name, targeted=attack.targeted, batch=batch.index,
+                            epsilon=batch.epsilon, image_ids=list(batch.image_ids), names=names,
+                            produced=produced, exit_code=result.exit_code, timed_out=result.timed_out,
+                            seconds=round(result.seconds, 3), problems=problems + output_problems,
+                            fingerprint=fingerprint, token=uuid.uuid4().hex, infra_error=infra_error)
+
+    # ----------------------------------------------------------------- defenses
+
+    def _defense_phase(self, outcome: Outcome, fingerprints: dict[str, str], work: pathlib.Path) -> None:
+        total = len(self.defenses) * len(self.attacks) * len(self.batches)
+        with self._bar(total, "defense pieces") as bar:
+            for defense in self.defenses:
+                for attack_index, attack in enumerate(self.attacks):
+                    for batch in self.batches:
+                        bar.set_postfix_str(f"{defense.name} on {attack.name} {batch.label}", refresh=False)
+                        attack_record = outcome.attack_records[attack.name, batch.index]
+                        record = self.store.load_defense(defense.name, attack.name, batch.index)
+                        if (record is not None and record.infra_error is None
+                                and record.attack_token == attack_record.token
+                                and record.fingerprint == fingerprints[defense.name]):
+                            outcome.pieces_reused += 1
+                        else:
+                            adv_id = adv_batch_id(attack_index, batch, len(self.batches))
+                            record = self.run_defense_piece(defense, attack_record, adv_id,
+                                                            fingerprints[defense.name], work)
+                            self.store.save_defense(record)
+                            outcome.pieces_run += 1
+                            outcome.submission_seconds += record.seconds
+                        outcome.defense_records[defense.name, attack.name, batch.index] = record
+                        bar.update()
+
+    def run_defense_piece(self, defense: Defense, attack_record: AttackRecord, adv_id: str, fingerprint: str,
+                          work: pathlib.Path) -> DefenseRecord:
+        """Runs one defense on one attack's adversarial batch and reads its predictions."""
+        produced = set(attack_record.produced)
+        names = {f"{adv_id}_{anonymized}": image_id for anonymized, image_id in attack_record.names.items()
+                 if image_id in produced}
+        record = DefenseRecord(defense=defense.name, attack=attack_record.attack, batch=attack_record.batch,
+                               adv_batch=adv_id, given=list(names.values()), names=names, predictions={},
+                               ran=False, exit_code=None, timed_out=False, seconds=0.0, error=None,
+                               problems=[], fingerprint=fingerprint, attack_token=attack_record.token)
+        if not names:
+            return record  # nothing to classify
+        scratch = pathlib.Path(tempfile.mkdtemp(prefix=f"{adv_id}-", dir=work))
+        try:
+            input_dir, output_dir = scratch / "input", scratch / "output"
+            input_dir.mkdir()
+            adv_dir = self.adv_dir(attack_record.attack)
+            for name, image_id in names.items():
+                shutil.copyfile(adv_dir / f"{image_id}.png", input_dir / name)
+            make_read_only(input_dir)
+            make_world_writable(output_dir)
+            result, infra_error = self._execute(lambda: defense.run(
+                self.executor, input_dir, output_dir, time_limit=self.settings.time_limit, gpu=self.settings.gpu))
+            problems = run_problems(result, self.settings.time_limit, infra_error)
+            predictions, error, parse_problems = read_defense_output(output_dir / DEFENSE_OUTPUT_FILE, names)
+            write_text_atomic(self.store.defense_log(defense.name, attack_record.attack, attack_record.batch),
+                              result.log)
+        finally:
+            force_rmtree(scratch)
+        if infra_error:
+            error = f"executor error: {infra_error}"
+        elif error and problems:
+            error = f"{error} ({problems[0]})"
+        return dataclasses.replace(record, predictions=predictions, ran=True, exit_code=result.exit_code,
+                                   timed_out=result.timed_out, seconds=round(result.seconds, 3), error=error,
+                                   problems=problems + parse_problems, infra_error=infra_error)
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _execute(run) -> tuple[RunResult, str | None]:
+        """Runs a submission. The executor failing (it raised, or it reports no exit status: the code
+        could not be copied, the engine or the image is missing) is an infra error: the piece is
+        recorded, counted as errored, and run again on resume."""
+        try:
+            result = run()
+        except Exception as error:  # noqa: BLE001 - reported, the piece is retried on resume
+            log.warning("executor error: %s", error)
+            message = f"{type(error).__name__}: {error}"
+            return RunResult(exit_code=None, timed_out=False, seconds=0.0, log=message), message
+        if result.exit_code is None and not result.timed_out:
+            return result, last_line(result.log) or "the executor reported no exit status"
+        return result, None
+
+    def _bar(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, unit="piece", file=sys.stderr, disable=not self.settings.progress,
+                    dynamic_ncols=True)
+
+
+def run_problems(result: RunResult, time_limit: float, infra_error: str | None) -> list[str]:
+    """One line per way a run did not end cleanly (exit status, time limit, executor failure)."""
+    if infra_error:
+        return [f"executor error: {infra_error}"]
+    problems = []
+    if result.timed_out:
+        problems.append(f"stopped at the time limit ({time_limit:g} s); what it wrote counts")
+    elif result.exit_code != 0:
+        last = last_line(result.log)
+        status = "no exit status" if result.exit_code is None else f"exit code {result.exit_code}"
+        problems.append(f"{status}" + (f": {last}" if last else ""))
+    return problems
+
+
+def last_line(text: str, limit: int = 300) -> str:
+    """The last non-empty line of a log, shortened."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line:
+            return line if len(line) <= limit else line[: limit - 3] + "..."
+    return ""
+
+
+def listed(names: Sequence[str]) -> str:
+    """``a, b, c`` or ``a, b, c, d, e and 7 more``."""
+    shown = ", ".join(names[:LISTED])
+    return shown if len(names) <= LISTED else f"{shown} and {len(names) - LISTED} more"
+
+
+def project(adv: np.ndarray, clean: np.ndarray, epsilon: int) -> np.ndarray:
+    """The competition's eps box: ``clip(adv, clip(x - eps, 0, 255), clip(x + eps, 0, 255))``, uint8."""
+    x = clean.astype(np.int16)
+    lo = np.clip(x - epsilon, 0, 255)
+    hi = np.clip(x + epsilon, 0, 255)
+    return np.clip(adv.astype(np.int16), lo, hi).astype(np.uint8)
+
+
+def save_adversarial_png(path: pathlib.Path, image: np.ndarray) -> None:
+    """Writes a projected uint8 RGB image as PNG, atomically, with fast (lossless) compression.
+
+    zlib level 1 instead of Pillow's default 6: the pixels are the same, files are ~10% larger and
+    encoding is several times faster, which is most of the harness's own time per attack piece.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image), "RGB").save(buffer, format="PNG", compress_level=1)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def enforce_epsilon(output_dir: pathlib.Path, names: dict[str, str], dataset: Dataset, epsilon: int,
+                    adv_dir: pathlib.Path) -> tuple[list[str], list[str]]:
+    """Checks, projects and stores an attack's outputs.
+
+    Args:
+        output_dir: what the attack wrote.
+        names: anonymized input name -> ImageId.
+        dataset: for the clean images.
+        epsilon: the batch's MAX_EPSILON.
+        adv_dir: where ``<ImageId>.png`` goes; this batch's earlier images there are removed first.
+
+    Returns:
+        The ImageIds that got an adversarial image (dataset order), and the problems, one line each.
+    """
+    adv_dir.mkdir(parents=True, exist_ok=True)
+    for image_id in names.values():
+        (adv_dir / f"{image_id}.png").unlink(missing_ok=True)
+    try:
+        with os.scandir(output_dir) as scan:
+            entries = {entry.name: entry for entry in scan}
+    except OSError:
+        entries = {}
+    problems: list[str] = []
+    foreign = sorted(name for name in entries if name not in names)
+    if foreign:
+        problems.append(f"ignored {len(foreign)} output file(s) not named like an input: {listed(foreign)}")
+    produced, missing, clipped = [], [], []
+    for anonymized, image_id in names.items():
+        entry = entries.get(anonymized)
+        if entry is None:
+            missing.append(anonymized)
+            continue
+        if not entry.is_file(follow_symlinks=False):
+            problems.append(f"{anonymized}: not a regular file; counted as missing")
+            continue
+        try:
+            adv, notes = load_image(entry.path)
+        except ImageError as error:
+            problems.append(f"{anonymized}: unreadable ({error.reason}); counted as missing")
+            continue
+        problems.extend(notes)
+        try:
+            clean, _ = load_image(dataset.image_path(image_id))
+        except ImageError as error:
+            problems.append(f"{anonymized}: the clean image {image_id}.png is unreadable ({error.reason}); "
+                            "counted as missing")
+            continue
+        projected = project(adv, clean, epsilon)
+        if not np.array_equal(projected, adv):
+            clipped.append(anonymized)
+        save_adversarial_png(adv_dir / f"{image_id}.png", projected)
+        produced.append(image_id)
+    if missing:
+        problems.append(f"{len(missing)} of {len(names)} images missing: {listed(missing)}")
+    if clipped:
+        problems.append(f"{len(clipped)} image(s) had pixels outside the eps={epsilon} box (clipped): "
+                        f"{listed(clipped)}")
+    return produced, problems
+
+
+def read_defense_output(path: pathlib.Path, names: dict[str, str]) -> tuple[dict[str, int], str | None, list[str]]:
+    """Reads a defense's ``result.csv`` for the images it was given.
+
+    Returns:
+        ImageId -> label for the given images it labelled, the batch's error (no readable file) or
+        ``None``, and the problems (skipped rows, unknown names, missing predictions, labels out of range).
+    """
+    if not os.path.lexists(path):
+        return {}, f"no {path.name} written", []
+    if not path.is_file() or path.is_symlink():
+        return {}, f"{path.name} is not a regular file", []
+    if path.stat().st_size > MAX_RESULT_BYTES:
+        return {}, f"{path.name} is larger than {MAX_RESULT_BYTES} bytes; not read", []
+    try:
+        raw = read_predictions_csv(path)
+        rows = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as error:
+        return {}, f"{path.name} unreadable: {error}", []
+    problems = []
+    skipped = len([row for row in rows if row.strip()]) - _parsable_rows(rows)
+    if skipped:
+        problems.append(f"{path.name}: skipped {skipped} row(s) without an integer label")
+    by_stem = {name[: -len(".png")]: image_id for name, image_id in names.items()}
+    predictions = {by_stem[stem]: label for stem, label in raw.items() if stem in by_stem}
+    unknown = sorted(stem for stem in raw if stem not in by_stem)
+    if unknown:
+        problems.append(f"{path.name}: ignored predictions for {len(unknown)} name(s) that were not given: "
+                        f"{listed(unknown)}")
+    unlabelled = [name for name, image_id in names.items() if image_id not in predictions]
+    if unlabelled:
+        problems.append(f"{path.name}: no prediction for {len(unlabelled)} of {len(names)} images: "
+                        f"{listed(unlabelled)}")
+    out_of_range = sorted({label for label in predictions.values() if not 1 <= label <= NUM_LABELS})
+    if out_of_range:
+        problems.append(f"{path.name}: label(s) outside 1..{NUM_LABELS} (never correct): "
+                        f"{listed([str(v) for v in out_of_range])}")
+    ordered = {image_id: predictions[image_id] for image_id in names.values() if image_id in predictions}
+    return ordered, None, problems
+
+
+def _parsable_rows(lines: list[str]) -> int:
+    """How many CSV rows :func:`read_predictions_csv` would accept (a name and an integer label)."""
+    count = 0
+    for row in csv.reader(lines):
+        if len(row) >= 2:
+            try:
+                int(row[1])
+            except ValueError:
+                continue
+            count += 1
+    return count
