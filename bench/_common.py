@@ -40,7 +40,7 @@ def image_folder(images: pathlib.Path, n: int, workdir: pathlib.Path) -> pathlib
     for i in range(n):
         path = source[i % len(source)]
         shutil.copyfile(path, out / f"{i // len(source):03d}_{path.name}")
-    log(f"images: {images} absent; {n} copies of the {len(source)} files of {SAMPLE_IMAGES}")
+    log(f"images: {images} absent; {n} files copied (under new names) from the {len(source)} of {SAMPLE_IMAGES}")
     return out
 
 

@@ -6,11 +6,12 @@ takes from launch to exit on a folder of images, and its peak memory (the projec
 denoisers that ``defense/config.json`` names. Peak memory is the child's max RSS, read with
 ``os.wait4`` from this parent process (the shell ``exec``s python, so it is python's).
 
-The trained denoiser weights may not exist yet, and ``defense/run_defense.sh`` refuses to run
-without them. For timing only, ``defense/`` is copied to a temporary folder and RANDOMLY
+Both submission folders are copied to a temporary folder and the copies are run (so
+``--batch-size`` can override their config.json). The trained denoiser weights may not exist
+yet, and ``defense/run_defense.sh`` refuses to run without them: for timing only, RANDOMLY
 INITIALISED DUNET weights (``build_dunet(...).save_weights``, width/lateral from the config)
-are written where its config.json points; the copy is run. Its predictions are meaningless:
-(b) measures cost only. Real weights (when they exist) are used with ``--trained``.
+are written where the copy's config.json points. Its predictions are meaningless: (b) measures
+cost only. With ``--trained`` the real weights (copied along) are used instead.
 """
 
 from __future__ import annotations
@@ -30,14 +31,22 @@ UNTRAINED_WARNING = ("WARNING: (b) HGD RUNS WITH RANDOMLY INITIALISED, UNTRAINED
                      "IT MEASURES COST (TIME, MEMORY) ONLY; ITS PREDICTIONS ARE MEANINGLESS.")
 
 
-def random_weights_copy(workdir: pathlib.Path) -> pathlib.Path:
-    """``defense/`` copied under ``workdir``, with random DUNET weights at its config's paths."""
+def submission_copy(source: pathlib.Path, workdir: pathlib.Path, batch_size: int | None) -> pathlib.Path:
+    """``source`` (a submission folder) copied under ``workdir``, its config's batch size overridden."""
+    copy = workdir / source.relative_to(REPO)
+    shutil.copytree(source, copy)
+    if batch_size:
+        config = json.loads((copy / "config.json").read_text())
+        (copy / "config.json").write_text(json.dumps({**config, "batch_size": batch_size}, indent=1))
+    return copy
+
+
+def write_random_weights(copy: pathlib.Path) -> None:
+    """Writes randomly initialised DUNET weights at the paths ``copy/config.json`` names."""
     import keras
 
     from hgd.dunet import build_dunet
 
-    copy = workdir / "defense"
-    shutil.copytree(REPO / "defense", copy)
     keras.utils.set_random_seed(0)
     for member in json.loads((copy / "config.json").read_text())["members"]:
         spec = member.get("denoiser")
@@ -47,7 +56,6 @@ def random_weights_copy(workdir: pathlib.Path) -> pathlib.Path:
             build_dunet(width=float(spec.get("width", 1.0)), lateral=bool(spec.get("lateral", True))).save_weights(path)
             log(f"wrote untrained weights {path}")
     keras.backend.clear_session()
-    return copy
 
 
 def run_once(script: pathlib.Path, images: pathlib.Path, output: pathlib.Path) -> tuple[float, float, int, int]:
@@ -69,22 +77,25 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--which", nargs="+", choices=["undefended", "hgd"], default=["undefended", "hgd"])
     parser.add_argument("--rounds", type=int, default=1, help="runs of each, alternating; medians are reported")
-    parser.add_argument("--trained", action="store_true", help="run defense/ itself, with its real weights")
+    parser.add_argument("--trained", action="store_true", help="use defense/'s real (trained) weights")
+    parser.add_argument("--batch-size", type=int, default=None, help="override both configs' batch_size")
     args = parser.parse_args()
 
     with temp_workdir("defense") as tmp:
         tmp = pathlib.Path(tmp)
         images = image_folder(args.images, args.n, tmp)
         n = len(os.listdir(images))
-        scripts = {"(a) baselines/undefended": REPO / "baselines" / "undefended" / "run_defense.sh"}
+        scripts = {}
+        if "undefended" in args.which:
+            copy = submission_copy(REPO / "baselines" / "undefended", tmp, args.batch_size)
+            scripts["(a) baselines/undefended"] = copy / "run_defense.sh"
         if "hgd" in args.which:
+            copy = submission_copy(REPO / "defense", tmp, args.batch_size)
             if not args.trained:
                 log(UNTRAINED_WARNING)
-            defense = REPO / "defense" if args.trained else random_weights_copy(tmp)
-            label = "(b) HGD, defense/config.json" + ("" if args.trained else " -- UNTRAINED weights, cost only")
-            scripts[label] = defense / "run_defense.sh"
-        if "undefended" not in args.which:
-            del scripts["(a) baselines/undefended"]
+                write_random_weights(copy)
+            scripts["(b) HGD, defense/config.json" + ("" if args.trained else " -- UNTRAINED weights, cost only")] = (
+                copy / "run_defense.sh")
         results: dict[str, list[tuple[float, float, int, int]]] = {name: [] for name in scripts}
         for r in range(args.rounds):
             for name in scripts if r % 2 == 0 else reversed(scripts):
@@ -100,8 +111,9 @@ def main() -> None:
         rows.append([name, n, f"{wall:.1f}", f"{n / wall:.2f}", f"{peak:.2f}", "ok" if ok else "FAILED"])
     if "hgd" in args.which and not args.trained:
         print(f"**{UNTRAINED_WARNING}**\n")
-    print(f"Median wall time of {args.rounds} run(s) each (launch to exit, start-up included); peak = max RSS "
-          f"of the process over all runs. Goal: peak <= 4 GiB.\n")
+    batch = f"batch size {args.batch_size} (overridden)" if args.batch_size else "the configs' batch size"
+    print(f"Median wall time of {args.rounds} run(s) each (launch to exit, start-up included), {batch}; peak = "
+          f"max RSS of the process over all runs. Goal: peak <= 4 GiB.\n")
     print(table(["submission", "images", "wall s", "img/s", "peak RSS GiB", "exit / lines"], rows))
 
 

@@ -49,7 +49,7 @@ def model_logits(model, images: np.ndarray, batch_size: int, desc: str) -> np.nd
     predict = forward_fn(model)
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, file=sys.stderr, leave=False):
-        out.append(predict(images[start : start + batch_size].astype(np.float32)))
+        out.append(predict(images[start : start + batch_size]))  # uint8: cast inside the graph
     return np.concatenate(out)
 
 
