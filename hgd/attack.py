@@ -53,10 +53,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from hgd.entry import run_main
 from hgd.images import NUM_LABELS, iter_batches, list_input_files, save_png
 
 TARGET_CLASS_CSV = "target_class.csv"
-EXIT_REFUSED = 2
 DEFAULT_BATCH_SIZE = 16
 
 log = logging.getLogger("hgd.attack")
@@ -300,14 +300,7 @@ def _attack(config: AttackConfig, files: list[pathlib.Path], output_dir: pathlib
 def run(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        code = attack_folder(args.config, args.input_dir, args.output_dir, args.max_epsilon, args.batch_size)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        code = EXIT_REFUSED
-    sys.exit(code)
-
+    run_main(lambda: attack_folder(args.config, args.input_dir, args.output_dir, args.max_epsilon, args.batch_size))
 
 if __name__ == "__main__":
     run()

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from hgd.entry import EXIT_REFUSED, run_main
 from hgd.images import Batch, iter_batches, list_input_files, write_predictions_csv
 
 UNREADABLE_LABEL = 0
-EXIT_REFUSED = 2
 
 log = logging.getLogger("hgd.defense")
 
@@ -94,14 +94,7 @@ def _classify(config, files: list[pathlib.Path], batch_size: int, output_file: p
 def run(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        code = classify_folder(args.config, args.input_dir, args.output_file, args.batch_size)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        code = EXIT_REFUSED
-    sys.exit(code)
-
+    run_main(lambda: classify_folder(args.config, args.input_dir, args.output_file, args.batch_size))
 
 if __name__ == "__main__":
     run()
