@@ -14,6 +14,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections import defaultdict
@@ -352,7 +353,10 @@ def test_interrupt_keeps_finished_pieces(tmp_path):
             "--defense", str(SUBMISSIONS / "constant"), "--dataset-dir", str(tmp_path / "data"),
             "--output-dir", str(tmp_path / "out"), "--batch-size", "2", "--no-progress"]
     env = {**os.environ, "HGD_TEST_MARKER": str(marker)}
-    first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    # A runner started from a backgrounded shell (nohup, CI) inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: give it the default disposition, as a terminal would.
+    first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert first.returncode == 130, first.stderr
     assert "interrupted" in first.stderr
     pieces = tmp_path / "out" / "pieces" / "attacks" / "interrupter"
