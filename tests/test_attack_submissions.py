@@ -15,19 +15,18 @@ import os
 import pathlib
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from hgd.images import load_image
+from submission_process import Launched, run_submission
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_IMAGES = REPO / "sample_data" / "images"
 ATTACKS = REPO / "attacks"
 SUBMISSIONS = sorted(p for p in ATTACKS.iterdir() if (p / "metadata.json").is_file())
-TIMEOUT_S = 600
 EPSILON = 8
 
 SAMPLES = ["28b7b933c8028c6e", "5f03b0c74dff01b5", "ccef0734c1a65549"]
@@ -35,38 +34,6 @@ READABLE = [f"{i}.png" for i in SAMPLES] + ["name with spaces.png", "rgba.png", 
 UNREADABLE = ["truncated.png", "notes.txt"]
 TARGETED_IMAGES = ["c7f0b2f1e9ee39d8", "a7f62f3c1d214de4", "8a449436c61da867", "fb061102a4e58b3e"]
 TARGETS = {"c7f0b2f1e9ee39d8": 1, "a7f62f3c1d214de4": 500, "8a449436c61da867": 1000, "fb061102a4e58b3e": 42}
-
-
-def _command(submission: pathlib.Path, *args: object) -> dict:
-    return dict(args=[str(submission / "run_attack.sh"), *map(str, args)],
-                env={**os.environ, "PYTHON": sys.executable},  # HGD_CACHE_DIR comes from conftest
-                cwd=pathlib.Path("/"))  # the script must not depend on the caller's cwd
-
-
-def run_submission(submission: pathlib.Path, *args: object) -> subprocess.CompletedProcess:
-    return subprocess.run(**_command(submission, *args), capture_output=True, text=True, timeout=TIMEOUT_S)
-
-
-class Launched:
-    """A submission run started in the background; ``result()`` waits for it."""
-
-    def __init__(self, logs: pathlib.Path, submission: pathlib.Path, *args: object) -> None:
-        self._out, self._err = logs.with_suffix(".stdout"), logs.with_suffix(".stderr")
-        with open(self._out, "wb") as out, open(self._err, "wb") as err:
-            self.process = subprocess.Popen(**_command(submission, *args), stdout=out, stderr=err)
-        self._result: subprocess.CompletedProcess | None = None
-
-    def result(self) -> subprocess.CompletedProcess:
-        if self._result is None:
-            code = self.process.wait(timeout=TIMEOUT_S)
-            text = [f.read_text(encoding="utf-8", errors="replace") for f in (self._out, self._err)]
-            self._result = subprocess.CompletedProcess(self.process.args, code, *text)
-        return self._result
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import os
 import pathlib
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from PIL import Image
 from hgd.defense import EXIT_REFUSED, classify_folder
 from hgd.evaluate import accuracy
 from hgd.images import load_image, read_dataset_csv, read_predictions_csv
+from submission_process import Launched, run_submission
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_IMAGES = REPO / "sample_data" / "images"
@@ -32,7 +32,6 @@ DATASET_CSV = REPO / "sample_data" / "dev_dataset.csv"
 UNDEFENDED = REPO / "baselines" / "undefended"
 HGD = REPO / "defense"
 SUBMISSIONS = [UNDEFENDED, HGD]
-TIMEOUT_S = 600
 
 # Renamed copies of sample images: new name -> ImageId of the original (identical bytes).
 COPIES = {
@@ -48,44 +47,6 @@ GRAY, GRAY16 = "gray.png", "gray16.png"  # the same grey image, 8-bit and 16-bit
 PALETTE = "palette.png"
 WRONG_SIZE = "wrong_size.png"  # 320x240: resized, with a warning
 UNREADABLE = ("truncated.png", "zero_bytes.png", "notes.txt")
-
-
-def _command(submission: pathlib.Path, *args: object) -> dict:
-    """``<submission>/run_defense.sh ARGS...`` as the competition runs it, with this interpreter."""
-    return dict(
-        args=[str(submission / "run_defense.sh"), *map(str, args)],
-        env={**os.environ, "PYTHON": sys.executable},  # HGD_CACHE_DIR comes from conftest's session fixture
-        cwd=pathlib.Path("/"),  # the script must not depend on the caller's cwd
-    )
-
-
-def run_submission(submission: pathlib.Path, *args: object) -> subprocess.CompletedProcess:
-    """Runs a submission and waits for it."""
-    return subprocess.run(**_command(submission, *args), capture_output=True, text=True, encoding="utf-8",
-                          errors="replace", timeout=TIMEOUT_S)
-
-
-class Launched:
-    """A submission run started in the background: much of a run is single-threaded start-up, so runs
-    started together overlap instead of queueing."""
-
-    def __init__(self, logs: pathlib.Path, submission: pathlib.Path, *args: object) -> None:
-        self._out, self._err = logs.with_suffix(".stdout"), logs.with_suffix(".stderr")
-        with open(self._out, "wb") as out, open(self._err, "wb") as err:  # files: a full pipe cannot block it
-            self.process = subprocess.Popen(**_command(submission, *args), stdout=out, stderr=err)
-        self._result: subprocess.CompletedProcess | None = None
-
-    def result(self) -> subprocess.CompletedProcess:
-        if self._result is None:
-            code = self.process.wait(timeout=TIMEOUT_S)
-            text = [f.read_text(encoding="utf-8", errors="replace") for f in (self._out, self._err)]
-            self._result = subprocess.CompletedProcess(self.process.args, code, *text)
-        return self._result
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 def read_rows(path: pathlib.Path) -> list[list[str]]:
