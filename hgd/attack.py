@@ -112,7 +112,8 @@ class AttackConfig:
     batch_size: int
 
 
-def _epsilon(text: str) -> int:
+def parse_epsilon(text: str) -> int:
+    """MAX_EPSILON from a command line: an integer number of pixel levels, 0..255 (also the runner's --eps)."""
     try:
         value = int(text, 10)
     except ValueError:
@@ -129,7 +130,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("input_dir", type=pathlib.Path, help="folder of 299x299 RGB PNGs (and target_class.csv)")
     parser.add_argument("output_dir", type=pathlib.Path, help="folder to write the adversarial PNGs to")
-    parser.add_argument("max_epsilon", metavar="MAX_EPSILON", type=_epsilon,
+    parser.add_argument("max_epsilon", metavar="MAX_EPSILON", type=parse_epsilon,
                         help="L-infinity bound in pixel levels, an integer 0..255")
     parser.add_argument("--config", type=pathlib.Path, required=True, help="the submission's config.json")
     parser.add_argument("--batch-size", type=int, default=None, help="images per attack call (default: config)")

@@ -404,11 +404,11 @@ def save_png(path: StrPath, image: np.ndarray) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(f"save_png needs shape (H, W, 3), got {image.shape}")
     picture = Image.fromarray(np.ascontiguousarray(image))
-    _write_atomically(pathlib.Path(path), "wb", lambda f: picture.save(f, format="PNG"))
+    write_atomically(pathlib.Path(path), "wb", lambda f: picture.save(f, format="PNG"))
 
 
-def _write_atomically(path: pathlib.Path, mode: str, write: Callable[[IO[Any]], None]) -> None:
-    """Writes through a temporary file in the same folder, then renames it.
+def write_atomically(path: pathlib.Path, mode: str, write: Callable[[IO[Any]], None]) -> None:
+    """Writes through a temporary file in the same folder, then renames it (the runner's files too).
 
     ``os.replace`` is atomic on one file system, so readers see either the old
     file or the complete new one, even if the writer is killed midway. The
@@ -543,4 +543,4 @@ def write_predictions_csv(path: StrPath, rows: Iterable[tuple[str, int]]) -> Non
     def write(f: IO[Any]) -> None:
         csv.writer(f, lineterminator="\n").writerows(lines)
 
-    _write_atomically(path, "w", write)
+    write_atomically(path, "w", write)

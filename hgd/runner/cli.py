@@ -10,6 +10,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from hgd.attack import parse_epsilon
 from hgd.runner.executors import Executor
 from hgd.runner.pieces import EVAL_EPSILONS, DatasetError, load_dataset, make_batches
 from hgd.runner.submissions import SubmissionType, subfolders
@@ -49,12 +50,9 @@ def _epsilon(text: str) -> int | str:
     if text == "cycle":
         return text
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer 0..255 or 'cycle', got {text!r}") from None
-    if not 0 <= value <= 255:
-        raise argparse.ArgumentTypeError(f"epsilon must be in 0..255, got {value}")
-    return value
+        return parse_epsilon(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (or 'cycle')") from None
 
 
 def _positive_int(text: str) -> int:

@@ -9,22 +9,16 @@ import os
 import pathlib
 import shutil
 import stat
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from hgd.images import write_atomically
+
 
 def write_bytes_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Writes ``data`` through a temporary file in the same folder, then renames it into place."""
+    """Writes ``data`` atomically (:func:`hgd.images.write_atomically`), creating missing folders."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(temporary, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    write_atomically(path, "wb", lambda f: f.write(data))
 
 
 def write_text_atomic(path: pathlib.Path, text: str) -> None:

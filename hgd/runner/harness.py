@@ -45,6 +45,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from hgd.attacks.base import Box
 from hgd.images import NUM_LABELS, ImageError, load_image, read_predictions_csv
 from hgd.runner.executors import Executor, RunResult
 from hgd.runner.files import (force_rmtree, make_read_only, make_world_writable, write_bytes_atomic,
@@ -318,10 +319,8 @@ def listed(names: Sequence[str]) -> str:
 
 def project(adv: np.ndarray, clean: np.ndarray, epsilon: int) -> np.ndarray:
     """The competition's eps box: ``clip(adv, clip(x - eps, 0, 255), clip(x + eps, 0, 255))``, uint8."""
-    x = clean.astype(np.int16)
-    lo = np.clip(x - epsilon, 0, 255)
-    hi = np.clip(x + epsilon, 0, 255)
-    return np.clip(adv.astype(np.int16), lo, hi).astype(np.uint8)
+    box = Box.around(clean, epsilon)
+    return np.clip(adv, box.lo, box.hi)
 
 
 def save_adversarial_png(path: pathlib.Path, image: np.ndarray) -> None:
