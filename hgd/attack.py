@@ -202,7 +202,7 @@ def build_model(config: AttackConfig):
         if missing:
             raise ValueError(f"the defense to attack names denoiser weights that do not exist: "
                              f"{', '.join(map(str, missing))}")
-        return build_defended_model(defense.members)
+        return defense.build()
     names = [m["model"] if isinstance(m, dict) else m for m in config.model["members"]]
     return build_defended_model([Member(get_model(name)) for name in names])
 

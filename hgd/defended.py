@@ -1,12 +1,18 @@
-"""The defended model: per member, pixels -> input space -> denoiser -> classifier; logits averaged.
+"""The defended model: pixels -> normalized 299 space -> denoiser -> each classifier; logits averaged.
 
-This is HGD's deployment structure (``../shared/docs/hgd-reference.md``): each
-target model has its own denoiser, trained with its own FGD and working in that
-model's normalized input space; the ensemble combines the members' raw logits
-(the competition solution summed them, averaging has the same argmax and keeps
-the scale of one model's logits). The whole graph is one Keras model from
-pixels to logits, so attacks back-propagate through denoisers and classifiers.
-A member without a denoiser is the plain classifier (the undefended baseline).
+This is HGD's deployment structure (``../shared/docs/hgd-reference.md``). Two layouts:
+
+* **per-model denoisers** (the competition solution): each target model has its own denoiser,
+  trained with its own FGD, working in that model's normalized space;
+* **one shared denoiser** guided by the whole ensemble (the sum of the members' FGD losses):
+  a third of the denoising cost for three members. The members must then share one
+  normalization (the Lite models do).
+
+Denoisers run at the competition's 299x299, before each member's resize to its native
+resolution. The ensemble combines the members' raw logits (the competition solution summed
+them; averaging has the same argmax and keeps the scale of one model's logits). The whole graph
+is one Keras model from pixels to logits, so attacks back-propagate through denoisers and
+classifiers. A member without a denoiser is the plain classifier (the undefended baseline).
 """
 
 from __future__ import annotations
@@ -49,14 +55,30 @@ class Member:
 
 @dataclasses.dataclass(frozen=True)
 class DefenseConfig:
-    """A defense: its members (the ensemble) and the batch size it classifies with."""
+    """A defense: its members (the ensemble), an optional shared denoiser, the batch size it classifies with."""
 
     members: tuple[Member, ...]
     batch_size: int = 32
+    shared_denoiser: DenoiserSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.shared_denoiser is not None:
+            if any(m.denoiser is not None for m in self.members):
+                raise ValueError("a defense has either one shared denoiser or per-member denoisers, not both")
+            shared_normalization(self.members)
+
+    def denoisers(self) -> list[DenoiserSpec]:
+        """Every denoiser the defense runs."""
+        specs = [m.denoiser for m in self.members if m.denoiser is not None]
+        return [self.shared_denoiser, *specs] if self.shared_denoiser else specs
 
     def missing_weights(self) -> list[pathlib.Path]:
         """Denoiser weight files the config names that do not exist."""
-        return [m.denoiser.weights for m in self.members if m.denoiser and not m.denoiser.weights.is_file()]
+        return [spec.weights for spec in self.denoisers() if not spec.weights.is_file()]
+
+    def build(self, image_size: int | None = IMAGE_SIZE) -> keras.Model:
+        """Pixels -> averaged logits: :func:`build_defended_model` for this configuration."""
+        return build_defended_model(self.members, image_size, shared_denoiser=self.shared_denoiser)
 
 
 def load_config(path: str | pathlib.Path) -> DefenseConfig:
@@ -67,25 +89,44 @@ def load_config(path: str | pathlib.Path) -> DefenseConfig:
         {"members": [{"model": "efficientnet_lite0",
                       "denoiser": {"weights": "weights/fgd_lite0.weights.h5", "width": 1.0}}, ...],
          "batch_size": 32}
+
+    or, with one denoiser for the whole ensemble::
+
+        {"denoiser": {"weights": "weights/fgd_ensemble.weights.h5", "width": 0.5},
+         "members": [{"model": "efficientnet_lite0"}, ...]}
     """
     path = pathlib.Path(path)
     raw = json.loads(path.read_text())
     if not raw.get("members"):
         raise ValueError(f"{path}: 'members' must list at least one target model")
-    members = tuple(_member(entry, path.parent) for entry in raw["members"])
-    return DefenseConfig(members=members, batch_size=int(raw.get("batch_size", 32)))
+    members = tuple(
+        Member(target=get_model(entry["model"]), denoiser=_denoiser(entry.get("denoiser"), path.parent))
+        for entry in raw["members"]
+    )
+    try:
+        return DefenseConfig(members=members, batch_size=int(raw.get("batch_size", 32)),
+                             shared_denoiser=_denoiser(raw.get("denoiser"), path.parent))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
-def _member(entry: dict, base: pathlib.Path) -> Member:
-    denoiser = entry.get("denoiser")
-    spec = None
-    if denoiser is not None:
-        spec = DenoiserSpec(
-            weights=base / denoiser["weights"],
-            width=float(denoiser.get("width", 1.0)),
-            lateral=bool(denoiser.get("lateral", True)),
-        )
-    return Member(target=get_model(entry["model"]), denoiser=spec)
+def _denoiser(entry: dict | None, base: pathlib.Path) -> DenoiserSpec | None:
+    if entry is None:
+        return None
+    return DenoiserSpec(
+        weights=base / entry["weights"],
+        width=float(entry.get("width", 1.0)),
+        lateral=bool(entry.get("lateral", True)),
+    )
+
+
+def shared_normalization(members: Sequence[Member]) -> tuple[float, float]:
+    """The ``(offset, scale)`` all members share; a shared denoiser needs one input space."""
+    spaces = {(m.target.offset, m.target.scale) for m in members}
+    if len(spaces) != 1:
+        names = [m.target.name.value for m in members]
+        raise ValueError(f"a shared denoiser needs members with one normalization; {names} have {sorted(spaces)}")
+    return spaces.pop()
 
 
 def build_member(member: Member, image_size: int | None = IMAGE_SIZE, index: int = 0) -> keras.Model:
@@ -96,17 +137,25 @@ def build_member(member: Member, image_size: int | None = IMAGE_SIZE, index: int
     """
     name = f"member{index}_{member.target.name.value}"
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
-    x = member.target.to_input_space()(pixels)
+    x = member.target.normalize()(pixels)
     if member.denoiser is not None:
         x = member.denoiser.build()(x)
-    logits = member.target.build_backbone()(x)
+    logits = member.target.build_from_normalized(image_size)(x)
     return keras.Model(pixels, logits, name=f"{name}_{'hgd' if member.denoiser else 'undefended'}")
 
 
-def build_defended_model(members: Sequence[Member], image_size: int | None = IMAGE_SIZE) -> keras.Model:
-    """Pixels -> the members' averaged logits (1000 classes, 0-based): the defense as one model."""
+def build_defended_model(members: Sequence[Member], image_size: int | None = IMAGE_SIZE, *,
+                         shared_denoiser: DenoiserSpec | None = None) -> keras.Model:
+    """Pixels -> the members' averaged logits (1000 classes, 0-based): the defense as one model.
+
+    With ``shared_denoiser``, one denoiser cleans the normalized image once for every member.
+    """
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
-    logits = [build_member(m, image_size, i)(pixels) for i, m in enumerate(members)]
+    if shared_denoiser is None:
+        logits = [build_member(m, image_size, i)(pixels) for i, m in enumerate(members)]
+    else:
+        denoised = shared_denoiser.build()(members[0].target.normalize()(pixels))
+        logits = [m.target.build_from_normalized(image_size)(denoised) for m in members]
     averaged = logits[0] if len(logits) == 1 else keras.layers.Average(name="ensemble_logits")(logits)
     return keras.Model(pixels, averaged, name="defended_model")
 

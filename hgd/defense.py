@@ -75,10 +75,10 @@ def classify_folder(config_path: pathlib.Path, input_dir: pathlib.Path, output_f
 
 def _classify(config, files: list[pathlib.Path], batch_size: int, output_file: pathlib.Path) -> list[tuple[str, int]]:
     from hgd.backend import forward_fn
-    from hgd.defended import build_defended_model, competition_labels
+    from hgd.defended import competition_labels
 
     start = time.perf_counter()
-    predict = forward_fn(build_defended_model(config.members))
+    predict = forward_fn(config.build())
     log.info("model ready in %.1f s", time.perf_counter() - start)
     rows: list[tuple[str, int]] = []
     with tqdm(total=len(files), unit="img", desc="defense", file=sys.stderr) as progress:

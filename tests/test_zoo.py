@@ -148,7 +148,8 @@ def test_layer_names_unique_and_deterministic(target, backbone, classifier):
     outer = [layer.name for layer in classifier.layers]
     assert len(outer) == len(set(outer))
     # The classifier built its own backbone: a second, independent build must name every layer alike.
-    (second_build,) = [layer for layer in classifier.layers if isinstance(layer, keras.Model)]
+    (second_build,) = [layer for layer in classifier.layers
+                        if isinstance(layer, keras.Model) and not isinstance(layer, keras.Sequential)]
     assert second_build is not backbone
     assert [layer.name for layer in second_build.layers] == names
 

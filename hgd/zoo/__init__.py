@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import keras
 
+from hgd.images import IMAGE_SIZE
 from hgd.zoo import efficientnet_lite
 from hgd.zoo.cache import load_or_convert
 
@@ -30,30 +31,54 @@ class ModelName(str, enum.Enum):
 
 
 @keras.saving.register_keras_serializable(package="hgd")
-class PixelsToInputSpace(keras.layers.Layer):
-    """Pixels (float, 0..255, any size) -> a classifier's input space: affine scaling, then resize.
+class Normalize(keras.layers.Layer):
+    """Pixels (any dtype, 0..255) -> a classifier's normalized space: ``(pixels - offset) / scale``.
 
-    The resize (bicubic, no antialiasing) runs inside the graph so attacks
-    back-propagate through it; ``resolution=None`` feeds the image as it is.
+    HGD's denoisers work in this space (``../shared/docs/hgd-reference.md``), still at the
+    competition's 299x299: they sit between this layer and :class:`ScaleToNative`.
     """
 
-    def __init__(self, offset: float, scale: float, resolution: int | None, **kwargs) -> None:
+    def __init__(self, offset: float, scale: float, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.offset, self.scale, self.resolution = offset, scale, resolution
+        self.offset, self.scale = offset, scale
 
     def call(self, pixels):
-        x = (keras.ops.cast(pixels, "float32") - self.offset) / self.scale
-        if self.resolution is None:
-            return x
-        return keras.ops.image.resize(x, (self.resolution, self.resolution), interpolation="bicubic")
-
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
-        if self.resolution is None:
-            return input_shape
-        return (input_shape[0], self.resolution, self.resolution, input_shape[-1])
+        return (keras.ops.cast(pixels, "float32") - self.offset) / self.scale
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "offset": self.offset, "scale": self.scale, "resolution": self.resolution}
+        return {**super().get_config(), "offset": self.offset, "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="hgd")
+class ScaleToNative(keras.layers.Layer):
+    """Resize (bicubic, no antialiasing, in the graph) by ``resolution / reference``.
+
+    A 299x299 image becomes ``resolution`` x ``resolution``, the classifier's native size; a
+    crop of it (denoiser training) shrinks by the same factor, so objects keep the scale the
+    classifier sees at deployment. A model may be built on an unknown size, but the size must be
+    static when it runs (Keras' resize needs it): true under ``tf.function`` and ``jax.jit`` here.
+    """
+
+    def __init__(self, resolution: int, reference: int = IMAGE_SIZE, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.resolution, self.reference = resolution, reference
+
+    def target_size(self, input_shape: tuple) -> tuple[int | None, int | None]:
+        """The output's spatial size; ``None`` where the input's is not known yet."""
+        return tuple(None if side is None else round(side * self.resolution / self.reference)
+                     for side in input_shape[1:3])
+
+    def call(self, x):
+        size = self.target_size(x.shape)
+        if None in size:
+            raise ValueError(f"{self.name} needs a static spatial size when it runs, got input shape {x.shape}")
+        return keras.ops.image.resize(x, size, interpolation="bicubic")
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], *self.target_size(input_shape), input_shape[-1])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "resolution": self.resolution, "reference": self.reference}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,17 +106,40 @@ class TargetModel:
     guide_layer: str
     logits_layer: str
 
-    def to_input_space(self, name: str | None = None) -> PixelsToInputSpace:
-        """The one conversion from pixels to this model's input space, as a layer."""
-        return PixelsToInputSpace(
-            self.offset, self.scale, self.input_resolution, name=name or f"{self.name.value}_input_space"
-        )
+    def normalize(self) -> Normalize:
+        """Pixels -> this model's normalized space (where its denoiser works), size unchanged."""
+        return Normalize(self.offset, self.scale, name=f"{self.name.value}_normalize")
 
-    def build_classifier(self, image_size: int | None = None) -> keras.Model:
+    def to_native(self) -> keras.layers.Layer:
+        """Normalized 299 space -> the backbone's input: :class:`ScaleToNative`, or nothing."""
+        if self.input_resolution is None:
+            return keras.layers.Identity(name=f"{self.name.value}_at_299")
+        return ScaleToNative(self.input_resolution, name=f"{self.name.value}_to_native")
+
+    def to_input_space(self) -> keras.Sequential:
+        """The one conversion from pixels to this model's input: normalize, then scale to native."""
+        return keras.Sequential([self.normalize(), self.to_native()], name=f"{self.name.value}_input_space")
+
+    def build_classifier(self, image_size: int | None = IMAGE_SIZE) -> keras.Model:
         """Pixels (float 0..255) -> logits: the undefended classifier as attacks and defenses see it."""
         pixels = keras.Input((image_size, image_size, 3), name="pixels")
         backbone = self.build_backbone()
         return keras.Model(pixels, backbone(self.to_input_space()(pixels)), name=f"{self.name.value}_classifier")
+
+    def build_from_normalized(self, image_size: int | None = IMAGE_SIZE, *, guide: bool = False,
+                              backbone: keras.Model | None = None) -> keras.Model:
+        """Normalized space (a 299 image or a crop of it) -> logits, or ``[guide map, logits]``.
+
+        What follows a denoiser: the defense uses the logits, FGD training the guide map too.
+        ``backbone`` shares an already built one (training builds crop- and full-size heads on one).
+        """
+        backbone = backbone or self.build_backbone()
+        x = keras.Input((image_size, image_size, 3), name="normalized")
+        suffix = "guided" if guide else "logits"
+        if guide:
+            backbone = keras.Model(backbone.inputs, [backbone.get_layer(self.guide_layer).output, backbone.outputs[0]],
+                                   name=f"{backbone.name}_{suffix}")
+        return keras.Model(x, backbone(self.to_native()(x)), name=f"{self.name.value}_{suffix}_{image_size}")
 
 
 def _lite(name: ModelName, resize_to_native: bool) -> TargetModel:

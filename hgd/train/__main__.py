@@ -1,0 +1,98 @@
+"""``python -m hgd.train {data,fit}``: build training pairs, train a denoiser (both resume).
+
+Examples (the data sets are described in ``../shared/docs/datasets.md``)::
+
+    python -m hgd.train data ../shared/datasets/imagenet_pool ~/hgd-work/pairs
+    python -m hgd.train fit ~/hgd-work/pairs ~/hgd-work/runs/fgd_lite0 --guidance fgd --models efficientnet_lite0
+
+Rerunning a command with the same folders and options goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+import sys
+
+from hgd.entry import run_main
+from hgd.train.losses import Guidance
+from hgd.zoo import ModelName
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hgd.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    models = [m.value for m in ModelName]
+
+    data = commands.add_parser("data", help="attack clean labelled images into (adversarial, clean) pairs")
+    data.add_argument("source", type=pathlib.Path, help="folder with images/ and labels.csv or dev_dataset.csv")
+    data.add_argument("out_dir", type=pathlib.Path, help="where the pairs go (keep it outside the checkout)")
+    data.add_argument("--models", nargs="+", choices=models, default=["efficientnet_lite0", "efficientnet_lite1"],
+                      help="the training attacks' models (default: Lite0 Lite1; Lite2 stays unseen)")
+    data.add_argument("--attacks-per-image", type=int, default=None,
+                      help="draw this many of the Table 1 attacks per image (default: all of them)")
+    data.add_argument("--validation-fraction", type=float, default=0.1)
+    data.add_argument("--max-epsilon", type=int, default=16, help="eps is drawn per pair from 1..this")
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--batch-size", type=int, default=16, help="images per attack call")
+    data.add_argument("--no-progress", action="store_true")
+
+    fit = commands.add_parser("fit", help="train a denoiser on pairs (resumes in RUN_DIR)")
+    fit.add_argument("pairs_dir", type=pathlib.Path, help="a folder made by `data`")
+    fit.add_argument("run_dir", type=pathlib.Path, help="checkpoints, state and history (outside the checkout)")
+    fit.add_argument("--guidance", choices=[g.value for g in Guidance], default="fgd", help="the loss (default fgd)")
+    fit.add_argument("--models", nargs="+", choices=models, default=["efficientnet_lite0"],
+                     help="guiding target models; several sum their losses (default: Lite0)")
+    fit.add_argument("--width", type=float, default=1.0, help="DUNET width multiplier (default 1.0, the paper's)")
+    fit.add_argument("--dae", action="store_true", help="no lateral connections: the paper's DAE baseline")
+    fit.add_argument("--crop", type=int, default=None, help="train on random crops of this side (default: 299)")
+    fit.add_argument("--batch-size", type=int, default=16)
+    fit.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the pairs")
+    fit.add_argument("--validation-pairs", type=int, default=256, help="validation pairs scored per epoch")
+    fit.add_argument("--max-epochs", type=int, default=30)
+    fit.add_argument("--max-hours", type=float, default=None, help="stop after this many hours of training")
+    fit.add_argument("--learning-rate", type=float, default=1e-3)
+    fit.add_argument("--final-learning-rate", type=float, default=1e-4)
+    fit.add_argument("--patience", type=int, default=2, help="epochs without improvement before lowering the rate")
+    fit.add_argument("--holdout-classes", type=int, default=0, help="classes kept out of training (Table 5)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--no-progress", action="store_true", help="one log line per epoch instead of a bar")
+    return parser
+
+
+def _data(args: argparse.Namespace) -> int:
+    from hgd.train.pairs import PairSpec, build_pairs
+
+    spec = PairSpec(source=str(args.source.resolve()), models=tuple(args.models), seed=args.seed,
+                    validation_fraction=args.validation_fraction, max_epsilon=args.max_epsilon,
+                    attacks_per_image=args.attacks_per_image)
+    plan = build_pairs(args.source, args.out_dir, spec, batch_size=args.batch_size, progress=not args.no_progress)
+    print(f"{len(plan)} pairs in {args.out_dir}")
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from hgd.train.fit import BEST_WEIGHTS, FitConfig, fit
+
+    config = FitConfig(guidance=Guidance(args.guidance), models=tuple(args.models), width=args.width,
+                       lateral=not args.dae, crop=args.crop, batch_size=args.batch_size,
+                       steps_per_epoch=args.steps_per_epoch, validation_pairs=args.validation_pairs,
+                       max_epochs=args.max_epochs, max_hours=args.max_hours, learning_rate=args.learning_rate,
+                       final_learning_rate=args.final_learning_rate, patience=args.patience,
+                       holdout_classes=args.holdout_classes, seed=args.seed)
+    state = fit(args.pairs_dir, args.run_dir, config, verbose=2 if args.no_progress else "auto")
+    print(f"epoch {state.epoch}, best validation loss {state.best_val_loss:.5f}, {state.hours:.2f} h"
+          f"{'; finished: ' + state.finished if state.finished else ''} -> {args.run_dir / BEST_WEIGHTS}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.getLogger("hgd").setLevel(logging.INFO)
+    run_main(lambda: {"data": _data, "fit": _fit}[args.command](args))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

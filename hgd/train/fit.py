@@ -1,0 +1,360 @@
+"""Training a DUNET on (adversarial, clean) pairs: ``model.fit`` with the guided loss, resumable.
+
+Only the denoiser trains; the target models are frozen and run in inference mode (their
+BatchNorm uses its ImageNet statistics), and gradients flow through them into the denoiser.
+The recipe (paper section 4; ``../shared/docs/hgd-reference.md``): Adam at ``learning_rate``
+until the validation loss stops improving for ``patience`` epochs, then ``final_learning_rate``
+until it stops again; the checkpoint with the lowest validation loss is the result.
+
+Cheaper than the paper on purpose, both measured in ``docs/RESULTS.md``: a width multiplier for
+the DUNET and random square crops of the 299 images for training (the same crop and horizontal
+flip for both images of a pair; validation always on the full 299 images, as deployed).
+
+Everything lives in one run folder (outside the checkout)::
+
+    config.json         the FitConfig (resuming with another one is refused)
+    state.json          epoch, learning rate, best validation loss, plateau count, hours spent
+    last.weights.h5     the denoiser after the last finished epoch (+ optimizer.npz: Adam's moments)
+    best.weights.h5     the denoiser with the lowest validation loss: the result
+    history.csv         one row per epoch
+
+An epoch is ``steps_per_epoch`` batches (default: one pass over the training pairs), so a long
+pass can be cut into checkpointed pieces; successive epochs walk through successive shuffles of
+the pairs, so every pair is seen once per pass whatever the epoch length.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import pathlib
+import time
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from hgd.dunet import build_dunet
+from hgd.images import IMAGE_SIZE, load_image, write_atomically
+from hgd.train.losses import Guidance, guidance_loss
+from hgd.train.pairs import TRAIN, VALIDATION, Pair, read_pairs
+from hgd.zoo import NUM_CLASSES, get_model
+
+log = logging.getLogger("hgd.train.fit")
+
+CONFIG_FILE, STATE_FILE, HISTORY_FILE = "config.json", "state.json", "history.csv"
+LAST_WEIGHTS, BEST_WEIGHTS, OPTIMIZER_FILE = "last.weights.h5", "best.weights.h5", "optimizer.npz"
+HISTORY_FIELDS = ("epoch", "learning_rate", "loss", "val_loss", "seconds")
+# Options that may change between the sessions of one run (they say how long to go on, not what to train).
+RESUMABLE_CHANGES = ("max_epochs", "max_hours")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """What to train, and how.
+
+    Attributes:
+        guidance: the loss (PGD needs no target model).
+        models: the guiding target models; several sum their losses (an ensemble-guided denoiser).
+        width, lateral: the DUNET (``lateral=False`` is the paper's DAE).
+        crop: side of the random training crops; ``None``: full 299 images.
+        batch_size: pairs per step.
+        steps_per_epoch: batches per epoch; ``None``: one pass over the training pairs.
+        validation_pairs: how many validation pairs (a fixed random subset) each epoch scores.
+        max_epochs, max_hours: stop after this many epochs / hours of training (``None``: no limit).
+        learning_rate, final_learning_rate, patience: the schedule (see the module doc).
+        holdout_classes: leave this many classes (seeded) out of training entirely (Table 5).
+        seed: seeds the shuffles, crops, flips and the held-out classes.
+    """
+
+    guidance: Guidance = Guidance.FGD
+    models: tuple[str, ...] = ("efficientnet_lite0",)
+    width: float = 1.0
+    lateral: bool = True
+    crop: int | None = None
+    batch_size: int = 16
+    steps_per_epoch: int | None = None
+    validation_pairs: int = 256
+    max_epochs: int = 30
+    max_hours: float | None = None
+    learning_rate: float = 1e-3
+    final_learning_rate: float = 1e-4
+    patience: int = 2
+    holdout_classes: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "guidance", Guidance(self.guidance))
+        object.__setattr__(self, "models", tuple(get_model(m).name.value for m in self.models))
+        if self.guidance.needs_models and not self.models:
+            raise ValueError(f"{self.guidance.value} needs at least one guiding target model")
+        if self.crop is not None and not 32 <= self.crop <= IMAGE_SIZE:
+            raise ValueError(f"crop must be in 32..{IMAGE_SIZE} or None, got {self.crop}")
+        if not 0 <= self.holdout_classes < NUM_CLASSES:
+            raise ValueError(f"holdout_classes must be in 0..{NUM_CLASSES - 1}, got {self.holdout_classes}")
+        for name in ("batch_size", "validation_pairs", "max_epochs", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_json(self) -> str:
+        return json.dumps({**dataclasses.asdict(self), "guidance": self.guidance.value}, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> FitConfig:
+        raw = json.loads(text)
+        return cls(**{**raw, "models": tuple(raw["models"])})
+
+    def heldout(self) -> frozenset[int]:
+        """The classes left out of training (Table 5's unseen classes)."""
+        rng = np.random.default_rng([self.seed, 5])
+        return frozenset(int(c) for c in rng.choice(NUM_CLASSES, self.holdout_classes, replace=False))
+
+
+@dataclasses.dataclass
+class RunState:
+    """What a resumed run needs besides the weights (``state.json``)."""
+
+    epoch: int = 0
+    learning_rate: float = 0.0
+    best_val_loss: float = math.inf
+    epochs_without_improvement: int = 0
+    hours: float = 0.0
+    finished: str = ""  # why training stopped, once it has
+
+
+class PairBatches(keras.utils.PyDataset):
+    """Batches of ``({"adversarial", "clean"}: float32 pixels 0..255, labels)``.
+
+    Training (``shuffle=True``): batch ``i`` of epoch ``e`` is position ``e * len(self) + i`` of an
+    endless stream made of successive seeded shuffles of the pairs, cropped and flipped at random
+    (one crop and flip per pair, shared by both images). Validation: the pairs in order, whole.
+    """
+
+    def __init__(self, pairs: Sequence[Pair], batch_size: int, *, crop: int | None, shuffle: bool, seed: int,
+                 steps: int | None = None) -> None:
+        super().__init__()
+        if not pairs:
+            raise ValueError("no pairs to train or validate on")
+        self.pairs, self.batch_size, self.crop, self.shuffle, self.seed = list(pairs), batch_size, crop, shuffle, seed
+        self.steps = steps or math.ceil(len(self.pairs) / batch_size)
+        self.epoch = 0
+        self._pool = concurrent.futures.ThreadPoolExecutor(4)
+        self._shuffle: tuple[int, np.ndarray] = (-1, np.arange(0))
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, index: int):
+        if not self.shuffle:
+            chosen = self.pairs[index * self.batch_size:(index + 1) * self.batch_size]
+        else:
+            start = (self.epoch * self.steps + index) * self.batch_size
+            chosen = [self.pairs[self._order(position)] for position in range(start, start + self.batch_size)]
+        loaded = list(self._pool.map(lambda pair: (load_image(pair.adversarial)[0], load_image(pair.clean)[0]), chosen))
+        adversarial, clean = (np.stack(images).astype(np.float32) for images in zip(*loaded))
+        if self.shuffle:
+            adversarial, clean = self._augment(adversarial, clean, index)
+        labels = np.array([pair.label0 for pair in chosen], dtype=np.int32)
+        return {"adversarial": adversarial, "clean": clean}, labels
+
+    def _order(self, position: int) -> int:
+        shuffle_index, offset = divmod(position, len(self.pairs))
+        if self._shuffle[0] != shuffle_index:
+            self._shuffle = (shuffle_index, np.random.default_rng([self.seed, shuffle_index]).permutation(len(self.pairs)))
+        return int(self._shuffle[1][offset])
+
+    def _augment(self, adversarial: np.ndarray, clean: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        side = self.crop or IMAGE_SIZE
+        out = [np.empty((len(adversarial), side, side, 3), np.float32) for _ in range(2)]
+        for i in range(len(adversarial)):
+            top, left = rng.integers(0, IMAGE_SIZE - side + 1, size=2)
+            flip = rng.random() < 0.5
+            for source, target in zip((adversarial, clean), out):
+                window = source[i, top:top + side, left:left + side]
+                target[i] = window[:, ::-1] if flip else window
+        return out[0], out[1]
+
+
+class DenoiserTraining(keras.Model):
+    """The denoiser with its loss: ``fit`` trains ``denoiser`` only, the heads are frozen."""
+
+    def __init__(self, denoiser: keras.Model, normalize: keras.layers.Layer, heads: Sequence[keras.Model],
+                 guidance: Guidance, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.denoiser, self.normalize, self.heads, self.guidance = denoiser, normalize, list(heads), guidance
+        for head in self.heads:
+            head.trainable = False
+
+    def call(self, inputs, training: bool = False):
+        return self.denoiser(self.normalize(inputs["adversarial"]), training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training: bool = True):
+        return guidance_loss(self.guidance, y_pred, self.normalize(x["clean"]), y, self.heads)
+
+
+def build_training_model(config: FitConfig) -> DenoiserTraining:
+    """The DUNET of ``config`` and frozen guide heads of its target models, any image size."""
+    from hgd.defended import Member, shared_normalization
+
+    targets = [get_model(name) for name in config.models]
+    normalize = (targets[0] if targets else get_model("efficientnet_lite0")).normalize()
+    if targets:
+        shared_normalization([Member(t) for t in targets])
+    heads = [t.build_from_normalized(None, guide=True) for t in targets] if config.guidance.needs_models else []
+    denoiser = build_dunet(width=config.width, lateral=config.lateral)
+    return DenoiserTraining(denoiser, normalize, heads, config.guidance, name=f"{config.guidance.value}_training")
+
+
+def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, verbose: int | str = "auto") -> RunState:
+    """Train (or go on training) ``config`` on the pairs of ``pairs_dir``, in ``run_dir``.
+
+    Returns the final state; ``run_dir / best.weights.h5`` holds the trained denoiser.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = _claim(run_dir, config)
+    state = _load_state(run_dir, config)
+    if state.finished:
+        log.info("%s: already finished (%s)", run_dir, state.finished)
+        return state
+    train_pairs, val_pairs = _split(pairs_dir, config)
+    log.info("%d training pairs, %d validation pairs scored per epoch", len(train_pairs), len(val_pairs))
+    train = PairBatches(train_pairs, config.batch_size, crop=config.crop, shuffle=True, seed=config.seed,
+                        steps=config.steps_per_epoch)
+    validation = PairBatches(val_pairs, config.batch_size, crop=None, shuffle=False, seed=config.seed)
+    model = build_training_model(config)
+    model.compile(optimizer=keras.optimizers.Adam(state.learning_rate))
+    _restore(run_dir, model)
+    checkpointer = Checkpointer(run_dir, config, state, train)
+    model.fit(train, validation_data=validation, epochs=config.max_epochs, initial_epoch=state.epoch,
+              callbacks=[checkpointer], verbose=verbose)
+    if not state.finished and state.epoch >= config.max_epochs:
+        state.finished = f"reached max_epochs={config.max_epochs}"
+        _save_state(run_dir, state)
+    return state
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Per epoch: the learning-rate schedule, the best and last checkpoints, the history, the stop."""
+
+    def __init__(self, run_dir: pathlib.Path, config: FitConfig, state: RunState, train: PairBatches) -> None:
+        super().__init__()
+        self.run_dir, self.config, self.state, self.train = run_dir, config, state, train
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.train.epoch = epoch
+        self.model.optimizer.learning_rate = self.state.learning_rate
+        self._started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        seconds = time.monotonic() - self._started
+        state, config = self.state, self.config
+        val_loss = float(logs["val_loss"])
+        denoiser = self.model.denoiser
+        if val_loss < state.best_val_loss:
+            state.best_val_loss, state.epochs_without_improvement = val_loss, 0
+            _save_weights(denoiser, self.run_dir / BEST_WEIGHTS)
+        else:
+            state.epochs_without_improvement += 1
+        _append_history(self.run_dir / HISTORY_FILE,
+                        [epoch + 1, state.learning_rate, float(logs["loss"]), val_loss, round(seconds, 1)])
+        log.info("epoch %d: loss %.5f, val_loss %.5f (best %.5f), lr %g, %.0f s", epoch + 1, logs["loss"], val_loss,
+                 state.best_val_loss, state.learning_rate, seconds)
+        if state.epochs_without_improvement >= config.patience:
+            if state.learning_rate > config.final_learning_rate:
+                state.learning_rate, state.epochs_without_improvement = config.final_learning_rate, 0
+            else:
+                state.finished = f"validation loss plateaued at the final learning rate (epoch {epoch + 1})"
+        state.epoch, state.hours = epoch + 1, state.hours + seconds / 3600
+        if not state.finished and config.max_hours is not None and state.hours >= config.max_hours:
+            state.finished = f"reached max_hours={config.max_hours} ({state.hours:.2f} h)"
+        _save_weights(denoiser, self.run_dir / LAST_WEIGHTS)
+        _save_optimizer(self.model.optimizer, self.run_dir / OPTIMIZER_FILE)
+        _save_state(self.run_dir, state)
+        if state.finished:
+            self.model.stop_training = True
+
+
+def _split(pairs_dir: pathlib.Path, config: FitConfig) -> tuple[list[Pair], list[Pair]]:
+    _, pairs = read_pairs(pairs_dir)
+    heldout = config.heldout()
+    seen = [pair for pair in pairs if pair.label0 not in heldout]
+    train = [pair for pair in seen if pair.split == TRAIN]
+    validation = [pair for pair in seen if pair.split == VALIDATION]
+    if not train or not validation:
+        raise ValueError(f"{pairs_dir}: {len(train)} training and {len(validation)} validation pairs; need both")
+    rng = np.random.default_rng([config.seed, 1])
+    keep = sorted(rng.permutation(len(validation))[: config.validation_pairs])
+    return train, [validation[i] for i in keep]
+
+
+def _claim(run_dir: pathlib.Path, config: FitConfig) -> FitConfig:
+    path = run_dir / CONFIG_FILE
+    if path.is_file():
+        existing = FitConfig.from_json(path.read_text())
+        fixed = {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CHANGES}
+        if {k: v for k, v in dataclasses.asdict(existing).items() if k not in RESUMABLE_CHANGES} != fixed:
+            raise ValueError(f"{run_dir} trains another configuration:\n{existing}\nasked:\n{config}\n"
+                             f"only {', '.join(RESUMABLE_CHANGES)} may change when resuming")
+    write_atomically(path, "w", lambda f: f.write(config.to_json()))
+    return config
+
+
+def _load_state(run_dir: pathlib.Path, config: FitConfig) -> RunState:
+    path = run_dir / STATE_FILE
+    if not path.is_file():
+        return RunState(learning_rate=config.learning_rate)
+    state = RunState(**json.loads(path.read_text()))
+    if state.finished.startswith("reached max_") and not _still_limited(state, config):
+        state.finished = ""  # a raised limit lets a stopped run go on
+    return state
+
+
+def _still_limited(state: RunState, config: FitConfig) -> bool:
+    return state.epoch >= config.max_epochs or (config.max_hours is not None and state.hours >= config.max_hours)
+
+
+def _save_state(run_dir: pathlib.Path, state: RunState) -> None:
+    write_atomically(run_dir / STATE_FILE, "w", lambda f: json.dump(dataclasses.asdict(state), f, indent=1))
+
+
+def _save_weights(model: keras.Model, path: pathlib.Path) -> None:
+    partial = path.with_name(f".partial-{path.name}")
+    model.save_weights(partial)
+    os.replace(partial, path)
+
+
+def _save_optimizer(optimizer: keras.optimizers.Optimizer, path: pathlib.Path) -> None:
+    values = {f"v{i:04d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(optimizer.variables)}
+    write_atomically(path, "wb", lambda f: np.savez(f, **values))
+
+
+def _restore(run_dir: pathlib.Path, model: DenoiserTraining) -> None:
+    """Load the last epoch's denoiser and Adam state, if a previous session left them."""
+    if not (run_dir / LAST_WEIGHTS).is_file():
+        return
+    model.denoiser.load_weights(run_dir / LAST_WEIGHTS)
+    optimizer = model.optimizer
+    optimizer.build(model.denoiser.trainable_variables)
+    with np.load(run_dir / OPTIMIZER_FILE) as saved:
+        values = [saved[key] for key in sorted(saved.files)]
+    if len(values) != len(optimizer.variables):
+        raise ValueError(f"{run_dir / OPTIMIZER_FILE}: {len(values)} arrays for {len(optimizer.variables)} variables")
+    for variable, value in zip(optimizer.variables, values):
+        variable.assign(value)
+    log.info("resumed from %s", run_dir / LAST_WEIGHTS)
+
+
+def _append_history(path: pathlib.Path, row: list) -> None:
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(HISTORY_FIELDS)
+        writer.writerow(row)

@@ -1,0 +1,276 @@
+"""Training pairs: (adversarial, clean) images built the way the paper's Table 1 does, cached as PNGs.
+
+For every clean image of a labelled folder and every training attack, one adversarial image:
+
+* ``noop`` (the clean image itself) and ``random_noise`` (uniform in the eps box);
+* ``fgsm_<model>`` for each training model and ``fgsm_ensemble`` on their averaged logits;
+* ``ifgsm2_ensemble``, ``ifgsm4_ensemble``, ``ifgsm8_ensemble``: 2/4/8 steps of eps/steps.
+
+eps is drawn per (image, attack) from the integers ``1..max_epsilon``; the attack's label is the
+attacked model's own prediction on the clean image (the reference code's choice); every image is
+quantized explicitly (:func:`hgd.attacks.quantize`, never a min-max stretch). The split into
+training and validation is by image, so an image's variants never straddle it.
+
+Layout of the output folder (outside the checkout: it is derived from the data sets)::
+
+    spec.json                          what was asked (resuming with another spec is refused)
+    pairs.csv                          the whole plan, one row per pair
+    adversarial/<attack>/<stem>.png    the attacked images (noop rows point at the clean file)
+
+A pair is done when its PNG exists (written atomically), so a killed run resumes where it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import pathlib
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from hgd.images import load_image, read_dataset_csv, save_png, write_atomically
+from hgd.zoo import ModelName
+
+log = logging.getLogger("hgd.train.pairs")
+
+SPEC_FILE = "spec.json"
+PAIRS_FILE = "pairs.csv"
+ADVERSARIAL_DIR = "adversarial"
+TRAIN, VALIDATION = "train", "val"
+PAIR_FIELDS = ("image", "split", "label0", "attack", "epsilon", "clean", "adversarial")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledImage:
+    """A clean image and its 0-based class."""
+
+    path: pathlib.Path
+    label0: int
+
+
+def read_labelled_folder(folder: pathlib.Path) -> list[LabelledImage]:
+    """The images of ``folder/images`` with their labels, sorted by file name.
+
+    Two formats: ``labels.csv`` (``filename,label0,...``: the ImageNet pool) or the competition's
+    ``dev_dataset.csv`` (``ImageId`` + ``TrueLabel`` 1..1000, for images ``<ImageId>.png``).
+    """
+    folder = pathlib.Path(folder).resolve()
+    images_dir = folder / "images"
+    if (folder / "labels.csv").is_file():
+        with open(folder / "labels.csv", newline="") as f:
+            found = [LabelledImage(images_dir / row["filename"], int(row["label0"])) for row in csv.DictReader(f)]
+    elif (folder / "dev_dataset.csv").is_file():
+        labels = read_dataset_csv(folder / "dev_dataset.csv")
+        found = [LabelledImage(images_dir / f"{image_id}.png", true - 1) for image_id, (true, _) in labels.items()]
+    else:
+        raise FileNotFoundError(f"{folder}: neither labels.csv nor dev_dataset.csv (see ../shared/docs/datasets.md)")
+    missing = [str(image.path) for image in found if not image.path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: {len(missing)} labelled images are missing, e.g. {missing[0]}")
+    return sorted(found, key=lambda image: image.path.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingAttack:
+    """One row of Table 1: an attack kind, the models it attacks (logits averaged), its steps."""
+
+    name: str
+    kind: str  # noop | random_noise | fgsm | ifgsm
+    models: tuple[ModelName, ...] = ()
+    steps: int = 0
+
+    def build(self, seed: int) -> Any:
+        from hgd import attacks
+
+        return {
+            "noop": lambda: attacks.NoOp(),
+            "random_noise": lambda: attacks.RandomNoise(seed=seed),
+            "fgsm": lambda: attacks.FGSM(),
+            "ifgsm": lambda: attacks.IFGSM(steps=self.steps),
+        }[self.kind]()
+
+
+def table1_attacks(models: Sequence[ModelName]) -> list[TrainingAttack]:
+    """The training attacks of Table 1 for ``models`` (the paper: IncV3, IncResV2, ResNet50v2)."""
+    models = tuple(ModelName(m) for m in models)
+    if not models:
+        raise ValueError("the training attacks need at least one model")
+    found = [TrainingAttack("noop", "noop"), TrainingAttack("random_noise", "random_noise")]
+    found += [TrainingAttack(f"fgsm_{m.value}", "fgsm", (m,), 1) for m in models]
+    on = "ensemble" if len(models) > 1 else models[0].value
+    if len(models) > 1:
+        found.append(TrainingAttack(f"fgsm_{on}", "fgsm", models, 1))
+    found += [TrainingAttack(f"ifgsm{steps}_{on}", "ifgsm", models, steps) for steps in (2, 4, 8)]
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class PairSpec:
+    """What a training-pair folder holds: resuming must ask for the same thing.
+
+    Attributes:
+        source: the clean labelled folder.
+        models: the training attacks' models (Lite2 stays out by default: it is the black-box model).
+        seed: seeds the split, the eps draws, the attack choice and the noise.
+        validation_fraction: share of the images held out for validation.
+        max_epsilon: eps is drawn from ``1..max_epsilon``.
+        attacks_per_image: ``None``: every training attack on every image; ``k``: ``k`` of them,
+            drawn per image (a cheaper data set with as many distinct clean images).
+    """
+
+    source: str
+    models: tuple[str, ...] = (ModelName.LITE0.value, ModelName.LITE1.value)
+    seed: int = 0
+    validation_fraction: float = 0.1
+    max_epsilon: int = 16
+    attacks_per_image: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if not 1 <= self.max_epsilon <= 255:
+            raise ValueError(f"max_epsilon must be in 1..255, got {self.max_epsilon}")
+        count = len(self.attacks())
+        if self.attacks_per_image is not None and not 1 <= self.attacks_per_image <= count:
+            raise ValueError(f"attacks_per_image must be in 1..{count}, got {self.attacks_per_image}")
+
+    def attacks(self) -> list[TrainingAttack]:
+        return table1_attacks([ModelName(m) for m in self.models])
+
+    @classmethod
+    def from_json(cls, text: str) -> PairSpec:
+        raw = json.loads(text)
+        return cls(**{**raw, "models": tuple(raw["models"])})
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1) + "\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """One training example: where its clean and adversarial images are, and what made it."""
+
+    image: str
+    split: str
+    label0: int
+    attack: str
+    epsilon: int
+    clean: pathlib.Path
+    adversarial: pathlib.Path
+
+
+def plan_pairs(images: Sequence[LabelledImage], spec: PairSpec, out_dir: pathlib.Path) -> list[Pair]:
+    """Every pair the spec asks for, deterministically (same spec and images -> same plan)."""
+    attacks = spec.attacks()
+    rng = np.random.default_rng(spec.seed)
+    validation = set(rng.permutation(len(images))[: max(1, round(spec.validation_fraction * len(images)))])
+    epsilons = rng.integers(1, spec.max_epsilon + 1, size=(len(images), len(attacks)))
+    chosen = np.ones((len(images), len(attacks)), dtype=bool)
+    if spec.attacks_per_image is not None:
+        chosen[:] = False
+        for row in range(len(images)):
+            chosen[row, rng.choice(len(attacks), spec.attacks_per_image, replace=False)] = True
+    plan = []
+    for row, image in enumerate(images):
+        stem = image.path.stem
+        for column, attack in enumerate(attacks):
+            if not chosen[row, column]:
+                continue
+            adversarial = (image.path if attack.kind == "noop"
+                           else out_dir / ADVERSARIAL_DIR / attack.name / f"{stem}.png")
+            plan.append(Pair(stem, VALIDATION if row in validation else TRAIN, image.label0, attack.name,
+                             int(epsilons[row, column]), image.path, adversarial))
+    return plan
+
+
+def build_pairs(source: pathlib.Path, out_dir: pathlib.Path, spec: PairSpec, *, batch_size: int = 16,
+                progress: bool = True) -> list[Pair]:
+    """Attack every clean image of ``source`` as ``spec`` says, into ``out_dir``; resumes.
+
+    Returns the plan; every pair of it exists on disk when this returns.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _claim(out_dir, spec)
+    plan = plan_pairs(read_labelled_folder(source), spec, out_dir)
+    _write_plan(out_dir / PAIRS_FILE, plan, out_dir)
+    todo = [pair for pair in plan if not pair.adversarial.is_file()]
+    log.info("%d pairs planned, %d to attack -> %s", len(plan), len(todo), out_dir)
+    attacks = {attack.name: attack for attack in spec.attacks()}
+    models: dict[tuple[ModelName, ...], Any] = {}
+    with tqdm(total=len(todo), unit="pair", desc="pairs", disable=not progress) as bar:
+        for attack_name, epsilon, chunk in _work_units(todo, batch_size):
+            attack = attacks[attack_name]
+            model = _model(models, attack.models) if attack.models else None
+            clean = np.stack([load_image(pair.clean)[0] for pair in chunk])
+            seed = zlib.crc32(f"{spec.seed}/{attack_name}/{chunk[0].image}".encode())  # stable across runs
+            adversarial = attack.build(seed)(model, clean, epsilon=epsilon)
+            for pair, image in zip(chunk, adversarial):
+                pair.adversarial.parent.mkdir(parents=True, exist_ok=True)
+                save_png(pair.adversarial, image)
+            bar.update(len(chunk))
+    return plan
+
+
+def read_pairs(out_dir: pathlib.Path) -> tuple[PairSpec, list[Pair]]:
+    """The spec and plan of a finished pair folder; refuses an unfinished one (says how to finish it)."""
+    spec = PairSpec.from_json((out_dir / SPEC_FILE).read_text())
+    with open(out_dir / PAIRS_FILE, newline="") as f:
+        plan = [_pair_from_row(row, out_dir) for row in csv.DictReader(f)]
+    missing = [pair for pair in plan if not pair.adversarial.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{out_dir}: {len(missing)} of {len(plan)} pairs are not built yet "
+                                f"(e.g. {missing[0].adversarial}); rerun `python -m hgd.train data` to finish")
+    return spec, plan
+
+
+def _claim(out_dir: pathlib.Path, spec: PairSpec) -> None:
+    path = out_dir / SPEC_FILE
+    if path.is_file():
+        existing = PairSpec.from_json(path.read_text())
+        if existing != spec:
+            raise ValueError(f"{out_dir} holds pairs built with another spec:\n{existing}\nasked:\n{spec}\n"
+                             "use another folder, or the same options")
+    else:
+        write_atomically(path, "w", lambda f: f.write(spec.to_json()))
+
+
+def _write_plan(path: pathlib.Path, plan: Sequence[Pair], out_dir: pathlib.Path) -> None:
+    def write(f) -> None:
+        writer = csv.writer(f)
+        writer.writerow(PAIR_FIELDS)
+        for pair in plan:
+            adversarial = (pair.adversarial.relative_to(out_dir) if pair.adversarial.is_relative_to(out_dir)
+                           else pair.adversarial)
+            writer.writerow([pair.image, pair.split, pair.label0, pair.attack, pair.epsilon, pair.clean, adversarial])
+
+    write_atomically(path, "w", write)
+
+
+def _pair_from_row(row: dict[str, str], out_dir: pathlib.Path) -> Pair:
+    return Pair(row["image"], row["split"], int(row["label0"]), row["attack"], int(row["epsilon"]),
+                pathlib.Path(row["clean"]), out_dir / row["adversarial"])
+
+
+def _work_units(todo: Sequence[Pair], batch_size: int) -> Iterator[tuple[str, int, list[Pair]]]:
+    """Batches of pairs sharing an attack and an eps (an attack call takes one eps), by attack."""
+    groups: dict[tuple[str, int], list[Pair]] = {}
+    for pair in todo:
+        groups.setdefault((pair.attack, pair.epsilon), []).append(pair)
+    for (attack, epsilon), pairs in sorted(groups.items()):
+        for start in range(0, len(pairs), batch_size):
+            yield attack, epsilon, pairs[start:start + batch_size]
+
+
+def _model(cache: dict, names: tuple[ModelName, ...]) -> Callable:
+    if names not in cache:
+        from hgd.defended import Member, build_defended_model
+        from hgd.zoo import get_model
+
+        cache[names] = build_defended_model([Member(get_model(name)) for name in names])
+    return cache[names]
