@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -11,6 +12,7 @@ import pytest
 
 from hgd.backend import forward_fn, input_gradient
 from hgd.defended import (
+    DefenseConfig,
     DenoiserSpec,
     Member,
     build_defended_model,
@@ -221,3 +223,39 @@ def test_one_target_model_may_appear_twice(members, batch, member_logits) -> Non
     twice = build_defended_model([members["identity"], members["small"]])
     expected = (member_logits["identity"] + member_logits["small"]) / 2
     np.testing.assert_allclose(forward_fn(twice)(batch[0]), expected, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------- shared denoiser
+
+
+def test_shared_denoiser_runs_once_for_every_member(dunet_weights, batch, member_logits):
+    """One denoiser in front of the ensemble = each member behind that same denoiser, averaged."""
+    small = DenoiserSpec(dunet_weights["small"], width=dunet_weights["width"])
+    lite0 = get_model(ModelName.LITE0)
+    shared = build_defended_model([Member(lite0), Member(get_model(ModelName.LITE1))], shared_denoiser=small)
+    assert sum(layer.name.startswith("dunet") for layer in shared.layers) == 1
+    lite1_behind_small = forward_fn(build_member(Member(get_model(ModelName.LITE1), small)))(batch[0])
+    expected = (member_logits["small"] + lite1_behind_small) / 2
+    np.testing.assert_allclose(forward_fn(shared)(batch[0]), expected, atol=1e-4)
+
+
+def test_load_config_with_a_shared_denoiser(tmp_path):
+    config = {"denoiser": {"weights": "w/fgd.weights.h5", "width": 0.5},
+              "members": [{"model": "efficientnet_lite0"}, {"model": "efficientnet_lite2"}]}
+    loaded = load_config(_write(tmp_path / "c.json", config))
+    assert loaded.shared_denoiser == DenoiserSpec(tmp_path / "w/fgd.weights.h5", 0.5, True)
+    assert loaded.missing_weights() == [tmp_path / "w/fgd.weights.h5"]
+
+
+def test_shared_and_per_member_denoisers_do_not_mix(tmp_path):
+    config = {"denoiser": {"weights": "a.h5"},
+              "members": [{"model": "efficientnet_lite0", "denoiser": {"weights": "b.h5"}}]}
+    with pytest.raises(ValueError, match="not both"):
+        load_config(_write(tmp_path / "c.json", config))
+
+
+def test_a_shared_denoiser_needs_one_normalization(tmp_path):
+    lite0 = get_model(ModelName.LITE0)
+    other = dataclasses.replace(get_model(ModelName.LITE1), offset=0.0, scale=255.0)
+    with pytest.raises(ValueError, match="one normalization"):
+        DefenseConfig(members=(Member(lite0), Member(other)), shared_denoiser=DenoiserSpec(tmp_path / "w.h5"))

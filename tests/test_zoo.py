@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from hgd import images
-from hgd.zoo import NUM_CLASSES, REGISTRY, ModelName, TargetModel, cache, efficientnet_lite, get_model
+from hgd.zoo import NUM_CLASSES, REGISTRY, ModelName, ScaleToNative, TargetModel, cache, efficientnet_lite, get_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_IMAGES = REPO / "sample_data" / "images"
@@ -317,3 +317,24 @@ def test_unwritable_cache_only_warns(tmp_path, monkeypatch, caplog, lite0_weight
     assert_weights_equal(model, lite0_weights)
     assert any(r.levelno == logging.WARNING and "cannot cache" in r.getMessage() for r in caplog.records)
     assert not directory.is_dir() or not any(directory.iterdir())
+
+
+# ------------------------------------------------------------------------ normalized space (denoisers)
+
+
+@pytest.mark.parametrize("side", [IMAGE_SIZE, 128])
+def test_scale_to_native_keeps_the_deployment_scale_for_crops(side):
+    layer = ScaleToNative(224)
+    out = layer(np.zeros((1, side, side, 3), "float32"))
+    expected = round(side * 224 / IMAGE_SIZE)
+    assert tuple(out.shape) == (1, expected, expected, 3)
+    assert layer.compute_output_shape((None, None, None, 3)) == (None, None, None, 3)
+
+
+def test_build_from_normalized_is_the_classifier_after_normalization(target, classifier):
+    pixels = np.random.default_rng(3).uniform(0.0, 255.0, (2, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
+    head = target.build_from_normalized(guide=True)
+    guide, logits = (as_numpy(t) for t in head(as_numpy(target.normalize()(pixels)), training=False))
+    np.testing.assert_allclose(logits, as_numpy(classifier(pixels, training=False)), rtol=1e-4, atol=1e-4)
+    grid = -(-target.native_resolution // 32)  # the guide map: the backbone's stride-32 output
+    assert guide.shape[:3] == (2, grid, grid) and (guide >= 0).all()

@@ -1,0 +1,347 @@
+"""HGD training: Table 1 pairs, the guided losses, and the resumable fit (tiny real runs on sample images)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from hgd.dunet import build_dunet
+from hgd.images import IMAGE_SIZE, load_image
+from hgd.train import fit as fit_module
+from hgd.train.fit import FitConfig, PairBatches, RunState, build_training_model, fit
+from hgd.train.losses import Guidance, guidance_loss
+from hgd.train.pairs import (
+    TRAIN,
+    VALIDATION,
+    Pair,
+    PairSpec,
+    build_pairs,
+    plan_pairs,
+    read_labelled_folder,
+    read_pairs,
+    table1_attacks,
+)
+from hgd.zoo import ModelName, get_model
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_data"
+LITE0 = ModelName.LITE0.value
+
+
+# ------------------------------------------------------------------------------------------ pairs
+
+
+def test_table1_attacks_for_two_models():
+    names = [a.name for a in table1_attacks([ModelName.LITE0, ModelName.LITE1])]
+    assert names == ["noop", "random_noise", "fgsm_efficientnet_lite0", "fgsm_efficientnet_lite1",
+                     "fgsm_ensemble", "ifgsm2_ensemble", "ifgsm4_ensemble", "ifgsm8_ensemble"]
+    ifgsm8 = table1_attacks([ModelName.LITE0, ModelName.LITE1])[-1]
+    assert ifgsm8.steps == 8 and ifgsm8.models == (ModelName.LITE0, ModelName.LITE1)
+
+
+def test_table1_attacks_for_one_model_name_it():
+    names = [a.name for a in table1_attacks([ModelName.LITE0])]
+    assert names[-1] == "ifgsm8_efficientnet_lite0" and "fgsm_ensemble" not in names
+
+
+def test_read_labelled_folder_both_formats(tmp_path):
+    competition = read_labelled_folder(SAMPLE)
+    assert len(competition) == 22 and all(0 <= image.label0 < 1000 for image in competition)
+    pool = tmp_path / "pool"
+    (pool / "images").mkdir(parents=True)
+    shutil.copy(competition[0].path, pool / "images" / "a.png")
+    (pool / "labels.csv").write_text("filename,label0,wnid,source\na.png,7,n0,test\n")
+    (found,) = read_labelled_folder(pool)
+    assert found.label0 == 7 and found.path == (pool / "images" / "a.png").resolve()
+
+
+def test_read_labelled_folder_refuses_missing_images_and_labels(tmp_path):
+    with pytest.raises(FileNotFoundError, match="labels.csv"):
+        read_labelled_folder(tmp_path)
+    (tmp_path / "labels.csv").write_text("filename,label0\ngone.png,3\n")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        read_labelled_folder(tmp_path)
+
+
+def test_plan_is_deterministic_split_by_image_and_eps_in_range(tmp_path):
+    images = read_labelled_folder(SAMPLE)
+    spec = PairSpec(source="x", max_epsilon=16, validation_fraction=0.25)
+    plan = plan_pairs(images, spec, tmp_path)
+    assert plan == plan_pairs(images, spec, tmp_path)
+    assert len(plan) == len(images) * len(spec.attacks())
+    splits: dict[str, set[str]] = {}
+    for pair in plan:
+        splits.setdefault(pair.image, set()).add(pair.split)
+    assert all(len(s) == 1 for s in splits.values()), "an image's pairs straddle the split"
+    assert sum(s == {VALIDATION} for s in splits.values()) == round(0.25 * len(images))
+    epsilons = [pair.epsilon for pair in plan]
+    assert min(epsilons) >= 1 and max(epsilons) <= 16 and len(set(epsilons)) > 8
+    assert all(pair.adversarial == pair.clean for pair in plan if pair.attack == "noop")
+    other = plan_pairs(images, dataclasses.replace(spec, seed=1), tmp_path)
+    assert [p.epsilon for p in other] != epsilons
+
+
+def test_attacks_per_image_draws_that_many(tmp_path):
+    images = read_labelled_folder(SAMPLE)
+    plan = plan_pairs(images, PairSpec(source="x", attacks_per_image=3), tmp_path)
+    per_image: dict[str, int] = {}
+    for pair in plan:
+        per_image[pair.image] = per_image.get(pair.image, 0) + 1
+    assert set(per_image.values()) == {3}
+    assert len({pair.attack for pair in plan}) > 3
+
+
+@pytest.mark.parametrize("bad", [{"validation_fraction": 0.0}, {"max_epsilon": 0}, {"attacks_per_image": 9}])
+def test_spec_validation(bad):
+    with pytest.raises(ValueError):
+        PairSpec(source="x", **bad)
+
+
+@pytest.fixture(scope="module")
+def small_source(tmp_path_factory) -> pathlib.Path:
+    """Four sample images in the competition's format."""
+    folder = tmp_path_factory.mktemp("source")
+    (folder / "images").mkdir()
+    lines = (SAMPLE / "dev_dataset.csv").read_text().splitlines()
+    kept = lines[:1] + lines[1:5]
+    for line in kept[1:]:
+        image_id = line.split(",")[0]
+        shutil.copy(SAMPLE / "images" / f"{image_id}.png", folder / "images")
+    (folder / "dev_dataset.csv").write_text("\n".join(kept) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(small_source, tmp_path_factory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("pairs")
+    spec = PairSpec(source=str(small_source), models=(LITE0,), validation_fraction=0.25)
+    build_pairs(small_source, out, spec, progress=False)
+    return out
+
+
+def test_built_pairs_are_inside_the_eps_box(pairs_dir):
+    spec, plan = read_pairs(pairs_dir)
+    assert len(plan) == 4 * len(spec.attacks())
+    changed = 0
+    for pair in plan:
+        clean, adversarial = load_image(pair.clean)[0].astype(int), load_image(pair.adversarial)[0].astype(int)
+        distance = np.abs(adversarial - clean).max()
+        assert distance <= pair.epsilon, f"{pair.attack} at eps {pair.epsilon} moved a pixel by {distance}"
+        changed += distance > 0
+    assert changed >= len([p for p in plan if p.attack != "noop"]) - 1
+
+
+def test_fgsm_pairs_fool_the_attacked_model(pairs_dir):
+    classifier = get_model(LITE0).build_classifier()
+    _, plan = read_pairs(pairs_dir)
+    fgsm = [pair for pair in plan if pair.attack == "ifgsm8_efficientnet_lite0" and pair.epsilon >= 4]
+    if not fgsm:
+        pytest.skip("the seeded plan drew no eps >= 4 for ifgsm8 here")
+    clean = np.stack([load_image(p.clean)[0] for p in fgsm]).astype("float32")
+    adversarial = np.stack([load_image(p.adversarial)[0] for p in fgsm]).astype("float32")
+    before = keras.ops.convert_to_numpy(classifier(clean)).argmax(1)
+    after = keras.ops.convert_to_numpy(classifier(adversarial)).argmax(1)
+    assert (before != after).mean() >= 0.5
+
+
+def test_build_pairs_resumes_without_redoing_and_refuses_another_spec(small_source, pairs_dir):
+    spec, plan = read_pairs(pairs_dir)
+    victim = next(p for p in plan if p.attack == "random_noise")
+    victim.adversarial.unlink()
+    untouched = next(p for p in plan if p.attack == "fgsm_efficientnet_lite0")
+    stamp = untouched.adversarial.stat().st_mtime_ns
+    with pytest.raises(FileNotFoundError, match="not built yet"):
+        read_pairs(pairs_dir)
+    build_pairs(small_source, pairs_dir, spec, progress=False)
+    assert victim.adversarial.is_file() and untouched.adversarial.stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="another spec"):
+        build_pairs(small_source, pairs_dir, dataclasses.replace(spec, seed=3), progress=False)
+
+
+# ----------------------------------------------------------------------------------------- losses
+
+
+@pytest.fixture(scope="module")
+def lite0_head():
+    return get_model(LITE0).build_from_normalized(None, guide=True)
+
+
+def test_head_outputs_guide_map_and_logits_at_any_size(lite0_head):
+    for side, grid in ((IMAGE_SIZE, 7), (128, 3)):  # 299 -> 224 native -> 7x7; a 128 crop -> 96 -> 3x3
+        guide, logits = lite0_head(np.zeros((1, side, side, 3), "float32"))
+        assert tuple(guide.shape) == (1, grid, grid, 1280) and tuple(logits.shape) == (1, 1000)
+
+
+def test_pixel_loss_is_mean_absolute_difference():
+    a, b = np.zeros((2, 8, 8, 3), "float32"), np.full((2, 8, 8, 3), 0.5, "float32")
+    assert float(guidance_loss(Guidance.PGD, a, b, None, [])) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("guidance", [Guidance.FGD, Guidance.LGD])
+def test_feature_and_logit_losses_vanish_on_the_clean_image_and_sum_over_models(guidance, lite0_head):
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
+    noisy = (clean + rng.normal(0, 0.3, clean.shape)).astype("float32")
+    assert float(guidance_loss(guidance, clean, clean, None, [lite0_head])) == pytest.approx(0.0, abs=1e-6)
+    one = float(guidance_loss(guidance, noisy, clean, None, [lite0_head]))
+    assert one > 0
+    assert float(guidance_loss(guidance, noisy, clean, None, [lite0_head, lite0_head])) == pytest.approx(2 * one)
+
+
+def test_class_loss_is_cross_entropy_of_the_label(lite0_head):
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
+    labels = np.array([3, 500], "int32")
+    logits = keras.ops.convert_to_numpy(lite0_head(x)[1])
+    shifted = logits - logits.max(1, keepdims=True)
+    expected = np.mean(np.log(np.exp(shifted).sum(1)) - shifted[np.arange(2), labels])
+    assert float(guidance_loss(Guidance.CGD, x, None, labels, [lite0_head])) == pytest.approx(expected, rel=1e-4)
+
+
+def test_guided_losses_need_a_model():
+    with pytest.raises(ValueError, match="at least one"):
+        guidance_loss(Guidance.FGD, np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8, 3)), None, [])
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def _noop_pairs(count: int) -> list[Pair]:
+    """Pairs whose adversarial image is the clean one: augmentation must keep them equal."""
+    images = read_labelled_folder(SAMPLE)[:count]
+    return [Pair(i.path.stem, TRAIN, i.label0, "noop", 1, i.path, i.path) for i in images]
+
+
+def test_training_batches_crop_and_flip_both_images_alike():
+    batches = PairBatches(_noop_pairs(5), 4, crop=64, shuffle=True, seed=0, steps=3)
+    inputs, labels = batches[1]
+    assert inputs["adversarial"].shape == (4, 64, 64, 3) and labels.shape == (4,)
+    np.testing.assert_array_equal(inputs["adversarial"], inputs["clean"])
+
+
+def test_training_batches_walk_through_successive_shuffles():
+    pairs = _noop_pairs(6)
+    batches = PairBatches(pairs, 2, crop=32, shuffle=True, seed=0, steps=3)  # one epoch = one pass
+    seen = []
+    for epoch in range(2):
+        batches.epoch = epoch
+        seen.append(sorted(int(label) for i in range(3) for label in batches[i][1]))
+    assert seen[0] == seen[1] == sorted(p.label0 for p in pairs)
+    again = PairBatches(pairs, 2, crop=32, shuffle=True, seed=0, steps=3)
+    again.epoch = 1  # batches are a function of (seed, epoch, index) alone
+    np.testing.assert_array_equal(again[2][0]["clean"], batches[2][0]["clean"])
+
+
+def test_validation_batches_are_whole_and_in_order():
+    pairs = _noop_pairs(5)
+    batches = PairBatches(pairs, 2, crop=64, shuffle=False, seed=0)
+    assert len(batches) == 3
+    inputs, labels = batches[2]
+    assert inputs["clean"].shape == (1, IMAGE_SIZE, IMAGE_SIZE, 3) and labels.tolist() == [pairs[4].label0]
+
+
+# -------------------------------------------------------------------------------------------- fit
+
+
+def _tiny(**changes) -> FitConfig:
+    return FitConfig(**{"guidance": Guidance.FGD, "models": (LITE0,), "width": 0.125, "crop": 64, "batch_size": 2,
+                        "steps_per_epoch": 2, "validation_pairs": 2, "max_epochs": 1, **changes})
+
+
+def test_config_validation_and_round_trip():
+    config = _tiny(holdout_classes=250)
+    assert FitConfig.from_json(config.to_json()) == config
+    assert len(config.heldout()) == 250 and config.heldout() == _tiny(holdout_classes=250).heldout()
+    for bad in ({"crop": 16}, {"batch_size": 0}, {"models": ()}, {"models": ("resnet_9000",)}):
+        with pytest.raises(ValueError):
+            _tiny(**bad)
+    assert _tiny(guidance=Guidance.PGD, models=()).models == ()
+
+
+def test_only_the_denoiser_trains():
+    model = build_training_model(_tiny(models=(LITE0, ModelName.LITE1.value)))
+    trainable = {id(v) for v in model.trainable_variables}
+    assert trainable == {id(v) for v in model.denoiser.trainable_variables}
+    assert len(model.heads) == 2 and not any(head.trainable for head in model.heads)
+
+
+def test_fit_trains_checkpoints_and_resumes(pairs_dir, tmp_path):
+    run = tmp_path / "run"
+    state = fit(pairs_dir, run, _tiny(), verbose=0)
+    assert state.epoch == 1 and state.finished.startswith("reached max_epochs")
+    for name in ("config.json", "state.json", "best.weights.h5", "last.weights.h5", "optimizer.npz", "history.csv"):
+        assert (run / name).is_file(), name
+    denoiser = build_dunet(width=0.125)
+    denoiser.load_weights(run / "best.weights.h5")  # the result loads into a plain DUNET
+    before = [w.copy() for w in denoiser.get_weights()]
+    assert any(np.abs(w).sum() > 0 for w in before)
+
+    state = fit(pairs_dir, run, _tiny(max_epochs=2), verbose=0)  # a raised limit goes on from epoch 1
+    assert state.epoch == 2
+    history = (run / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history] == ["epoch", "1", "2"]
+    denoiser.load_weights(run / "last.weights.h5")
+    assert any(not np.array_equal(a, b) for a, b in zip(before, denoiser.get_weights()))
+
+    with pytest.raises(ValueError, match="another configuration"):
+        fit(pairs_dir, run, _tiny(max_epochs=2, guidance=Guidance.LGD), verbose=0)
+
+
+class _FakeOptimizer:
+    learning_rate = 1e-3
+    variables: list = []
+
+
+class _FakeModel:
+    def __init__(self) -> None:
+        self.optimizer, self.stop_training = _FakeOptimizer(), False
+        self.denoiser = build_dunet(width=0.125)
+
+
+@pytest.mark.parametrize("max_hours, expected", [(None, ""), (1e-15, "reached max_hours")])
+def test_checkpointer_lowers_the_rate_on_plateau_then_stops(tmp_path, max_hours, expected):
+    config = _tiny(patience=2, max_epochs=10, max_hours=max_hours)
+    state = RunState(learning_rate=config.learning_rate)
+    checkpointer = fit_module.Checkpointer(tmp_path, config, state, PairBatches(_noop_pairs(2), 2, crop=32,
+                                                                                 shuffle=True, seed=0))
+    checkpointer.set_model(_FakeModel())
+    rates = []
+    for epoch, val_loss in enumerate([1.0, 0.5, 0.6, 0.7, 0.6, 0.55]):
+        checkpointer.on_epoch_begin(epoch)
+        checkpointer.on_epoch_end(epoch, {"loss": 1.0, "val_loss": val_loss})
+        rates.append(state.learning_rate)
+        if state.finished:
+            break
+    if expected:
+        assert state.finished.startswith(expected) and state.epoch == 1
+        return
+    assert rates == [1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-4]
+    assert state.best_val_loss == 0.5 and state.finished.startswith("validation loss plateaued")
+    assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 6
+
+
+def test_fit_runs_on_the_jax_backend(pairs_dir, tmp_path):
+    pytest.importorskip("jax", reason="the JAX backend is tested where jax is installed (the dev extras install it)")
+    command = [sys.executable, "-m", "hgd.train", "fit", str(pairs_dir), str(tmp_path / "run"), "--guidance", "cgd",
+               "--width", "0.125", "--crop", "64", "--batch-size", "2", "--steps-per-epoch", "2",
+               "--validation-pairs", "2", "--max-epochs", "1", "--no-progress"]
+    result = subprocess.run(command, cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "finished: reached max_epochs=1" in result.stdout
+    assert (tmp_path / "run" / "best.weights.h5").is_file()
+
+
+def test_cli_refuses_unfinished_pairs_with_a_clear_line(tmp_path):
+    (tmp_path / "pairs").mkdir()
+    result = subprocess.run([sys.executable, "-m", "hgd.train", "fit", str(tmp_path / "pairs"), str(tmp_path / "run")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "ERROR:" in result.stderr
