@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pathlib
+import shutil
+
 import pytest
+
+SAMPLE = pathlib.Path(__file__).resolve().parents[1] / "sample_data"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -45,3 +50,16 @@ def dunet_weights(tmp_path_factory):
         paths[name] = folder / f"dunet_{name}.weights.h5"
         denoiser.save_weights(paths[name])
     return {"width": width, **paths}
+
+
+@pytest.fixture(scope="session")
+def small_source(tmp_path_factory) -> pathlib.Path:
+    """Four sample images in the competition's format (``images/`` + ``dev_dataset.csv``)."""
+    folder = tmp_path_factory.mktemp("source")
+    (folder / "images").mkdir()
+    lines = (SAMPLE / "dev_dataset.csv").read_text().splitlines()
+    kept = lines[:5]
+    for line in kept[1:]:
+        shutil.copy(SAMPLE / "images" / f"{line.split(',')[0]}.png", folder / "images")
+    (folder / "dev_dataset.csv").write_text("\n".join(kept) + "\n")
+    return folder

@@ -107,20 +107,6 @@ def test_spec_validation(bad):
 
 
 @pytest.fixture(scope="module")
-def small_source(tmp_path_factory) -> pathlib.Path:
-    """Four sample images in the competition's format."""
-    folder = tmp_path_factory.mktemp("source")
-    (folder / "images").mkdir()
-    lines = (SAMPLE / "dev_dataset.csv").read_text().splitlines()
-    kept = lines[:1] + lines[1:5]
-    for line in kept[1:]:
-        image_id = line.split(",")[0]
-        shutil.copy(SAMPLE / "images" / f"{image_id}.png", folder / "images")
-    (folder / "dev_dataset.csv").write_text("\n".join(kept) + "\n")
-    return folder
-
-
-@pytest.fixture(scope="module")
 def pairs_dir(small_source, tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("pairs")
     spec = PairSpec(source=str(small_source), models=(LITE0,), validation_fraction=0.25)

@@ -77,8 +77,8 @@ def read_labelled_folder(folder: pathlib.Path) -> list[LabelledImage]:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainingAttack:
-    """One row of Table 1: an attack kind, the models it attacks (logits averaged), its steps."""
+class TableAttack:
+    """An attack as the paper's tables name one: a kind, the models it attacks (logits averaged), its steps."""
 
     name: str
     kind: str  # noop | random_noise | fgsm | ifgsm
@@ -96,17 +96,17 @@ class TrainingAttack:
         }[self.kind]()
 
 
-def table1_attacks(models: Sequence[ModelName]) -> list[TrainingAttack]:
+def table1_attacks(models: Sequence[ModelName]) -> list[TableAttack]:
     """The training attacks of Table 1 for ``models`` (the paper: IncV3, IncResV2, ResNet50v2)."""
     models = tuple(ModelName(m) for m in models)
     if not models:
         raise ValueError("the training attacks need at least one model")
-    found = [TrainingAttack("noop", "noop"), TrainingAttack("random_noise", "random_noise")]
-    found += [TrainingAttack(f"fgsm_{m.value}", "fgsm", (m,), 1) for m in models]
+    found = [TableAttack("noop", "noop"), TableAttack("random_noise", "random_noise")]
+    found += [TableAttack(f"fgsm_{m.value}", "fgsm", (m,), 1) for m in models]
     on = "ensemble" if len(models) > 1 else models[0].value
     if len(models) > 1:
-        found.append(TrainingAttack(f"fgsm_{on}", "fgsm", models, 1))
-    found += [TrainingAttack(f"ifgsm{steps}_{on}", "ifgsm", models, steps) for steps in (2, 4, 8)]
+        found.append(TableAttack(f"fgsm_{on}", "fgsm", models, 1))
+    found += [TableAttack(f"ifgsm{steps}_{on}", "ifgsm", models, steps) for steps in (2, 4, 8)]
     return found
 
 
@@ -140,7 +140,7 @@ class PairSpec:
         if self.attacks_per_image is not None and not 1 <= self.attacks_per_image <= count:
             raise ValueError(f"attacks_per_image must be in 1..{count}, got {self.attacks_per_image}")
 
-    def attacks(self) -> list[TrainingAttack]:
+    def attacks(self) -> list[TableAttack]:
         return table1_attacks([ModelName(m) for m in self.models])
 
     @classmethod
@@ -199,22 +199,29 @@ def build_pairs(source: pathlib.Path, out_dir: pathlib.Path, spec: PairSpec, *, 
     _claim(out_dir, spec)
     plan = plan_pairs(read_labelled_folder(source), spec, out_dir)
     _write_plan(out_dir / PAIRS_FILE, plan, out_dir)
-    todo = [pair for pair in plan if not pair.adversarial.is_file()]
-    log.info("%d pairs planned, %d to attack -> %s", len(plan), len(todo), out_dir)
-    attacks = {attack.name: attack for attack in spec.attacks()}
+    log.info("%d pairs planned -> %s", len(plan), out_dir)
+    attack_pairs(plan, spec.attacks(), seed=spec.seed, batch_size=batch_size, progress=progress)
+    return plan
+
+
+def attack_pairs(pairs: Sequence[Pair], attacks: Sequence[TableAttack], *, seed: int, batch_size: int = 16,
+                 progress: bool = True) -> None:
+    """Write every pair's adversarial PNG that does not exist yet (``pair.attack`` names one of ``attacks``)."""
+    todo = [pair for pair in pairs if not pair.adversarial.is_file()]
+    by_name = {attack.name: attack for attack in attacks}
     models: dict[tuple[ModelName, ...], Any] = {}
-    with tqdm(total=len(todo), unit="pair", desc="pairs", disable=not progress) as bar:
+    log.info("%d of %d pairs to attack", len(todo), len(pairs))
+    with tqdm(total=len(todo), unit="pair", desc="attacks", disable=not progress) as bar:
         for attack_name, epsilon, chunk in _work_units(todo, batch_size):
-            attack = attacks[attack_name]
+            attack = by_name[attack_name]
             model = _model(models, attack.models) if attack.models else None
             clean = np.stack([load_image(pair.clean)[0] for pair in chunk])
-            seed = zlib.crc32(f"{spec.seed}/{attack_name}/{chunk[0].image}".encode())  # stable across runs
-            adversarial = attack.build(seed)(model, clean, epsilon=epsilon)
+            chunk_seed = zlib.crc32(f"{seed}/{attack_name}/{chunk[0].image}".encode())  # stable across runs
+            adversarial = attack.build(chunk_seed)(model, clean, epsilon=epsilon)
             for pair, image in zip(chunk, adversarial):
                 pair.adversarial.parent.mkdir(parents=True, exist_ok=True)
                 save_png(pair.adversarial, image)
             bar.update(len(chunk))
-    return plan
 
 
 def read_pairs(out_dir: pathlib.Path) -> tuple[PairSpec, list[Pair]]:

@@ -1,0 +1,219 @@
+"""The paper's evaluation on real images: oblivious test sets and the accuracy of denoised classifiers.
+
+Table 2/3 analog (``../shared/docs/hgd-reference.md``), on a labelled folder (``nips17_dev``):
+
+* **WhiteTestSet**: FGSM on the target model and 4-step I-FGSM on the training ensemble, eps 4 and 16;
+* **BlackTestSet**: FGSM, 2- and 4-step I-FGSM on a model never used in training, eps 4 and 16.
+
+"White" is the paper's sense: the attacks know the classifier, never the denoiser (oblivious).
+Every attack aims away from the attacked model's own clean prediction, as in training. A set's
+accuracy at an eps is the mean over its attacks. The adversarial PNGs are cached like training
+pairs (:func:`hgd.train.pairs.attack_pairs`), outside the checkout.
+
+    python -m hgd.experiments testsets ../shared/datasets/nips17_dev ~/hgd-work/testsets
+    python -m hgd.experiments evaluate ~/hgd-work/testsets --row NA=none --row FGD=~/hgd-work/runs/fgd_lite0 \\
+        --json docs/results/table2.json
+
+A row is ``NAME=none`` (the undefended target) or ``NAME=RUN_DIR`` (a ``python -m hgd.train fit`` run:
+its ``best.weights.h5`` with the width and layout of its ``config.json``), shared in front of every
+``--target`` model (several targets: an ensemble, logits averaged). Rows already in ``--json`` are
+kept, so an interrupted evaluation resumes row by row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import pathlib
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from hgd.defended import DenoiserSpec, Member, build_defended_model
+from hgd.entry import run_main
+from hgd.images import load_image, write_atomically
+from hgd.train.pairs import Pair, TableAttack, attack_pairs, read_labelled_folder
+from hgd.zoo import ModelName, get_model
+
+log = logging.getLogger("hgd.experiments")
+
+WHITE, BLACK = "white", "black"
+TEST_EPSILONS = (4, 16)
+SPEC_FILE = "testsets.json"
+CLEAN = "clean"
+
+
+@dataclasses.dataclass(frozen=True)
+class ObliviousSpec:
+    """Which models the test attacks use (the defaults are the Lite stand-ins of the paper's)."""
+
+    source: str
+    target: str = ModelName.LITE0.value
+    training_models: tuple[str, ...] = (ModelName.LITE0.value, ModelName.LITE1.value)
+    black_model: str = ModelName.LITE2.value
+
+    def attacks(self) -> dict[str, list[TableAttack]]:
+        target, black = ModelName(self.target), ModelName(self.black_model)
+        training = tuple(ModelName(m) for m in self.training_models)
+        on = "ensemble" if len(training) > 1 else training[0].value
+        return {
+            WHITE: [TableAttack(f"fgsm_{target.value}", "fgsm", (target,), 1),
+                    TableAttack(f"ifgsm4_{on}", "ifgsm", training, 4)],
+            BLACK: [TableAttack(f"fgsm_{black.value}", "fgsm", (black,), 1),
+                    TableAttack(f"ifgsm2_{black.value}", "ifgsm", (black,), 2),
+                    TableAttack(f"ifgsm4_{black.value}", "ifgsm", (black,), 4)],
+        }
+
+
+def plan_test_sets(spec: ObliviousSpec, out_dir: pathlib.Path) -> list[Pair]:
+    """Every (image, set, attack, eps) of the test sets; ``Pair.split`` holds the set's name."""
+    plan = []
+    for image in read_labelled_folder(pathlib.Path(spec.source)):
+        stem = image.path.stem
+        for test_set, attacks in spec.attacks().items():
+            for attack in attacks:
+                for eps in TEST_EPSILONS:
+                    path = out_dir / test_set / attack.name / f"eps{eps}" / f"{stem}.png"
+                    plan.append(Pair(stem, test_set, image.label0, attack.name, eps, image.path, path))
+    return plan
+
+
+def build_test_sets(spec: ObliviousSpec, out_dir: pathlib.Path, *, batch_size: int = 16,
+                    progress: bool = True) -> list[Pair]:
+    """Attack the clean folder into ``out_dir`` (resumes; refuses a folder built with another spec)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / SPEC_FILE
+    if path.is_file() and read_test_spec(out_dir) != spec:
+        raise ValueError(f"{out_dir} holds test sets of another spec: {read_test_spec(out_dir)}")
+    write_atomically(path, "w", lambda f: json.dump(dataclasses.asdict(spec), f, indent=1))
+    plan = plan_test_sets(spec, out_dir)
+    attacks = [attack for group in spec.attacks().values() for attack in group]
+    attack_pairs(plan, attacks, seed=0, batch_size=batch_size, progress=progress)
+    return plan
+
+
+def read_test_spec(out_dir: pathlib.Path) -> ObliviousSpec:
+    raw = json.loads((out_dir / SPEC_FILE).read_text())
+    return ObliviousSpec(**{**raw, "training_models": tuple(raw["training_models"])})
+
+
+def denoiser_of_run(run_dir: pathlib.Path) -> DenoiserSpec:
+    """The trained denoiser of a ``hgd.train fit`` run folder: best weights, the run's width and layout."""
+    config = json.loads((run_dir / "config.json").read_text())
+    weights = run_dir / "best.weights.h5"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{run_dir}: no best.weights.h5 yet (has the run finished an epoch?)")
+    return DenoiserSpec(weights, width=float(config["width"]), lateral=bool(config["lateral"]))
+
+
+def evaluate(plan: Sequence[Pair], targets: Sequence[str], denoiser: DenoiserSpec | None, *,
+             batch_size: int = 16, progress: bool = True) -> dict[str, float]:
+    """Accuracy (%) on the clean images, per ``set/attack/eps`` and per ``set/eps`` (mean over the set's attacks)."""
+    from hgd.backend import forward_fn
+
+    model = build_defended_model([Member(get_model(t)) for t in targets], shared_denoiser=denoiser)
+    predict = forward_fn(model)
+    clean = {pair.image: pair for pair in plan}.values()
+    items = [(CLEAN, pair.clean, pair.label0) for pair in clean]
+    items += [(f"{p.split}/{p.attack}/eps{p.epsilon}", p.adversarial, p.label0) for p in plan]
+    correct: dict[str, list[bool]] = {}
+    with tqdm(total=len(items), unit="img", desc="evaluate", disable=not progress) as bar:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            pixels = np.stack([load_image(path)[0] for _, path, _ in chunk])
+            predicted = predict(pixels).argmax(axis=1)
+            for (key, _, label), guess in zip(chunk, predicted):
+                correct.setdefault(key, []).append(bool(guess == label))
+            bar.update(len(chunk))
+    accuracy = {key: 100.0 * float(np.mean(hits)) for key, hits in correct.items()}
+    for test_set in (WHITE, BLACK):
+        for eps in TEST_EPSILONS:
+            parts = [v for k, v in accuracy.items() if k.startswith(f"{test_set}/") and k.endswith(f"/eps{eps}")]
+            accuracy[f"{test_set}/eps{eps}"] = float(np.mean(parts))
+    return accuracy
+
+
+SUMMARY_COLUMNS = (CLEAN, f"{WHITE}/eps4", f"{WHITE}/eps16", f"{BLACK}/eps4", f"{BLACK}/eps16")
+
+
+def markdown_table(rows: dict[str, dict[str, float]], columns: Sequence[str] = SUMMARY_COLUMNS) -> str:
+    """Rows (defenses) x columns (accuracy %), one decimal."""
+    lines = ["| defense | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    lines += [f"| {name} | " + " | ".join(f"{row[c]:.1f}" for c in columns) + " |" for name, row in rows.items()]
+    return "\n".join(lines)
+
+
+def _parse_row(text: str) -> tuple[str, pathlib.Path | None]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"--row takes NAME=none or NAME=RUN_DIR, got {text!r}")
+    return name, None if value == "none" else pathlib.Path(value).expanduser()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hgd.experiments", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    models = [m.value for m in ModelName]
+    build = commands.add_parser("testsets", help="build the White and Black test sets (resumes)")
+    build.add_argument("source", type=pathlib.Path, help="labelled folder (nips17_dev)")
+    build.add_argument("out_dir", type=pathlib.Path)
+    build.add_argument("--target", choices=models, default=ModelName.LITE0.value)
+    build.add_argument("--training-models", nargs="+", choices=models, default=[m.value for m in
+                                                                               (ModelName.LITE0, ModelName.LITE1)])
+    build.add_argument("--black-model", choices=models, default=ModelName.LITE2.value)
+    build.add_argument("--no-progress", action="store_true")
+    score = commands.add_parser("evaluate", help="accuracy of rows of denoisers on the test sets")
+    score.add_argument("testsets", type=pathlib.Path, help="a folder made by `testsets`")
+    score.add_argument("--row", action="append", required=True, help="NAME=none or NAME=RUN_DIR (repeatable)")
+    score.add_argument("--target", nargs="+", choices=models, default=None,
+                       help="protected model(s) (default: the test sets' target)")
+    score.add_argument("--json", type=pathlib.Path, required=True, help="results file (rows in it are kept)")
+    score.add_argument("--batch-size", type=int, default=16)
+    score.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _testsets(args: argparse.Namespace) -> int:
+    spec = ObliviousSpec(source=str(args.source.resolve()), target=args.target,
+                       training_models=tuple(args.training_models), black_model=args.black_model)
+    plan = build_test_sets(spec, args.out_dir, progress=not args.no_progress)
+    print(f"{len(plan)} test images in {args.out_dir}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    spec = read_test_spec(args.testsets)
+    plan = plan_test_sets(spec, args.testsets)
+    missing = [p.adversarial for p in plan if not p.adversarial.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{args.testsets}: {len(missing)} test images missing; rerun `testsets`")
+    targets = args.target or [spec.target]
+    results = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    for name, run_dir in map(_parse_row, args.row):
+        key = f"{name} -> {'+'.join(targets)}"
+        if key in results:
+            log.info("%s: kept from %s", key, args.json)
+            continue
+        denoiser = denoiser_of_run(run_dir) if run_dir else None
+        results[key] = {"run": str(run_dir) if run_dir else None,
+                        "accuracy": evaluate(plan, targets, denoiser, batch_size=args.batch_size,
+                                             progress=not args.no_progress)}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(args.json, "w", lambda f: json.dump(results, f, indent=1, sort_keys=True))
+    print(markdown_table({key: row["accuracy"] for key, row in results.items()}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.getLogger("hgd").setLevel(logging.INFO)
+    run_main(lambda: {"testsets": _testsets, "evaluate": _evaluate}[args.command](args))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
