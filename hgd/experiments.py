@@ -13,6 +13,7 @@ pairs (:func:`hgd.train.pairs.attack_pairs`), outside the checkout.
     python -m hgd.experiments testsets ../shared/datasets/nips17_dev ~/hgd-work/testsets
     python -m hgd.experiments evaluate ~/hgd-work/testsets --row NA=none --row FGD=~/hgd-work/runs/fgd_lite0 \\
         --json docs/results/table2.json
+    python -m hgd.experiments figures ~/hgd-work/testsets --row PGD=... --row FGD=... --out docs/figures
 
 A row is ``NAME=none`` (the undefended target) or ``NAME=RUN_DIR`` (a ``python -m hgd.train fit`` run:
 its ``best.weights.h5`` with the width and layout of its ``config.json``), shared in front of every
@@ -147,6 +148,49 @@ def markdown_table(rows: dict[str, dict[str, float]], columns: Sequence[str] = S
     return "\n".join(lines)
 
 
+def figures(plan: Sequence[Pair], target: str, denoisers: dict[str, DenoiserSpec], out_dir: pathlib.Path, *,
+            attack: str, epsilon: int, count: int, seed: int = 0) -> dict:
+    """Figure 5 and Figure 7 (:mod:`hgd.analysis`) on ``count`` images of one test attack; returns the numbers."""
+    import keras
+
+    from hgd import analysis
+    from hgd.backend import forward_fn
+
+    chosen = [p for p in plan if f"{p.split}/{p.attack}" == attack and p.epsilon == epsilon][:count]
+    if not chosen:
+        raise ValueError(f"no test images for {attack} at eps {epsilon}")
+    model = get_model(target)
+
+    def normalize(pixels: np.ndarray) -> np.ndarray:
+        return keras.ops.convert_to_numpy(model.normalize()(pixels.astype(np.float32)))
+
+    clean_pixels = np.stack([load_image(p.clean)[0] for p in chosen])
+    noise = np.random.default_rng(seed).uniform(-epsilon, epsilon, clean_pixels.shape)
+    noisy_pixels = np.clip(np.rint(clean_pixels + noise), 0, 255)
+    clean = normalize(clean_pixels)
+    adversarial = normalize(np.stack([load_image(p.adversarial)[0] for p in chosen]))
+    perturbed = {"adversarial": adversarial, f"random noise (eps {epsilon})": normalize(noisy_pixels)}
+    slopes, samples = {}, {}
+    rng = np.random.default_rng(seed)
+    for name, spec in denoisers.items():
+        denoise = forward_fn(spec.build())
+        denoised = np.concatenate([denoise(adversarial[i:i + 8]) for i in range(0, len(adversarial), 8)])
+        perturbed[f"{name} output"] = denoised
+        slopes[name] = analysis.perturbation_slopes(clean, adversarial, denoised)
+        pick = rng.choice(clean.size, min(20000, clean.size), replace=False)
+        samples[name] = ((adversarial - clean).ravel()[pick], (adversarial - denoised).ravel()[pick])
+    probe, layers = analysis.layer_probe(model)
+    curves = {name: analysis.layerwise_perturbation(probe, clean, x) for name, x in perturbed.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    title = f"{target}, {attack} eps {epsilon}, {len(chosen)} images"
+    analysis.plot_layerwise(curves, layers, out_dir / "figure5_layerwise_perturbation.png", title)
+    if samples:
+        analysis.plot_slopes(samples, out_dir / "figure7_perturbation_slopes.png", title)
+    return {"layers": layers, "E_l": {k: v.tolist() for k, v in curves.items()},
+            "slope_median": {k: float(np.median(v)) for k, v in slopes.items()},
+            "slope_mean": {k: float(np.mean(v)) for k, v in slopes.items()}, "images": len(chosen)}
+
+
 def _parse_row(text: str) -> tuple[str, pathlib.Path | None]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -175,6 +219,13 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--json", type=pathlib.Path, required=True, help="results file (rows in it are kept)")
     score.add_argument("--batch-size", type=int, default=16)
     score.add_argument("--no-progress", action="store_true")
+    draw = commands.add_parser("figures", help="Figure 5 (layer-wise perturbation) and Figure 7 (slopes)")
+    draw.add_argument("testsets", type=pathlib.Path, help="a folder made by `testsets`")
+    draw.add_argument("--row", action="append", default=[], help="NAME=RUN_DIR of a denoiser to show (repeatable)")
+    draw.add_argument("--attack", default=None, help="SET/ATTACK (default: white FGSM on the target)")
+    draw.add_argument("--eps", type=int, default=16, choices=TEST_EPSILONS)
+    draw.add_argument("--images", type=int, default=100, help="how many test images")
+    draw.add_argument("--out", type=pathlib.Path, required=True, help="folder for the PNGs and figures.json")
     return parser
 
 
@@ -209,10 +260,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _figures(args: argparse.Namespace) -> int:
+    spec = read_test_spec(args.testsets)
+    rows = [_parse_row(text) for text in args.row]
+    denoisers = {name: denoiser_of_run(run) for name, run in rows if run is not None}
+    numbers = figures(plan_test_sets(spec, args.testsets), spec.target, denoisers, args.out,
+                      attack=args.attack or f"{WHITE}/fgsm_{spec.target}", epsilon=args.eps, count=args.images)
+    write_atomically(args.out / "figures.json", "w", lambda f: json.dump(numbers, f, indent=1))
+    print("| image | E_l at the guide layer | E_l at the logits | slope (median) |\n|---|---:|---:|---:|")
+    for name, curve in numbers["E_l"].items():
+        slope = numbers["slope_median"].get(name.removesuffix(" output"))
+        print(f"| {name} | {curve[-2]:.3f} | {curve[-1]:.3f} | {'-' if slope is None else f'{slope:.2f}'} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.getLogger("hgd").setLevel(logging.INFO)
-    run_main(lambda: {"testsets": _testsets, "evaluate": _evaluate}[args.command](args))
+    run_main(lambda: {"testsets": _testsets, "evaluate": _evaluate, "figures": _figures}[args.command](args))
 
 
 if __name__ == "__main__":

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from hgd import experiments
+from hgd import analysis, experiments
 from hgd.experiments import BLACK, CLEAN, WHITE, ObliviousSpec, build_test_sets, markdown_table, plan_test_sets
 from hgd.images import load_image
+from hgd.zoo import ModelName, get_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -76,3 +78,47 @@ def test_markdown_table():
     row = {c: 50.0 for c in experiments.SUMMARY_COLUMNS}
     lines = markdown_table({"FGD": row}).splitlines()
     assert lines[0].startswith("| defense | clean |") and lines[2] == "| FGD | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 |"
+
+
+# -------------------------------------------------------------------------------------------- figures
+
+
+def test_perturbation_slopes():
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(-1, 1, (3, 8, 8, 3))
+    adversarial = clean + rng.uniform(-0.1, 0.1, clean.shape)
+    np.testing.assert_allclose(analysis.perturbation_slopes(clean, adversarial, clean), 1.0)  # removes it all
+    np.testing.assert_allclose(analysis.perturbation_slopes(clean, adversarial, adversarial), 0.0)  # nothing
+    overshoot = adversarial - 1.5 * (adversarial - clean)
+    np.testing.assert_allclose(analysis.perturbation_slopes(clean, adversarial, overshoot), 1.5)
+
+
+def test_block_outputs_run_from_input_to_logits():
+    target = get_model(ModelName.LITE0)
+    names = analysis.block_outputs(target.build_backbone(), target)
+    assert names[0].startswith("block1") and names[-2:] == [target.guide_layer, target.logits_layer]
+    assert len(names) == 16 + 2  # EfficientNet-Lite0 has 16 blocks
+
+
+def _run_dir(folder: pathlib.Path, weights: pathlib.Path, width: float) -> pathlib.Path:
+    folder.mkdir()
+    shutil.copy(weights, folder / "best.weights.h5")
+    (folder / "config.json").write_text(json.dumps({"width": width, "lateral": True}))
+    return folder
+
+
+def test_figures_cli(testsets, dunet_weights, tmp_path):
+    identity = _run_dir(tmp_path / "identity", dunet_weights["identity"], dunet_weights["width"])
+    out = tmp_path / "figures"
+    result = subprocess.run([sys.executable, "-m", "hgd.experiments", "figures", str(testsets), "--row",
+                             f"ID={identity}", "--images", "4", "--out", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "figure5_layerwise_perturbation.png").stat().st_size > 10_000
+    assert (out / "figure7_perturbation_slopes.png").stat().st_size > 10_000
+    numbers = json.loads((out / "figures.json").read_text())
+    assert numbers["images"] == 4 and numbers["slope_median"]["ID"] == pytest.approx(0.0, abs=1e-6)
+    curves = numbers["E_l"]
+    np.testing.assert_allclose(curves["ID output"], curves["adversarial"], rtol=1e-4)  # x + 0 changes nothing
+    assert curves["adversarial"][-1] > curves["random noise (eps 16)"][-1]  # FGSM moves the logits more
+    assert "| adversarial |" in result.stdout
