@@ -27,7 +27,7 @@ import numpy as np
 
 from hgd.dunet import build_dunet
 from hgd.images import IMAGE_SIZE
-from hgd.zoo import TargetModel, get_model
+from hgd.zoo import Affine, TargetModel, get_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +120,7 @@ def _denoiser(entry: dict | None, base: pathlib.Path) -> DenoiserSpec | None:
     )
 
 
-def shared_normalization(members: Sequence[Member]) -> tuple[float, float]:
+def shared_normalization(members: Sequence[Member]) -> tuple[Affine, Affine]:
     """The ``(offset, scale)`` all members share; a shared denoiser needs one input space."""
     spaces = {(m.target.offset, m.target.scale) for m in members}
     if len(spaces) != 1:

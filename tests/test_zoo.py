@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from hgd import images
-from hgd.zoo import NUM_CLASSES, REGISTRY, ModelName, ScaleToNative, TargetModel, cache, efficientnet_lite, get_model
+from hgd.zoo import NUM_CLASSES, REGISTRY, ModelName, Normalize, ScaleToNative, TargetModel, cache, efficientnet_lite, get_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_IMAGES = REPO / "sample_data" / "images"
@@ -338,3 +338,12 @@ def test_build_from_normalized_is_the_classifier_after_normalization(target, cla
     np.testing.assert_allclose(logits, as_numpy(classifier(pixels, training=False)), rtol=1e-4, atol=1e-4)
     grid = -(-target.native_resolution // 32)  # the guide map: the backbone's stride-32 output
     assert guide.shape[:3] == (2, grid, grid) and (guide >= 0).all()
+
+
+def test_normalize_per_channel():
+    """ImageNet mean/std models (the competition's ResNets) normalize each RGB channel on its own."""
+    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+    pixels = np.full((1, 2, 2, 3), 200.0, "float32")
+    out = as_numpy(Normalize(mean, std)(pixels))
+    np.testing.assert_allclose(out[0, 0, 0], [(200.0 - m) / s for m, s in zip(mean, std)], rtol=1e-6)
+    assert Normalize.from_config(Normalize(mean, std).get_config()).offset == mean

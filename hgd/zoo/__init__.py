@@ -21,6 +21,9 @@ from hgd.zoo.cache import load_or_convert
 
 NUM_CLASSES = 1000
 
+Affine = float | tuple[float, float, float]
+"""One normalization constant, or one per RGB channel."""
+
 
 class ModelName(str, enum.Enum):
     """Stable ids of the registered target models."""
@@ -34,16 +37,19 @@ class ModelName(str, enum.Enum):
 class Normalize(keras.layers.Layer):
     """Pixels (any dtype, 0..255) -> a classifier's normalized space: ``(pixels - offset) / scale``.
 
+    ``offset`` and ``scale`` are one number or one per RGB channel (ImageNet mean/std models).
     HGD's denoisers work in this space (``../shared/docs/hgd-reference.md``), still at the
     competition's 299x299: they sit between this layer and :class:`ScaleToNative`.
     """
 
-    def __init__(self, offset: float, scale: float, **kwargs) -> None:
+    def __init__(self, offset: Affine, scale: Affine, **kwargs) -> None:
         super().__init__(**kwargs)
         self.offset, self.scale = offset, scale
 
     def call(self, pixels):
-        return (keras.ops.cast(pixels, "float32") - self.offset) / self.scale
+        offset = keras.ops.convert_to_tensor(self.offset, "float32")
+        scale = keras.ops.convert_to_tensor(self.scale, "float32")
+        return (keras.ops.cast(pixels, "float32") - offset) / scale
 
     def get_config(self) -> dict:
         return {**super().get_config(), "offset": self.offset, "scale": self.scale}
@@ -92,7 +98,7 @@ class TargetModel:
         input_resolution: what the backbone is fed: ``native_resolution`` (the 299 image is
             resized in the graph) or ``None`` (the 299 image directly). Chosen by measurement,
             see ``docs/MODELS.md``.
-        offset, scale: input space = ``(pixels - offset) / scale``.
+        offset, scale: input space = ``(pixels - offset) / scale``, per channel where they are tuples.
         guide_layer: the topmost conv feature map (FGD's guide, before pooling).
         logits_layer: the 1000-way logits layer.
     """
@@ -101,8 +107,8 @@ class TargetModel:
     build_backbone: Callable[[], keras.Model]
     native_resolution: int
     input_resolution: int | None
-    offset: float
-    scale: float
+    offset: Affine
+    scale: Affine
     guide_layer: str
     logits_layer: str
 
