@@ -15,8 +15,6 @@ import collections
 import io
 import pickle
 import re
-import sys
-import types
 import zipfile
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import keras
 import numpy as np
 import pytest
 
+from torch_pickle import STORAGE_TYPES, fake_torch_modules, rebuild_tensor_v2
 from hgd.pth import UnsafePickleError
 from hgd.zoo import inception, resnet, slim
 from hgd.zoo.torch_zip import load_zip_state_dict
@@ -389,14 +388,6 @@ def test_torchvision_spec_has_the_published_size():
     assert sum(int(np.prod(s)) for s in parameters) == 83_455_272  # torchvision docs, IMAGENET1K_V1 num_params
 
 
-def _torch_global(module: str, name: str, obj):
-    obj.__module__, obj.__qualname__, obj.__name__ = module, name, name
-    return obj
-
-
-FloatStorage = _torch_global("torch", "FloatStorage", type("FloatStorage", (), {}))
-LongStorage = _torch_global("torch", "LongStorage", type("LongStorage", (), {}))
-_rebuild_tensor_v2 = _torch_global("torch._utils", "_rebuild_tensor_v2", lambda *args: None)
 
 
 class _Storage:
@@ -415,14 +406,14 @@ class _Tensor:
     def __reduce__(self):
         value = self.storage.value
         stride = tuple(s // value.itemsize for s in value.strides)
-        return _rebuild_tensor_v2, (self.storage, 0, value.shape, stride, False, collections.OrderedDict())
+        return rebuild_tensor_v2, (self.storage, 0, value.shape, stride, False, collections.OrderedDict())
 
 
 class _ZipPickler(pickle.Pickler):
     def persistent_id(self, obj):
         if not isinstance(obj, _Storage):
             return None
-        storage = {np.dtype("float32"): FloatStorage, np.dtype("int64"): LongStorage}[obj.value.dtype]
+        storage = STORAGE_TYPES[obj.value.dtype]
         return ("storage", storage, obj.key, "cpu", obj.value.size)
 
 
@@ -431,13 +422,8 @@ def write_torch_zip(path: Path, state: dict[str, np.ndarray], monkeypatch, *, ar
     ``byteorder``, ``version``; with the ``_metadata`` attribute ``Module.state_dict()`` attaches."""
     tensors = collections.OrderedDict((name, _Tensor(_Storage(str(i), v))) for i, (name, v) in enumerate(state.items()))
     tensors._metadata = collections.OrderedDict([("", {"version": 1})])
-    fake_torch, fake_utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
-    fake_torch.FloatStorage, fake_torch.LongStorage = FloatStorage, LongStorage
-    fake_utils._rebuild_tensor_v2 = _rebuild_tensor_v2
     buf = io.BytesIO()
-    with monkeypatch.context() as mp:
-        mp.setitem(sys.modules, "torch", fake_torch)
-        mp.setitem(sys.modules, "torch._utils", fake_utils)
+    with fake_torch_modules(monkeypatch):
         _ZipPickler(buf, protocol=2).dump(tensors)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         z.writestr(f"{archive}/data.pkl", buf.getvalue())

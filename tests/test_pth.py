@@ -13,13 +13,13 @@ import pickletools
 import struct
 import subprocess
 import sys
-import types
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from torch_pickle import STORAGE_TYPES, fake_torch_modules, rebuild_tensor_v2
 from hgd.pth import MAGIC_NUMBER, PROTOCOL_VERSION, UnsafePickleError, load_legacy_state_dict
 
 # ---------------------------------------------------------------- a legacy torch writer, without torch
@@ -27,16 +27,6 @@ from hgd.pth import MAGIC_NUMBER, PROTOCOL_VERSION, UnsafePickleError, load_lega
 SYS_INFO = {"protocol_version": PROTOCOL_VERSION, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}
 
 
-def _torch_global(module: str, name: str, obj):
-    """Make ``obj`` pickle as the global ``module.name`` (the pickler checks ``sys.modules[module].name is obj``)."""
-    obj.__module__, obj.__qualname__, obj.__name__ = module, name, name
-    return obj
-
-
-FloatStorage = _torch_global("torch", "FloatStorage", type("FloatStorage", (), {}))
-LongStorage = _torch_global("torch", "LongStorage", type("LongStorage", (), {}))
-_rebuild_tensor_v2 = _torch_global("torch._utils", "_rebuild_tensor_v2", lambda *args: None)
-_STORAGE_TYPES = {np.dtype("float32"): FloatStorage, np.dtype("int64"): LongStorage}
 
 
 class Storage:
@@ -46,7 +36,7 @@ class Storage:
         self.key, self.data = key, np.ascontiguousarray(data).ravel()
 
     def persistent_id(self) -> tuple:
-        return ("storage", _STORAGE_TYPES[self.data.dtype], self.key, "cpu", self.data.size, None)
+        return ("storage", STORAGE_TYPES[self.data.dtype], self.key, "cpu", self.data.size, None)
 
 
 class Tensor:
@@ -56,7 +46,7 @@ class Tensor:
         self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
 
     def __reduce__(self):
-        return _rebuild_tensor_v2, (self.storage, self.offset, self.size, self.stride, False, collections.OrderedDict())
+        return rebuild_tensor_v2, (self.storage, self.offset, self.size, self.stride, False, collections.OrderedDict())
 
 
 class _LegacyPickler(pickle.Pickler):
@@ -67,14 +57,8 @@ class _LegacyPickler(pickle.Pickler):
 def write_legacy_pth(path: Path, state: dict, monkeypatch, *, magic: int = MAGIC_NUMBER, state_pickle: bytes | None = None) -> None:
     """Write ``state`` (name -> Tensor) as torch's legacy ``_save`` does; ``state_pickle`` replaces the 4th pickle."""
     storages = {t.storage.key: t.storage for t in state.values()}
-    fake_torch = types.ModuleType("torch")
-    fake_torch.FloatStorage, fake_torch.LongStorage = FloatStorage, LongStorage
-    fake_utils = types.ModuleType("torch._utils")
-    fake_utils._rebuild_tensor_v2 = _rebuild_tensor_v2
     buf = io.BytesIO()
-    with monkeypatch.context() as mp:
-        mp.setitem(sys.modules, "torch", fake_torch)
-        mp.setitem(sys.modules, "torch._utils", fake_utils)
+    with fake_torch_modules(monkeypatch):
         for obj in (magic, PROTOCOL_VERSION, SYS_INFO):
             pickle.dump(obj, buf, protocol=2)
         if state_pickle is None:
