@@ -27,12 +27,25 @@ Config (``config.json`` beside the submission's script)::
      "batch_size": 16, "notes": "free text"}
 
 ``attack`` is one of :class:`AttackName`; the attack's keyword arguments (``steps``, ``alpha``,
-``mu``, ``seed``: those its class takes) sit beside it. ``targeted`` (bool) reads targets;
-``least_likely`` (bool, untargeted submissions only) aims every image at its least likely class.
-``model`` is ``{"members": [names...]}`` (undefended members, logits averaged) or
+``mu``, ``seed``, ``loss``, ``restarts``, ``record_loss``, ``queries``, ``p_init``: those its class
+takes) sit beside it. ``targeted`` (bool) reads targets; ``least_likely`` (bool, untargeted
+submissions only) aims every image at its least likely class. ``model`` is
+``{"members": [names...]}`` (undefended members, logits averaged) or
 ``{"defense_config": "path/to/config.json"}`` (a defense's config, relative to this file: attack
-the defended model itself). Attacks that never look at a model (``noop``, ``random_noise``) need no
-``model``, and none is built.
+the defended model itself — a *defense-aware* attack). Attacks that never look at a model
+(``noop``, ``random_noise``) need no ``model``, and none is built.
+
+A defense-aware attack goes through all of the defense: its denoisers and classifiers (one
+differentiable Keras graph) and its input transformation, if any (:mod:`hgd.transforms`), with
+:class:`hgd.attacks.BPDA` (identity backward) since none is differentiable, and for a random one
+:class:`hgd.attacks.EOT` over ``"eot_draws"`` draws (an optional key of ``model``; default
+:data:`DEFAULT_EOT_DRAWS`). A defense whose denoiser weights do not exist is refused before any
+image is read (``REFUSED`` on stderr, exit 2): attacking an untrained denoiser measures nothing.
+Paths are relative to the config file, and the runner copies only the submission's folder: a
+defense-aware submission carries its own copy of the defense's config (and, once trained, weights).
+
+With ``record_loss``, each batch's loss curve (the mean objective over the batch at a few steps)
+is logged on stderr.
 """
 
 from __future__ import annotations
@@ -47,17 +60,20 @@ import logging
 import pathlib
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from hgd.entry import run_main
+from hgd.entry import EXIT_REFUSED, run_main
 from hgd.images import NUM_LABELS, iter_batches, list_input_files, save_png
 
 TARGET_CLASS_CSV = "target_class.csv"
 DEFAULT_BATCH_SIZE = 16
+DEFAULT_EOT_DRAWS = 10
+"""Draws per gradient for a defense with a random transform when the config does not say."""
 
 log = logging.getLogger("hgd.attack")
 
@@ -72,6 +88,7 @@ class AttackName(str, enum.Enum):
     BIM = "bim"
     PGD = "pgd"
     MIFGSM = "mifgsm"
+    SQUARE = "square"
 
     def attack_class(self) -> type:
         from hgd import attacks
@@ -84,10 +101,11 @@ class AttackName(str, enum.Enum):
             AttackName.BIM: attacks.BIM,
             AttackName.PGD: attacks.PGD,
             AttackName.MIFGSM: attacks.MIFGSM,
+            AttackName.SQUARE: attacks.SquareAttack,
         }[self]
 
 
-_ATTACK_PARAMETERS = ("steps", "alpha", "mu", "seed")
+_ATTACK_PARAMETERS = ("steps", "alpha", "mu", "seed", "loss", "restarts", "record_loss", "queries", "p_init")
 _CONFIG_KEYS = frozenset({"attack", "model", "batch_size", "targeted", "least_likely", "notes", *_ATTACK_PARAMETERS})
 
 
@@ -175,9 +193,16 @@ def load_attack_config(path: str | pathlib.Path) -> AttackConfig:
 
 
 def _check_model_entry(model: Any, path: pathlib.Path) -> None:
-    if not isinstance(model, dict) or len(model) != 1 or not ({"members", "defense_config"} & set(model)):
+    if not isinstance(model, dict) or set(model) not in ({"members"}, {"defense_config"},
+                                                         {"defense_config", "eot_draws"}):
         raise ValueError(f"{path}: 'model' must be {{\"members\": [model names]}} or "
-                         f"{{\"defense_config\": \"path\"}}, got {model!r}")
+                         f"{{\"defense_config\": \"path\"}} (optionally with \"eot_draws\"), got {model!r}")
+    if "defense_config" in model:
+        if not isinstance(model["defense_config"], str) or not model["defense_config"]:
+            raise ValueError(f"{path}: 'model.defense_config' must be a path, got {model['defense_config']!r}")
+        draws = model.get("eot_draws", DEFAULT_EOT_DRAWS)
+        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+            raise ValueError(f"{path}: 'model.eot_draws' must be an integer >= 1, got {draws!r}")
     if "members" in model:
         from hgd.zoo import get_model
 
@@ -191,18 +216,38 @@ def _check_model_entry(model: Any, path: pathlib.Path) -> None:
             get_model(member["model"] if isinstance(member, dict) else member)  # raises on unknown names
 
 
+def defense_config_path(config: AttackConfig) -> pathlib.Path | None:
+    """The defense a defense-aware attack targets (``model.defense_config``, resolved), else ``None``."""
+    if config.model is None or "defense_config" not in config.model:
+        return None
+    return config.base / config.model["defense_config"]
+
+
 def build_model(config: AttackConfig):
-    """The Keras model the attack differentiates: pixels (299x299) -> averaged logits."""
+    """What the attack runs on: pixels (299x299) -> averaged logits.
+
+    The undefended members' Keras model; or the defense's (denoisers + classifiers), wrapped in
+    :class:`hgd.attacks.BPDA` when the defense has an input transformation (and in
+    :class:`hgd.attacks.EOT` too when that transformation is random).
+    """
     from hgd.defended import Member, build_defended_model, load_config
     from hgd.zoo import get_model
 
-    if "defense_config" in config.model:
-        defense = load_config(config.base / config.model["defense_config"])
+    defense_path = defense_config_path(config)
+    if defense_path is not None:
+        from hgd import attacks
+
+        defense = load_config(defense_path)
         missing = defense.missing_weights()
         if missing:
             raise ValueError(f"the defense to attack names denoiser weights that do not exist: "
                              f"{', '.join(map(str, missing))}")
-        return defense.build()
+        model = defense.build()
+        if defense.transform is not None:
+            model = attacks.BPDA(model, defense.transform)
+            if defense.transform.random:
+                model = attacks.EOT(model, draws=config.model.get("eot_draws", DEFAULT_EOT_DRAWS))
+        return model
     names = [m["model"] if isinstance(m, dict) else m for m in config.model["members"]]
     return build_defended_model([Member(get_model(name)) for name in names])
 
@@ -258,6 +303,10 @@ def attack_folder(config_path: pathlib.Path, input_dir: pathlib.Path, output_dir
                   batch_size: int | None = None) -> int:
     """Run the attack described by ``config_path``; returns the process exit code."""
     config = load_attack_config(config_path)
+    refusal = _refusal(config, config_path)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return EXIT_REFUSED
     files = [f for f in list_input_files(input_dir) if f.name != TARGET_CLASS_CSV]
     targets: dict[str, int] = {}
     if config.targeted:
@@ -275,13 +324,44 @@ def attack_folder(config_path: pathlib.Path, input_dir: pathlib.Path, output_dir
     return 0
 
 
+def _refusal(config: AttackConfig, config_path: pathlib.Path) -> str | None:
+    """Why a defense-aware attack cannot run (its defense's denoiser weights are missing), or ``None``."""
+    defense_path = defense_config_path(config)
+    if defense_path is None:
+        return None
+    from hgd.defended import load_config
+
+    missing = load_config(defense_path).missing_weights()
+    if not missing:
+        return None
+    return (f"REFUSED: {config_path} attacks the defense {defense_path}, which names trained denoiser weights "
+            f"that do not exist: {', '.join(map(str, missing))}.\nAn attack on an untrained denoiser measures "
+            "nothing. Train the denoisers (HGD training pipeline) and put their weights where that config "
+            "names them (for a submission: copy defense/weights/ into its own defense/ folder).")
+
+
+def _log_loss_curve(attack: Any, names: list[str]) -> None:
+    curve = getattr(attack, "loss_curve", None)
+    if curve is None:
+        return
+    with warnings.catch_warnings():  # a restart that ran no image is all NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(curve, axis=-1)  # (restarts, steps + 1): the batch's mean objective per iterate
+    for restart, row in enumerate(mean):
+        if np.isnan(row).all():
+            continue
+        marks = sorted({0, *range(0, len(row), max(1, (len(row) - 1) // 10)), len(row) - 1})
+        points = ", ".join(f"{i}: {row[i]:.3f}" for i in marks)
+        log.info("loss curve (restart %d, mean over %d images, step: objective): %s", restart, len(names), points)
+
+
 def _attack(config: AttackConfig, files: list[pathlib.Path], output_dir: pathlib.Path, epsilon: int,
             batch_size: int, targets: dict[str, int]) -> int:
     model = None
     if config.attack.requires_model:
         start = time.perf_counter()
         model = build_model(config)
-        log.info("model ready in %.1f s", time.perf_counter() - start)
+        log.info("model ready in %.1f s: %s", time.perf_counter() - start, getattr(model, "name", None) or repr(model))
     log.info("%r at epsilon %d, batch size %d", config.attack, epsilon, batch_size)
     written = 0
     with tqdm(total=len(files), unit="img", desc="attack", file=sys.stderr) as progress:
@@ -291,6 +371,7 @@ def _attack(config: AttackConfig, files: list[pathlib.Path], output_dir: pathlib
             if batch.names:
                 criterion = _criterion(config, model, batch.names, batch.images, targets)
                 adversarial = config.attack(model, batch.images, criterion, epsilon=epsilon)
+                _log_loss_curve(config.attack, batch.names)
                 for name, image in zip(batch.names, adversarial):
                     save_png(output_dir / name, image)
                 written += len(batch.names)

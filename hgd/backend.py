@@ -65,15 +65,19 @@ def forward_fn(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: keras.ops.convert_to_numpy(compiled(x))
 
 
-def input_gradient(loss: Callable[[Tensor], Tensor], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def input_gradient(loss: Callable[[Tensor], Tensor], x: np.ndarray, *,
+                   has_aux: bool = False) -> tuple[Any, np.ndarray]:
     """Value and gradient of a scalar ``loss(x)`` with respect to ``x``, on the active backend.
 
     Args:
-        loss: maps a float32 input batch to a scalar tensor using ``keras.ops`` / Keras models.
+        loss: maps a float32 input batch to a scalar tensor using ``keras.ops`` / Keras models;
+            with ``has_aux``, to a pair ``(scalar, aux)`` where only the scalar is differentiated
+            (``aux``: any tensor computed on the way, e.g. per-example losses).
         x: the input batch.
 
     Returns:
-        ``(loss value, d loss / d x)`` as numpy arrays.
+        ``(loss value, d loss / d x)`` as numpy arrays; with ``has_aux``,
+        ``((loss value, aux), d loss / d x)`` (JAX's convention).
     """
     backend = keras.backend.backend()
     x = np.asarray(x, dtype=np.float32)
@@ -83,18 +87,26 @@ def input_gradient(loss: Callable[[Tensor], Tensor], x: np.ndarray) -> tuple[np.
         xt = tf.convert_to_tensor(x)
         with tf.GradientTape() as tape:
             tape.watch(xt)
-            value = loss(xt)
-        return value.numpy(), tape.gradient(value, xt).numpy()
+            out = loss(xt)
+        value = out[0] if has_aux else out
+        grad = tape.gradient(value, xt).numpy()
+        return ((value.numpy(), out[1].numpy()), grad) if has_aux else (value.numpy(), grad)
     if backend == "jax":
         import jax
 
-        value, grad = jax.value_and_grad(loss)(x)
-        return np.asarray(value), np.asarray(grad)
+        out, grad = jax.value_and_grad(loss, has_aux=has_aux)(x)
+        if has_aux:
+            return (np.asarray(out[0]), np.asarray(out[1])), np.asarray(grad)
+        return np.asarray(out), np.asarray(grad)
     if backend == "torch":
         import torch
 
         xt = torch.tensor(x, requires_grad=True)
-        value = loss(xt)
+        out = loss(xt)
+        value = out[0] if has_aux else out
         value.backward()
-        return value.detach().cpu().numpy(), xt.grad.detach().cpu().numpy()
+        grad = xt.grad.detach().cpu().numpy()
+        if has_aux:
+            return (value.detach().cpu().numpy(), out[1].detach().cpu().numpy()), grad
+        return value.detach().cpu().numpy(), grad
     raise NotImplementedError(f"input gradients are not implemented for the {backend!r} backend")

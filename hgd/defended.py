@@ -13,6 +13,12 @@ resolution. The ensemble combines the members' raw logits (the competition solut
 them; averaging has the same argmax and keeps the scale of one model's logits). The whole graph
 is one Keras model from pixels to logits, so attacks back-propagate through denoisers and
 classifiers. A member without a denoiser is the plain classifier (the undefended baseline).
+
+A defense may also name an input transformation (:mod:`hgd.transforms`: JPEG re-compression,
+bit-depth reduction, ...), applied to the uint8 images before that model. It is not part of the
+Keras graph (none of them is differentiable): :attr:`DefenseConfig.transform` runs first,
+:meth:`DefenseConfig.build` is what comes after it. An attack that knows the defense wraps the two
+with :class:`hgd.attacks.BPDA` (and :class:`hgd.attacks.EOT` for a random transform).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy as np
 
 from hgd.dunet import build_dunet
 from hgd.images import IMAGE_SIZE
+from hgd.transforms import Transform, from_config
 from hgd.zoo import Affine, TargetModel, get_model
 
 
@@ -55,11 +62,13 @@ class Member:
 
 @dataclasses.dataclass(frozen=True)
 class DefenseConfig:
-    """A defense: its members (the ensemble), an optional shared denoiser, the batch size it classifies with."""
+    """A defense: its members (the ensemble), an optional shared denoiser, the batch size it classifies with,
+    and an optional input transformation applied to the uint8 images before everything else."""
 
     members: tuple[Member, ...]
     batch_size: int = 32
     shared_denoiser: DenoiserSpec | None = None
+    transform: Transform | None = None
 
     def __post_init__(self) -> None:
         if self.shared_denoiser is not None:
@@ -77,8 +86,16 @@ class DefenseConfig:
         return [spec.weights for spec in self.denoisers() if not spec.weights.is_file()]
 
     def build(self, image_size: int | None = IMAGE_SIZE) -> keras.Model:
-        """Pixels -> averaged logits: :func:`build_defended_model` for this configuration."""
+        """Pixels -> averaged logits: :func:`build_defended_model` for this configuration.
+
+        The differentiable part only: a defense with a :attr:`transform` classifies
+        ``model(transform(images))`` (:meth:`preprocess` first).
+        """
         return build_defended_model(self.members, image_size, shared_denoiser=self.shared_denoiser)
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images -> what the model of :meth:`build` classifies: the transform's output, or the images."""
+        return images if self.transform is None else self.transform(images)
 
 
 def load_config(path: str | pathlib.Path) -> DefenseConfig:
@@ -94,9 +111,17 @@ def load_config(path: str | pathlib.Path) -> DefenseConfig:
 
         {"denoiser": {"weights": "weights/fgd_ensemble.weights.h5", "width": 0.5},
          "members": [{"model": "efficientnet_lite0"}, ...]}
+
+    Either may add an input transformation (:func:`hgd.transforms.from_config`), applied first::
+
+        {"transform": {"name": "jpeg", "quality": 75}, "members": [...]}
+
+    ``notes`` (free text) is allowed and ignored.
     """
     path = pathlib.Path(path)
     raw = json.loads(path.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the config must be a JSON object")
     if not raw.get("members"):
         raise ValueError(f"{path}: 'members' must list at least one target model")
     members = tuple(
@@ -104,8 +129,9 @@ def load_config(path: str | pathlib.Path) -> DefenseConfig:
         for entry in raw["members"]
     )
     try:
+        transform = None if raw.get("transform") is None else from_config(raw["transform"])
         return DefenseConfig(members=members, batch_size=int(raw.get("batch_size", 32)),
-                             shared_denoiser=_denoiser(raw.get("denoiser"), path.parent))
+                             shared_denoiser=_denoiser(raw.get("denoiser"), path.parent), transform=transform)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
 

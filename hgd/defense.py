@@ -79,12 +79,14 @@ def _classify(config, files: list[pathlib.Path], batch_size: int, output_file: p
 
     start = time.perf_counter()
     predict = forward_fn(config.build())
-    log.info("model ready in %.1f s", time.perf_counter() - start)
+    log.info("model ready in %.1f s%s", time.perf_counter() - start,
+             "" if config.transform is None else f"; input transformation {config.transform!r} first")
     rows: list[tuple[str, int]] = []
     with tqdm(total=len(files), unit="img", desc="defense", file=sys.stderr) as progress:
         for batch in iter_batches(files, batch_size):
-            # uint8 straight in: the model casts inside its compiled graph, cheaper than a numpy astype
-            labels = competition_labels(predict(batch.images)) if batch.names else []
+            # uint8 straight in: the model casts inside its compiled graph, cheaper than a numpy astype.
+            # A defense's input transformation (JPEG, bit depth, ...) runs first, on the uint8 images.
+            labels = competition_labels(predict(config.preprocess(batch.images))) if batch.names else []
             rows += _rows(batch, labels)
             write_predictions_csv(output_file, rows)
             progress.update(len(batch.names) + len(batch.failed))

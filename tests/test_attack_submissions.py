@@ -190,6 +190,11 @@ def test_empty_input_folder_creates_the_output_folder(tmp_path):
     ({"attack": "fgsm", "model": {"members": ["resnet50"]}}, "unknown target model"),
     ({"attack": "fgsm", "model": {"members": [{"model": "efficientnet_lite0", "denoiser": {}}]}}, "defense_config"),
     ({"attack": "bim", "steps": 0, "model": {"members": ["efficientnet_lite0"]}}, "steps"),
+    ({"attack": "bim", "restarts": 2, "model": {"members": ["efficientnet_lite0"]}}, "takes no parameter"),
+    ({"attack": "pgd", "loss": "hinge", "model": {"members": ["efficientnet_lite0"]}}, "loss must be one of"),
+    ({"attack": "square", "queries": 0, "model": {"members": ["efficientnet_lite0"]}}, "queries"),
+    ({"attack": "pgd", "model": {"members": ["efficientnet_lite0"], "eot_draws": 3}}, "'model' must be"),
+    ({"attack": "pgd", "model": {"defense_config": "d.json", "eot_draws": 0}}, "eot_draws"),
 ])
 def test_bad_config_is_refused_with_a_clear_message(tmp_path, config, message):
     from hgd.attack import load_attack_config
@@ -213,7 +218,8 @@ def test_read_targets(tmp_path):
 
 def test_submissions_are_the_expected_set():
     assert {p.name for p in SUBMISSIONS} == {"noop", "random_noise", "fgsm", "ifgsm", "mifgsm",
-                                             "step_target_class", "iter_target_class"}
+                                             "step_target_class", "iter_target_class",
+                                             "adaptive_pgd", "adaptive_pgd_targeted", "square"}
 
 
 @pytest.mark.parametrize("submission", SUBMISSIONS, ids=lambda p: p.name)
@@ -230,3 +236,5 @@ def test_submission_metadata_and_config_are_valid(submission):
     config = load_attack_config(submission / "config.json")
     assert config.targeted == (metadata["type"] == "targeted_attack")
     assert f"`{submission.name}`" in (ATTACKS / "README.md").read_text()
+    # defense-aware = attacks a defense (reports keep those apart from the oblivious set)
+    assert metadata.get("defense_aware", False) is ("defense_config" in (config.model or {}))

@@ -11,7 +11,14 @@ uint8 images and returns uint8 adversarial images inside the epsilon box of the 
     adv = attacks.BIM()(model, images, attacks.LeastLikelyClass(), epsilon=16)
 
 Gradients come from :func:`hgd.backend.input_gradient`, so TensorFlow and JAX both work. The model
-can be a plain classifier or the whole defended model (denoisers + classifiers).
+can be a plain classifier or the whole defended model (denoisers + classifiers), or any
+:class:`Model` (:mod:`hgd.attacks.models`): a defense with a transform that is not differentiable
+goes through :class:`BPDA`, one that is random through :class:`EOT` as well::
+
+    from hgd.transforms import JPEGCompression
+    adv = attacks.PGD(steps=100, alpha=1, loss="margin", restarts=2)(
+        attacks.BPDA(keras_model, JPEGCompression(quality=75)), images, epsilon=16)
+    adv = attacks.SquareAttack(queries=1000)(keras_model, images, epsilon=16)   # gradient-free
 """
 
 from hgd.attacks.base import Attack, Box, quantize
@@ -25,6 +32,9 @@ from hgd.attacks.gradient_sign import (
     ProjectedGradientDescent,
     kurakin_steps,
 )
+from hgd.attacks.losses import Loss
+from hgd.attacks.models import BPDA, EOT, KerasModel, Model, as_model
+from hgd.attacks.square import SquareAttack
 
 # Short aliases (foolbox style).
 FGSM = FastGradientSignMethod
@@ -32,6 +42,7 @@ BIM = BasicIterativeMethod
 IFGSM = BasicIterativeMethod
 PGD = ProjectedGradientDescent
 MIFGSM = MomentumIterativeMethod
+Square = SquareAttack
 
 __all__ = [
     "Attack",
@@ -44,7 +55,14 @@ __all__ = [
     "BasicIterativeMethod",
     "ProjectedGradientDescent",
     "MomentumIterativeMethod",
+    "SquareAttack",
     "kurakin_steps",
+    "Loss",
+    "Model",
+    "KerasModel",
+    "BPDA",
+    "EOT",
+    "as_model",
     "Criterion",
     "Goal",
     "Misclassification",
@@ -55,4 +73,5 @@ __all__ = [
     "IFGSM",
     "PGD",
     "MIFGSM",
+    "Square",
 ]

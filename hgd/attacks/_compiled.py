@@ -22,8 +22,6 @@ _FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 class _ModelFunctions:
     def __init__(self, model: Any) -> None:
-        import keras
-
         from hgd.backend import compile_fn
 
         ref = weakref.ref(model)
@@ -31,14 +29,28 @@ class _ModelFunctions:
         def forward(x):
             return ref()(x, training=False)
 
-        def objective(x, classes, sign):
-            """``sign * sum_i CE(logits_i, classes_i)``: sign +1 ascends CE (untargeted), -1 descends it."""
-            logits = keras.ops.cast(ref()(x, training=False), "float32")
-            ce = keras.ops.sparse_categorical_crossentropy(classes, logits, from_logits=True)
-            return sign * keras.ops.sum(ce)
-
         self.forward = compile_fn(forward)
-        self.objective = compile_fn(objective)
+        self._ref = ref
+        self._objectives: dict[str, Any] = {}
+
+    def objective(self, loss: str):
+        """The compiled ``(x, classes, sign) -> (sum, per-image objective)`` for ``loss``, built once."""
+        compiled = self._objectives.get(loss)
+        if compiled is None:
+            import keras
+
+            from hgd.attacks import losses
+            from hgd.backend import compile_fn
+
+            ref = self._ref
+
+            def objective(x, classes, sign):
+                """``sign * L(logits, classes)`` summed (the differentiated scalar) and per image."""
+                per_image = losses.objective(ref()(x, training=False), classes, sign, loss)
+                return keras.ops.sum(per_image), per_image
+
+            compiled = self._objectives[loss] = compile_fn(objective)
+        return compiled
 
 
 def _functions(model: Any) -> _ModelFunctions:
@@ -56,17 +68,21 @@ def logits(model: Any, images: np.ndarray) -> np.ndarray:
     return keras.ops.convert_to_numpy(out)
 
 
-def objective_gradient(model: Any, images: np.ndarray, classes: np.ndarray,
-                       targeted: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Value and input gradient of the objective an attack ascends.
+def objective_gradient(model: Any, images: np.ndarray, classes: np.ndarray, targeted: bool,
+                       loss: str = "ce") -> tuple[np.ndarray, np.ndarray]:
+    """Per-image value and input gradient of the objective an attack ascends (:mod:`hgd.attacks.losses`).
 
-    The objective is the summed sparse categorical cross-entropy (from logits) of ``classes``;
-    negated when ``targeted``. Summed, not averaged, so each image's gradient does not depend on
-    the batch size.
+    The objective is ``loss`` (cross-entropy or margin) of ``classes``, negated when ``targeted``.
+    Its gradient is that of the sum over the batch, not the mean, so each image's gradient does
+    not depend on the batch size.
+
+    Returns:
+        ``(per-image objective (N,), gradient (N, H, W, 3))`` as float32 numpy arrays.
     """
     from hgd.backend import input_gradient
 
-    objective = _functions(model).objective
+    objective = _functions(model).objective(loss)
     classes = np.asarray(classes, dtype=np.int32)
     sign = np.asarray(-1.0 if targeted else 1.0, dtype=np.float32)
-    return input_gradient(lambda z: objective(z, classes, sign), images)
+    (_, per_image), gradient = input_gradient(lambda z: objective(z, classes, sign), images, has_aux=True)
+    return per_image.astype(np.float32, copy=False), gradient

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from hgd.attacks.criteria import Criterion, CriterionLike, as_criterion
+from hgd.attacks.models import Model, as_model
 
 MAX_EPSILON = 255
 
@@ -52,6 +53,10 @@ class Box:
     def project(self, x: np.ndarray) -> np.ndarray:
         """``x`` (float) clipped into the box, as float32."""
         return np.clip(x, self.lo, self.hi).astype(np.float32, copy=False)
+
+    def take(self, index: np.ndarray) -> Box:
+        """The box of the images ``index`` selects (an index array or boolean mask over the batch)."""
+        return Box(epsilon=self.epsilon, lo=self.lo[index], hi=self.hi[index])
 
 
 def quantize(x: np.ndarray, lo: np.ndarray | int = 0, hi: np.ndarray | int = 255) -> np.ndarray:
@@ -102,7 +107,9 @@ class Attack(abc.ABC):
         """Attacks a batch.
 
         Args:
-            model: a differentiable Keras model, pixels (float32, 0..255, NHWC) -> logits (0-based).
+            model: pixels (float32, 0..255, NHWC) -> logits (0-based): a differentiable Keras model,
+                or any :class:`~hgd.attacks.models.Model` (e.g. :class:`~hgd.attacks.models.BPDA`
+                / :class:`~hgd.attacks.models.EOT` around a defense with an input transformation).
             images: uint8 ``(N, H, W, 3)`` clean images.
             criterion: what the attack aims at: a :class:`~hgd.attacks.criteria.Criterion`; an
                 int array of 0-based labels (untargeted, same as ``Misclassification(labels)``);
@@ -130,10 +137,10 @@ class Attack(abc.ABC):
             return box, x  # the box is the image itself: nothing to compute
         if self.requires_model and model is None:
             raise ValueError(f"{self!r} needs a model")
-        return box, box.project(self._perturb(model, x, box, resolved))
+        return box, box.project(self._perturb(as_model(model), x, box, resolved))
 
     @abc.abstractmethod
-    def _perturb(self, model: Any, x: np.ndarray, box: Box, criterion: Criterion) -> np.ndarray:
+    def _perturb(self, model: Model | None, x: np.ndarray, box: Box, criterion: Criterion) -> np.ndarray:
         """The attack proper: float32 clean images -> float32 adversarial images inside ``box``."""
 
     def hyperparameters(self) -> dict[str, Any]:

@@ -1,13 +1,14 @@
 """Criteria: what an attack's loss is about (one idea: the class, and whether to move to or away from it).
 
-* :class:`Misclassification` — untargeted: maximize the cross-entropy of a label. By default the
+* :class:`Misclassification` — untargeted: maximize the loss (cross-entropy or margin) of a label. By default the
   label is the model's own prediction on the clean image (HGD's training recipe attacked that way,
   and a competition attack never sees the true labels); pass the true labels to use them.
-* :class:`TargetedMisclassification` — targeted: minimize the cross-entropy of a target class.
+* :class:`TargetedMisclassification` — targeted: minimize the loss of a target class.
 * :class:`LeastLikelyClass` — targeted at the clean image's least likely class (Kurakin et al. 2016's
   "iterative least-likely class" method).
 
-Classes are 0-based (the models' order); the competition's labels are these plus one.
+Classes are 0-based (the models' order); the competition's labels are these plus one. ``model``
+is anything :func:`hgd.attacks.models.as_model` takes (a Keras model or an attack model).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from hgd.attacks import _compiled
+from hgd.attacks.models import as_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +60,8 @@ def _check_classes(values: Any, what: str, count: int, model: Any) -> np.ndarray
 
 
 def _num_classes(model: Any) -> int | None:
-    shape = getattr(model, "output_shape", None)
-    return shape[-1] if isinstance(shape, tuple) and isinstance(shape[-1], int) else None
+    model = as_model(model)
+    return None if model is None else model.num_classes
 
 
 def _short(values: np.ndarray | None) -> str:
@@ -84,7 +85,7 @@ class Misclassification(Criterion):
 
     def goal(self, model: Any, images: np.ndarray) -> Goal:
         if self.labels is None:
-            return Goal(_compiled.logits(model, images).argmax(axis=-1).astype(np.int32), targeted=False)
+            return Goal(as_model(model).logits(images).argmax(axis=-1).astype(np.int32), targeted=False)
         return Goal(_check_classes(self.labels, "labels", len(images), model), targeted=False)
 
     def __repr__(self) -> str:
@@ -118,7 +119,7 @@ class LeastLikelyClass(Criterion):
     targeted = True
 
     def goal(self, model: Any, images: np.ndarray) -> Goal:
-        return Goal(_compiled.logits(model, images).argmin(axis=-1).astype(np.int32), targeted=True)
+        return Goal(as_model(model).logits(images).argmin(axis=-1).astype(np.int32), targeted=True)
 
     def __repr__(self) -> str:
         return "LeastLikelyClass()"

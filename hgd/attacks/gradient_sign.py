@@ -1,11 +1,22 @@
 """The L-infinity sign-gradient family: FGSM, I-FGSM / BIM, PGD and MI-FGSM.
 
 All of them repeat one step, ``x <- project(x + alpha * sign(direction))``, where ``direction`` is
-the gradient of the attack objective (cross-entropy of the criterion's class: ascended when
-untargeted, descended when targeted) and ``project`` clips onto the epsilon box around the clean
-image intersected with [0, 255]. They differ only in what :class:`IterativeGradientSignAttack`
-lets a subclass override: the schedule (steps, alpha), the start (clean or random) and the
-direction (the gradient, or a momentum of normalized gradients).
+the gradient of the attack objective (the ``loss`` of the criterion's class — cross-entropy by
+default, or the margin (CW) loss, :mod:`hgd.attacks.losses` — ascended when untargeted,
+descended when targeted) and ``project`` clips onto the epsilon box around the clean image
+intersected with [0, 255]. They differ only in what :class:`IterativeGradientSignAttack` lets a
+subclass override: the schedule (steps, alpha), the start (clean or random) and the direction
+(the gradient, or a momentum of normalized gradients).
+
+The model is anything :func:`hgd.attacks.models.as_model` takes: a Keras model (its compiled
+gradient), or :class:`~hgd.attacks.models.BPDA` / :class:`~hgd.attacks.models.EOT` around a
+defense whose input transformation is not differentiable or not deterministic.
+
+PGD also takes ``restarts`` (Madry et al. 2018): each restart from a fresh random point of the box,
+run only for the images no earlier restart has broken; per image the result is the first restart
+that succeeds, else the one with the highest final objective. ``record_loss`` keeps the objective
+of every iterate (:attr:`IterativeGradientSignAttack.loss_curve`): the loss curve that shows
+whether the steps were enough to converge.
 
 Defaults, in pixel units (``eps`` is the call's epsilon):
 
@@ -32,9 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from hgd.attacks._compiled import objective_gradient
+from hgd.attacks import losses
 from hgd.attacks.base import Attack, Box, check_seed
 from hgd.attacks.criteria import Criterion
+from hgd.attacks.losses import check_loss
+from hgd.attacks.models import Model
 
 
 def kurakin_steps(epsilon: int) -> int:
@@ -67,14 +80,34 @@ class IterativeGradientSignAttack(Attack):
         random_start: start from a uniform random point of the box instead of the clean image.
         seed: seeds the random start; a fixed seed makes the sequence of calls of one attack
             object reproducible.
+        loss: ``"ce"`` (cross-entropy) or ``"margin"`` (CW): :mod:`hgd.attacks.losses`.
+        restarts: runs from independent random starts (needs ``random_start``); per image the
+            first that succeeds is kept, else the one with the highest final objective.
+        record_loss: keep :attr:`loss_curve` after each call.
+
+    Attributes:
+        loss_curve: after a call with ``record_loss``: float32 ``(restarts, steps + 1, N)``, the
+            per-image objective the attack ascends at each iterate (index 0: the start, index
+            ``steps``: the result of that restart); NaN where a restart did not run an image (an
+            earlier one had already succeeded). ``None`` otherwise.
     """
 
     def __init__(self, *, steps: int | None = None, alpha: float | None = None, random_start: bool = False,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, loss: str = "ce", restarts: int = 1, record_loss: bool = False) -> None:
         self.steps = _check_steps(steps)
         self.alpha = _check_positive("alpha", alpha)
         self.random_start = bool(random_start)
         self.seed = check_seed(seed)
+        self.loss = check_loss(loss)
+        if isinstance(restarts, bool) or not isinstance(restarts, int | np.integer) or restarts < 1:
+            raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
+        if restarts > 1 and not self.random_start:
+            raise ValueError(f"restarts={restarts} repeat the same run without a random start")
+        self.restarts = int(restarts)
+        if not isinstance(record_loss, bool):
+            raise ValueError(f"record_loss must be true or false, got {record_loss!r}")
+        self.record_loss = record_loss
+        self.loss_curve: np.ndarray | None = None
         self._rng = np.random.default_rng(self.seed)
 
     def schedule(self, epsilon: int) -> tuple[int, float]:
@@ -97,26 +130,66 @@ class IterativeGradientSignAttack(Attack):
         """What the step takes the sign of; ``previous`` is the last step's direction (``None`` at first)."""
         return gradient
 
-    def _perturb(self, model: Any, x: np.ndarray, box: Box, criterion: Criterion) -> np.ndarray:
+    def _perturb(self, model: Model, x: np.ndarray, box: Box, criterion: Criterion) -> np.ndarray:
         goal = criterion.goal(model, x)
         steps, alpha = self.schedule(box.epsilon)
+        if self.restarts == 1 and not self.record_loss:
+            self.loss_curve = None
+            return self._descend(model, x, box, goal.classes, goal.targeted, steps, alpha)[0]
+        count = len(x)
+        curve = np.full((self.restarts, steps + 1, count), np.nan, np.float32)
+        best = x.copy()
+        best_value = np.full(count, -np.inf, np.float32)
+        best_success = np.zeros(count, bool)
+        for restart in range(self.restarts):
+            active = np.flatnonzero(~best_success)
+            if active.size == 0:
+                break
+            classes = goal.classes[active]
+            adversarial, values = self._descend(model, x[active], box.take(active), classes, goal.targeted,
+                                                steps, alpha)
+            logits = model.logits(adversarial)
+            final = losses.objective_numpy(logits, classes, goal.targeted, self.loss)
+            success = losses.succeeded(logits, classes, goal.targeted)
+            block = curve[restart]
+            block[:steps, active] = values
+            block[steps, active] = final
+            better = success | (final > best_value[active])  # every active image has not succeeded yet
+            chosen = active[better]
+            best[chosen] = adversarial[better]
+            best_value[chosen] = final[better]
+            best_success[chosen] = success[better]
+        self.loss_curve = curve if self.record_loss else None
+        return best
+
+    def _descend(self, model: Model, x: np.ndarray, box: Box, classes: np.ndarray, targeted: bool, steps: int,
+                 alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """One run: the float32 result and the objective at each iterate before a step, ``(steps, N)``."""
         adversarial = self.get_random_start(x, box) if self.random_start else x
         direction = None
-        for _ in range(steps):
-            _, gradient = objective_gradient(model, adversarial, goal.classes, goal.targeted)
+        values = np.empty((steps, len(x)), np.float32)
+        for step in range(steps):
+            values[step], gradient = model.objective_gradient(adversarial, classes, targeted, self.loss)
             direction = self.direction(direction, gradient)
             adversarial = box.project(adversarial + np.float32(alpha) * np.sign(direction))
-        return adversarial
+        return adversarial, values
 
 
 class FastGradientSignMethod(IterativeGradientSignAttack):
-    """FGSM (Goodfellow et al. 2015): one step of size ``eps`` along the sign of the gradient."""
+    """FGSM (Goodfellow et al. 2015): one step of size ``eps`` along the sign of the gradient.
 
-    def __init__(self) -> None:
-        super().__init__(steps=1)
+    Args:
+        loss: ``"ce"`` (default) or ``"margin"``.
+    """
+
+    def __init__(self, *, loss: str = "ce") -> None:
+        super().__init__(steps=1, loss=loss)
 
     def schedule(self, epsilon: int) -> tuple[int, float]:
         return 1, float(epsilon)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"loss": self.loss}
 
 
 class BasicIterativeMethod(IterativeGradientSignAttack):
@@ -126,13 +199,14 @@ class BasicIterativeMethod(IterativeGradientSignAttack):
         steps: number of steps; ``None`` (default): ``floor(min(eps + 4, 1.25 eps))``.
         alpha: step size in pixel levels; ``None`` (default): 1 with the default steps, else
             ``eps / steps``.
+        loss: ``"ce"`` (default) or ``"margin"``.
     """
 
-    def __init__(self, *, steps: int | None = None, alpha: float | None = None) -> None:
-        super().__init__(steps=steps, alpha=alpha)
+    def __init__(self, *, steps: int | None = None, alpha: float | None = None, loss: str = "ce") -> None:
+        super().__init__(steps=steps, alpha=alpha, loss=loss)
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {"steps": self.steps, "alpha": self.alpha}
+        return {"steps": self.steps, "alpha": self.alpha, "loss": self.loss}
 
 
 class ProjectedGradientDescent(IterativeGradientSignAttack):
@@ -140,14 +214,20 @@ class ProjectedGradientDescent(IterativeGradientSignAttack):
 
     Args:
         steps, alpha: as :class:`BasicIterativeMethod` (same defaults).
-        seed: seeds the random start (``None``: fresh entropy).
+        seed: seeds the random starts (``None``: fresh entropy).
+        loss: ``"ce"`` (default) or ``"margin"``.
+        restarts: independent random starts (default 1); an image broken by one is not run again.
+        record_loss: keep the per-iterate objective in :attr:`loss_curve` after each call.
     """
 
-    def __init__(self, *, steps: int | None = None, alpha: float | None = None, seed: int | None = None) -> None:
-        super().__init__(steps=steps, alpha=alpha, random_start=True, seed=seed)
+    def __init__(self, *, steps: int | None = None, alpha: float | None = None, seed: int | None = None,
+                 loss: str = "ce", restarts: int = 1, record_loss: bool = False) -> None:
+        super().__init__(steps=steps, alpha=alpha, random_start=True, seed=seed, loss=loss, restarts=restarts,
+                         record_loss=record_loss)
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {"steps": self.steps, "alpha": self.alpha, "seed": self.seed}
+        return {"steps": self.steps, "alpha": self.alpha, "seed": self.seed, "loss": self.loss,
+                "restarts": self.restarts, "record_loss": self.record_loss}
 
 
 class MomentumIterativeMethod(IterativeGradientSignAttack):
@@ -161,12 +241,13 @@ class MomentumIterativeMethod(IterativeGradientSignAttack):
         steps: number of steps (default 10, the paper's).
         alpha: step size in pixel levels; ``None`` (default): ``eps / steps``.
         mu: the momentum's decay factor (default 1.0, the paper's).
+        loss: ``"ce"`` (default, the paper's) or ``"margin"``.
     """
 
-    def __init__(self, *, steps: int = 10, alpha: float | None = None, mu: float = 1.0) -> None:
+    def __init__(self, *, steps: int = 10, alpha: float | None = None, mu: float = 1.0, loss: str = "ce") -> None:
         if steps is None:
             raise ValueError("MomentumIterativeMethod needs an explicit number of steps")
-        super().__init__(steps=steps, alpha=alpha)
+        super().__init__(steps=steps, alpha=alpha, loss=loss)
         self.mu = _check_positive("mu", mu, allow_zero=True)
 
     def direction(self, previous: np.ndarray | None, gradient: np.ndarray) -> np.ndarray:
@@ -175,4 +256,4 @@ class MomentumIterativeMethod(IterativeGradientSignAttack):
         return normalized if previous is None else np.float32(self.mu) * previous + normalized
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {"steps": self.steps, "alpha": self.alpha, "mu": self.mu}
+        return {"steps": self.steps, "alpha": self.alpha, "mu": self.mu, "loss": self.loss}
