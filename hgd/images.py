@@ -105,6 +105,16 @@ class Batch:
 # --------------------------------------------------------------------------- files
 
 
+def check_images(images: Any) -> np.ndarray:
+    """Validates a batch of images: a uint8 array of shape ``(N, H, W, 3)``."""
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        dtype = getattr(images, "dtype", type(images).__name__)
+        raise ValueError(f"images must be a uint8 numpy array (N, H, W, 3) of pixels, got {dtype}")
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must have shape (N, H, W, 3), got {images.shape}")
+    return images
+
+
 def list_input_files(input_dir: StrPath) -> list[pathlib.Path]:
     """Lists every regular file directly inside ``input_dir``, sorted by name.
 

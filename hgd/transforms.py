@@ -36,6 +36,8 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from hgd.images import check_images
+
 
 class TransformName(str, enum.Enum):
     """Transform ids a defense ``config.json`` may name (``{"name": ..., <parameters>}``)."""
@@ -50,15 +52,6 @@ class TransformName(str, enum.Enum):
             TransformName.BIT_DEPTH: BitDepthReduction,
             TransformName.GAUSSIAN_NOISE: GaussianNoise,
         }[self]
-
-
-def _check_images(images: Any) -> np.ndarray:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        dtype = getattr(images, "dtype", type(images).__name__)
-        raise ValueError(f"a transform takes a uint8 numpy array (N, H, W, 3) of pixels, got {dtype}")
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"a transform takes images of shape (N, H, W, 3), got {images.shape}")
-    return images
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
@@ -82,7 +75,7 @@ class Transform(abc.ABC):
     random: ClassVar[bool] = False
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        images = _check_images(images)
+        images = check_images(images)
         if len(images) == 0:
             return images.copy()
         out = self._apply(images)

@@ -25,6 +25,7 @@ import numpy as np
 
 from hgd.attacks.criteria import Criterion, CriterionLike, as_criterion
 from hgd.attacks.models import Model, as_model
+from hgd.images import check_images
 
 MAX_EPSILON = 255
 
@@ -65,16 +66,6 @@ def quantize(x: np.ndarray, lo: np.ndarray | int = 0, hi: np.ndarray | int = 255
     Never a min-max stretch. With integer bounds and ``x`` already inside them, the clip only guards.
     """
     return np.clip(np.rint(x), lo, hi).astype(np.uint8)
-
-
-def check_images(images: Any) -> np.ndarray:
-    """Validates a batch of images: a uint8 array of shape ``(N, H, W, 3)``."""
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        dtype = getattr(images, "dtype", type(images).__name__)
-        raise ValueError(f"images must be a uint8 numpy array (N, H, W, 3) of pixels, got {dtype}")
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must have shape (N, H, W, 3), got {images.shape}")
-    return images
 
 
 def check_epsilon(epsilon: Any) -> int:
