@@ -48,8 +48,8 @@ def write_random_weights(copy: pathlib.Path) -> None:
     from hgd.dunet import build_dunet
 
     keras.utils.set_random_seed(0)
-    for member in json.loads((copy / "config.json").read_text())["members"]:
-        spec = member.get("denoiser")
+    config = json.loads((copy / "config.json").read_text())
+    for spec in [config.get("denoiser"), *(member.get("denoiser") for member in config["members"])]:
         if spec:
             path = copy / spec["weights"]
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -251,8 +251,8 @@ def test_hgd_defense_refuses_without_trained_weights(runs):
     from hgd.defended import load_config
 
     config = load_config(HGD / "config.json")
-    assert config.members and all(m.denoiser is not None for m in config.members)
-    weights = [m.denoiser.weights for m in config.members]
+    assert config.members and config.denoisers()
+    weights = [spec.weights for spec in config.denoisers()]
     if any(w.exists() for w in weights):
         pytest.skip(f"trained denoiser weights exist now ({[str(w) for w in weights if w.exists()]}): "
                     "the refusal cannot be exercised")
@@ -282,8 +282,7 @@ def test_metadata(submission):
     assert entry.read_bytes().startswith(b"#!")
     config = load_config(submission / "config.json")
     assert config.members and config.batch_size >= 1
-    has_denoiser = [m.denoiser is not None for m in config.members]
-    assert all(has_denoiser) if submission == HGD else not any(has_denoiser)
+    assert bool(config.denoisers()) == (submission == HGD)
 
 
 # ------------------------------------------------------------------------------ a defense with a denoiser
