@@ -19,6 +19,14 @@ def _private_weights_cache(tmp_path_factory):
         yield
 
 
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> pathlib.Path:
+    """A fresh, empty converted-weights cache for one test (``HGD_CACHE_DIR``)."""
+    directory = tmp_path / "cache"
+    monkeypatch.setenv("HGD_CACHE_DIR", str(directory))
+    return directory
+
+
 @pytest.fixture(scope="session")
 def dunet_weights(tmp_path_factory):
     """Weight files of one small DUNET (width ``0.25``) with three choices of its ``out_conv`` kernel.

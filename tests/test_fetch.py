@@ -65,13 +65,6 @@ class Served:
 
 
 @pytest.fixture
-def cache_dir(tmp_path, monkeypatch) -> pathlib.Path:
-    directory = tmp_path / "cache"
-    monkeypatch.setenv(cache.CACHE_ENV, str(directory))
-    return directory
-
-
-@pytest.fixture
 def served(tmp_path, monkeypatch) -> Served:
     return Served(tmp_path / "www", monkeypatch)
 

@@ -257,13 +257,6 @@ def lite0_weights(lite0_reference) -> list[np.ndarray]:
 
 
 @pytest.fixture
-def cache_dir(tmp_path, monkeypatch) -> pathlib.Path:
-    directory = tmp_path / "cache"
-    monkeypatch.setenv(cache.CACHE_ENV, str(directory))
-    return directory
-
-
-@pytest.fixture
 def cache_file(cache_dir) -> pathlib.Path:
     return cache.cached_weights_path(LITE0, pathlib.Path(LITE0.weights_path()), cache_dir)
 
