@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--patience", type=int, default=2, help="epochs without improvement before lowering the rate")
     fit.add_argument("--holdout-classes", type=int, default=0, help="classes kept out of training (Table 5)")
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--built-only", action="store_true",
+                     help="train on the pairs built so far while `data` goes on (the mix is then not Table 1's)")
     fit.add_argument("--no-progress", action="store_true", help="one log line per epoch instead of a bar")
     return parser
 
@@ -82,7 +84,8 @@ def _fit(args: argparse.Namespace) -> int:
                        max_epochs=args.max_epochs, max_hours=args.max_hours, learning_rate=args.learning_rate,
                        final_learning_rate=args.final_learning_rate, patience=args.patience,
                        holdout_classes=args.holdout_classes, seed=args.seed)
-    state = fit(args.pairs_dir, args.run_dir, config, verbose=2 if args.no_progress else "auto")
+    state = fit(args.pairs_dir, args.run_dir, config, verbose=2 if args.no_progress else "auto",
+                built_only=args.built_only)
     print(f"epoch {state.epoch}, best validation loss {state.best_val_loss:.5f}, {state.hours:.2f} h"
           f"{'; finished: ' + state.finished if state.finished else ''} -> {args.run_dir / BEST_WEIGHTS}")
     return 0

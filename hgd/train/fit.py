@@ -211,9 +211,11 @@ def build_training_model(config: FitConfig) -> DenoiserTraining:
     return DenoiserTraining(denoiser, normalize, heads, config.guidance, name=f"{config.guidance.value}_training")
 
 
-def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, verbose: int | str = "auto") -> RunState:
+def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, verbose: int | str = "auto",
+        built_only: bool = False) -> RunState:
     """Train (or go on training) ``config`` on the pairs of ``pairs_dir``, in ``run_dir``.
 
+    ``built_only`` trains on the pairs built so far of an unfinished pair folder (see ``read_pairs``).
     Returns the final state; ``run_dir / best.weights.h5`` holds the trained denoiser.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -222,7 +224,7 @@ def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, ve
     if state.finished:
         log.info("%s: already finished (%s)", run_dir, state.finished)
         return state
-    train_pairs, val_pairs = _split(pairs_dir, config)
+    train_pairs, val_pairs = _split(pairs_dir, config, built_only)
     log.info("%d training pairs, %d validation pairs scored per epoch", len(train_pairs), len(val_pairs))
     train = PairBatches(train_pairs, config.batch_size, crop=config.crop, shuffle=True, seed=config.seed,
                         steps=config.steps_per_epoch)
@@ -281,8 +283,8 @@ class Checkpointer(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _split(pairs_dir: pathlib.Path, config: FitConfig) -> tuple[list[Pair], list[Pair]]:
-    _, pairs = read_pairs(pairs_dir)
+def _split(pairs_dir: pathlib.Path, config: FitConfig, built_only: bool) -> tuple[list[Pair], list[Pair]]:
+    _, pairs = read_pairs(pairs_dir, built_only=built_only)
     heldout = config.heldout()
     seen = [pair for pair in pairs if pair.label0 not in heldout]
     train = [pair for pair in seen if pair.split == TRAIN]

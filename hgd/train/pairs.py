@@ -22,6 +22,7 @@ A pair is done when its PNG exists (written atomically), so a killed run resumes
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import json
@@ -224,16 +225,28 @@ def attack_pairs(pairs: Sequence[Pair], attacks: Sequence[TableAttack], *, seed:
             bar.update(len(chunk))
 
 
-def read_pairs(out_dir: pathlib.Path) -> tuple[PairSpec, list[Pair]]:
-    """The spec and plan of a finished pair folder; refuses an unfinished one (says how to finish it)."""
+def read_pairs(out_dir: pathlib.Path, *, built_only: bool = False) -> tuple[PairSpec, list[Pair]]:
+    """The spec and plan of a pair folder.
+
+    An unfinished folder is refused (the message says how to finish it) unless ``built_only``: then the
+    pairs built so far are returned and the missing ones logged per attack, so that training can start
+    while `python -m hgd.train data` goes on (the run's pair mix is then not yet Table 1's).
+    """
     spec = PairSpec.from_json((out_dir / SPEC_FILE).read_text())
     with open(out_dir / PAIRS_FILE, newline="") as f:
         plan = [_pair_from_row(row, out_dir) for row in csv.DictReader(f)]
-    missing = [pair for pair in plan if not pair.adversarial.is_file()]
-    if missing:
+    exists = [pair.adversarial.is_file() for pair in plan]
+    built = [pair for pair, there in zip(plan, exists) if there]
+    missing = [pair for pair, there in zip(plan, exists) if not there]
+    if missing and not built_only:
         raise FileNotFoundError(f"{out_dir}: {len(missing)} of {len(plan)} pairs are not built yet "
-                                f"(e.g. {missing[0].adversarial}); rerun `python -m hgd.train data` to finish")
-    return spec, plan
+                                f"(e.g. {missing[0].adversarial}); rerun `python -m hgd.train data` to finish, "
+                                "or train on the built ones (--built-only)")
+    if missing:
+        by_attack = collections.Counter(pair.attack for pair in missing)
+        log.warning("%s: using the %d of %d pairs built so far; not built yet: %s", out_dir,
+                    len(built), len(plan), ", ".join(f"{a} {n}" for a, n in sorted(by_attack.items())))
+    return spec, built
 
 
 def _claim(out_dir: pathlib.Path, spec: PairSpec) -> None:
