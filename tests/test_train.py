@@ -147,6 +147,8 @@ def test_build_pairs_resumes_without_redoing_and_refuses_another_spec(small_sour
     stamp = untouched.adversarial.stat().st_mtime_ns
     with pytest.raises(FileNotFoundError, match="not built yet"):
         read_pairs(pairs_dir)
+    _, built = read_pairs(pairs_dir, built_only=True)
+    assert victim not in built and len(built) == len(plan) - 1
     build_pairs(small_source, pairs_dir, spec, progress=False)
     assert victim.adversarial.is_file() and untouched.adversarial.stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="another spec"):
