@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
-# The whole training recipe of the shipped defense (defense/weights/), as one resumable command:
-# rerunning it goes on from the last finished step (pairs on disk, the last finished epoch).
+# The whole training recipe of a defense, as one resumable command: rerunning it goes on from the
+# last finished step (pairs on disk, the last finished epoch of each denoiser).
 #
 #   scripts/train_defense.sh [WORK_DIR]        # default WORK_DIR: ~/hgd-work (keep it outside the checkout)
 #
-# 1. Table 1 training pairs from the ImageNet pool (attacks on Lite0 and Lite1; Lite2 stays unseen).
-# 2. One DUNET (width 0.5) guided by the FGD losses of all three Lite models, trained on 128x128 crops,
-#    checkpointed every 250 steps, at most 4.5 hours of training.
-# 3. The checkpoint with the lowest validation loss becomes the defense's denoiser.
-# Environment: POOL (clean labelled folder, default ../shared/datasets/imagenet_pool), PYTHON.
+# Trains what defense/config.json runs, by its "training" section (hgd/train/recipe.py):
+# 1. Table 1 training pairs from the ImageNet pool, attacked on the recipe's attack models
+#    (the shipped defense: Lite0 and Lite1; Lite2 stays unseen).
+# 2. Every denoiser of the configuration (the shipped defense: one width-0.5 DUNET guided by the FGD
+#    losses of Lite0+1+2, 128x128 crops, checkpointed every 250 steps, at most 4.5 hours).
+# 3. Each checkpoint with the lowest validation loss goes where the configuration reads it
+#    (defense/weights/), and into the defense-aware attacks' copies of the defense.
+# Environment: HGD_DEFENSE_PROFILE=NAME trains defense/profiles/NAME.json instead (e.g. competition4,
+# see docs/COMPETITION.md); POOL (clean labelled folder, default ../shared/datasets/imagenet_pool); PYTHON.
 set -euo pipefail
+shopt -s nullglob
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-$HOME/hgd-work}
 POOL=${POOL:-$ROOT/../shared/datasets/imagenet_pool}
 PY=${PYTHON:-python3}
-RUN=$WORK/runs/fgd_lite_ensemble
+CONFIG=$ROOT/defense/config.json
+if [ -n "${HGD_DEFENSE_PROFILE:-}" ]; then
+  CONFIG=$ROOT/defense/profiles/$HGD_DEFENSE_PROFILE.json
+fi
 
-"$PY" -m hgd.train data "$POOL" "$WORK/pairs" --no-progress
-"$PY" -m hgd.train fit "$WORK/pairs" "$RUN" --guidance fgd \
-  --models efficientnet_lite0 efficientnet_lite1 efficientnet_lite2 \
-  --width 0.5 --crop 128 --batch-size 16 --steps-per-epoch 250 --max-epochs 60 --max-hours 4.5 --no-progress
-mkdir -p "$ROOT/defense/weights"
-install -m 644 "$RUN/best.weights.h5" "$ROOT/defense/weights/fgd_lite_ensemble.weights.h5"
-echo "defense denoiser: $ROOT/defense/weights/fgd_lite_ensemble.weights.h5 (from $RUN)"
+"$PY" -m hgd.train defense "$CONFIG" "$POOL" "$WORK" --no-progress
+if [ -z "${HGD_DEFENSE_PROFILE:-}" ]; then
+  for copy in "$ROOT"/attacks/*/defense; do
+    mkdir -p "$copy/weights"
+    cp "$ROOT"/defense/weights/*.weights.h5 "$copy/weights/"
+  done
+fi

@@ -20,6 +20,7 @@ import pytest
 
 from hgd.defended import load_config
 from hgd.images import read_predictions_csv
+from hgd.train.recipe import load_recipe, train_defense
 from hgd.zoo import COMPETITION_ENSEMBLE, ModelName, get_model, standins
 from submission_process import Launched
 
@@ -134,3 +135,50 @@ def test_profile_runs_end_to_end_on_standins(submission_copy, two_images, tmp_pa
     finally:
         for launched in (run, unfetched, unknown):
             launched.stop()
+
+
+# ------------------------------------------------------------------------------ training recipe
+
+
+def test_profile_recipe_trains_one_fgd_per_model():
+    recipe = load_recipe(PROFILE)
+    assert recipe.attack_models == tuple(m.value for m in COMPETITION_ENSEMBLE)
+    assert [job.config.models for job in recipe.jobs] == [(m.value,) for m in COMPETITION_ENSEMBLE]
+    for job, member in zip(recipe.jobs, load_config(PROFILE).members):
+        assert job.spec == member.denoiser and job.name == f"fgd_{member.target.name.value}"
+        assert (job.config.guidance.value, job.config.width, job.config.crop, job.config.batch_size) == (
+            "fgd", 1.0, None, 32)
+
+
+def test_profile_recipe_runs_end_to_end_on_standins(small_source, tmp_path, monkeypatch):
+    """``python -m hgd.train defense``: Table 1 pairs on the four models, four denoisers trained, installed
+    where the profile reads them, and the profile then classifies with them (stand-ins, one tiny step each)."""
+    monkeypatch.setenv(standins.STANDINS_ENV, "1")
+    profile = json.loads(PROFILE.read_text())
+    for member in profile["members"]:
+        member["denoiser"]["width"] = 0.25
+    profile["training"].update(crop=64, batch_size=2, steps_per_epoch=1, max_epochs=1, validation_pairs=2)
+    config = tmp_path / "defense" / "profiles" / "competition4.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps(profile))
+
+    trained = train_defense(config, small_source, tmp_path / "work", progress=False)
+
+    assert [job.name for job, _ in trained] == [f"fgd_{m.value}" for m in COMPETITION_ENSEMBLE]
+    assert all(state.epoch == 1 and np.isfinite(state.best_val_loss) for _, state in trained)
+    pairs = sorted((tmp_path / "work").glob("pairs_*"))
+    assert [p.name for p in pairs] == [f"pairs_{'+'.join(m.value for m in COMPETITION_ENSEMBLE)}"]
+    defense = load_config(config)
+    assert defense.missing_weights() == []
+    images = np.stack([np.asarray(keras.utils.load_img(p)) for p in sorted(SAMPLE_IMAGES.glob("*.png"))[:2]])
+    logits = keras.ops.convert_to_numpy(defense.build()(images.astype("float32")))
+    assert logits.shape == (2, 1000) and np.isfinite(logits).all()
+
+
+def test_recipe_refuses_unknown_training_keys(tmp_path):
+    profile = json.loads(PROFILE.read_text())
+    profile["training"]["epochs"] = 3
+    config = tmp_path / "competition4.json"
+    config.write_text(json.dumps(profile))
+    with pytest.raises(ValueError, match=r"unknown 'training' keys \['epochs'\]"):
+        load_recipe(config)

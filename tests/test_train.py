@@ -30,7 +30,8 @@ from hgd.train.pairs import (
     read_pairs,
     table1_attacks,
 )
-from hgd.zoo import ModelName, get_model
+from hgd.train.recipe import load_recipe
+from hgd.zoo import DEFAULT_ENSEMBLE, ModelName, get_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
@@ -333,3 +334,14 @@ def test_cli_refuses_unfinished_pairs_with_a_clear_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "hgd.train", "fit", str(tmp_path / "pairs"), str(tmp_path / "run")],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "ERROR:" in result.stderr
+
+
+def test_shipped_defense_recipe_is_one_ensemble_guided_denoiser():
+    """defense/config.json's 'training' section: one shared denoiser guided by all three Lite models,
+    trained on pairs attacked on Lite0 and Lite1 only (Lite2 stays the unseen model)."""
+    recipe = load_recipe(REPO / "defense" / "config.json")
+    (job,) = recipe.jobs
+    assert recipe.attack_models == (LITE0, "efficientnet_lite1")
+    assert job.config.models == tuple(m.value for m in DEFAULT_ENSEMBLE)
+    assert job.spec == recipe.defense.shared_denoiser and job.name == "fgd_lite_ensemble"
+    assert (job.config.width, job.config.crop, job.config.guidance) == (0.5, 128, Guidance.FGD)

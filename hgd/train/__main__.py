@@ -1,9 +1,11 @@
-"""``python -m hgd.train {data,fit}``: build training pairs, train a denoiser (both resume).
+"""``python -m hgd.train {data,fit,defense}``: build training pairs, train a denoiser, train a whole defense
+(all resume).
 
 Examples (the data sets are described in ``../shared/docs/datasets.md``)::
 
     python -m hgd.train data ../shared/datasets/imagenet_pool ~/hgd-work/pairs
     python -m hgd.train fit ~/hgd-work/pairs ~/hgd-work/runs/fgd_lite0 --guidance fgd --models efficientnet_lite0
+    python -m hgd.train defense defense/config.json ../shared/datasets/imagenet_pool ~/hgd-work
 
 Rerunning a command with the same folders and options goes on where it stopped.
 """
@@ -61,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--built-only", action="store_true",
                      help="train on the pairs built so far while `data` goes on (the mix is then not Table 1's)")
     fit.add_argument("--no-progress", action="store_true", help="one log line per epoch instead of a bar")
+
+    defense = commands.add_parser("defense", help="train every denoiser of a defense configuration by its "
+                                  "'training' recipe and install the weights where the configuration reads them")
+    defense.add_argument("config", type=pathlib.Path, help="a defense config.json (or profile) with a 'training' section")
+    defense.add_argument("source", type=pathlib.Path, help="clean labelled images (images/ + labels.csv)")
+    defense.add_argument("work_dir", type=pathlib.Path, help="pairs and runs (keep it outside the checkout)")
+    defense.add_argument("--built-only", action="store_true",
+                         help="train on the pairs built so far instead of finishing them first")
+    defense.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -86,15 +97,24 @@ def _fit(args: argparse.Namespace) -> int:
                        holdout_classes=args.holdout_classes, seed=args.seed)
     state = fit(args.pairs_dir, args.run_dir, config, verbose=2 if args.no_progress else "auto",
                 built_only=args.built_only)
-    print(f"epoch {state.epoch}, best validation loss {state.best_val_loss:.5f}, {state.hours:.2f} h"
-          f"{'; finished: ' + state.finished if state.finished else ''} -> {args.run_dir / BEST_WEIGHTS}")
+    print(f"{state.summary()} -> {args.run_dir / BEST_WEIGHTS}")
+    return 0
+
+
+def _defense(args: argparse.Namespace) -> int:
+    from hgd.train.recipe import train_defense
+
+    trained = train_defense(args.config, args.source, args.work_dir, built_only=args.built_only,
+                            progress=not args.no_progress)
+    for job, state in trained:
+        print(f"{job.name}: {state.summary()} -> {job.spec.weights}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.getLogger("hgd").setLevel(logging.INFO)
-    run_main(lambda: {"data": _data, "fit": _fit}[args.command](args))
+    run_main(lambda: {"data": _data, "fit": _fit, "defense": _defense}[args.command](args))
 
 
 if __name__ == "__main__":

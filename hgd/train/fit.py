@@ -126,6 +126,11 @@ class RunState:
     hours: float = 0.0
     finished: str = ""  # why training stopped, once it has
 
+    def summary(self) -> str:
+        """One line for a person: where the run stands."""
+        return (f"epoch {self.epoch}, best validation loss {self.best_val_loss:.5f}, {self.hours:.2f} h"
+                f"{'; finished: ' + self.finished if self.finished else ''}")
+
 
 class PairBatches(keras.utils.PyDataset):
     """Batches of ``({"adversarial", "clean"}: float32 pixels 0..255, labels)``.

@@ -1,0 +1,115 @@
+"""A defense's whole training recipe, read from its own ``config.json`` (``python -m hgd.train defense``).
+
+A defense configuration names its denoisers' weight files; its ``training`` section says how they are
+made. Training a defense is then one resumable command: build the Table 1 pairs with the recipe's
+attack models, train every denoiser the configuration runs (a shared denoiser is guided by all the
+members, a member's own denoiser by its member only, as in the winning NIPS 2017 submission), and
+install each best checkpoint where the configuration reads it. The shipped Lite defense and the
+four-model competition profile are trained by the same code::
+
+    "training": {"attack_models": ["efficientnet_lite0", "efficientnet_lite1"], "guidance": "fgd",
+                 "crop": 128, "batch_size": 16, "steps_per_epoch": 250, "max_epochs": 60, "max_hours": 4.5}
+
+Every key is optional: ``attack_models`` defaults to the members, the rest to :class:`FitConfig`'s
+defaults (the paper's full-image training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import shutil
+
+from hgd.defended import DefenseConfig, DenoiserSpec, load_config
+from hgd.train.fit import BEST_WEIGHTS, FitConfig, RunState, fit
+from hgd.train.pairs import PairSpec, build_pairs
+
+log = logging.getLogger("hgd.train.recipe")
+
+RECIPE_KEYS = frozenset({"attack_models", *(f.name for f in dataclasses.fields(FitConfig))}) - {
+    "models", "width", "lateral"}
+"""What a ``training`` section may set: the pair set's attack models and the fit options that the
+denoiser entries of the configuration do not already fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoiserJob:
+    """One denoiser of a defense to train: where its run lives and where its weights go."""
+
+    spec: DenoiserSpec
+    config: FitConfig
+
+    @property
+    def name(self) -> str:
+        """The run's name: the weight file's name without ``.weights.h5`` (e.g. ``fgd_lite_ensemble``)."""
+        return self.spec.weights.name.removesuffix(".h5").removesuffix(".weights")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A defense configuration and how to train it."""
+
+    defense: DefenseConfig
+    attack_models: tuple[str, ...]
+    jobs: tuple[DenoiserJob, ...]
+
+    def pair_spec(self, source: pathlib.Path) -> PairSpec:
+        """The Table 1 pair set this defense trains on: ``source`` attacked on :attr:`attack_models`."""
+        return PairSpec(source=str(source.resolve()), models=self.attack_models)
+
+
+def load_recipe(config_path: pathlib.Path) -> Recipe:
+    """The training recipe of the defense configuration at ``config_path`` (its ``training`` section)."""
+    defense = load_config(config_path)
+    raw = json.loads(config_path.read_text()).get("training", {})
+    unknown = set(raw) - RECIPE_KEYS
+    if unknown:
+        raise ValueError(f"{config_path}: unknown 'training' keys {sorted(unknown)}; known: {sorted(RECIPE_KEYS)}")
+    options = {k: v for k, v in raw.items() if k != "attack_models"}
+    members = tuple(m.target.name.value for m in defense.members)
+    if defense.shared_denoiser is not None:
+        guided = [(defense.shared_denoiser, members)]
+    else:
+        guided = [(m.denoiser, (m.target.name.value,)) for m in defense.members if m.denoiser is not None]
+    if not guided:
+        raise ValueError(f"{config_path}: the defense runs no denoiser; there is nothing to train")
+    try:
+        jobs = tuple(DenoiserJob(spec, FitConfig(models=models, width=spec.width, lateral=spec.lateral, **options))
+                     for spec, models in guided)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{config_path}: 'training': {error}") from None
+    return Recipe(defense=defense, attack_models=tuple(raw.get("attack_models", members)), jobs=jobs)
+
+
+def train_defense(config_path: pathlib.Path, source: pathlib.Path, work_dir: pathlib.Path, *,
+                  built_only: bool = False, progress: bool = True) -> list[tuple[DenoiserJob, RunState]]:
+    """Run ``config_path``'s recipe in ``work_dir`` (pairs, runs) and install the trained denoisers.
+
+    Resumes everything: finished pairs and epochs are kept. A denoiser whose run stopped early (a
+    ``max_hours`` limit) is still installed: its best checkpoint is the result so far, and rerunning
+    with a raised limit goes on. ``built_only`` trains on the pairs built so far instead of building
+    the rest first (:func:`hgd.train.pairs.read_pairs`).
+    """
+    recipe = load_recipe(config_path)
+    spec = recipe.pair_spec(source)
+    pairs_dir = work_dir / f"pairs_{'+'.join(spec.models)}"
+    if not built_only:
+        build_pairs(source, pairs_dir, spec, progress=progress)
+    trained = []
+    for job in recipe.jobs:
+        run_dir = work_dir / "runs" / job.name
+        log.info("training %s (%s guided by %s) in %s", job.spec.weights.name, job.config.guidance.value,
+                 "+".join(job.config.models), run_dir)
+        state = fit(pairs_dir, run_dir, job.config, verbose="auto" if progress else 2, built_only=built_only)
+        install(run_dir / BEST_WEIGHTS, job.spec.weights)
+        trained.append((job, state))
+    return trained
+
+
+def install(trained: pathlib.Path, target: pathlib.Path) -> None:
+    """Copy a best checkpoint to where the defense reads it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(trained, target)
+    log.info("installed %s -> %s", trained, target)
