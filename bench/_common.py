@@ -10,6 +10,8 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = REPO.parent / "shared" / "datasets" / "nips17_dev" / "images"
 SAMPLE_IMAGES = REPO / "sample_data" / "images"
@@ -76,3 +78,20 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def conv_flops(model) -> float:
+    """FLOPs of one image through every Conv2D (grouped included), DepthwiseConv2D and Dense layer
+    (multiply and add counted separately; each layer's actual output shape, so build the model at a
+    fixed input size). BatchNorm, activations, pooling and adds are left out (a few % at most)."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        # Kernels: Conv2D (k_h, k_w, C_in / groups, C_out); DepthwiseConv2D (k_h, k_w, C_in, multiplier).
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            _, h, w, _ = layer.output.shape
+            total += 2 * h * w * int(np.prod(layer.kernel.shape))
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * int(np.prod(layer.kernel.shape))
+    return float(total)

@@ -18,20 +18,7 @@ import argparse
 
 import numpy as np
 
-from _common import interleaved, log, median, table
-
-
-def conv_flops(model) -> float:
-    """FLOPs of one image through every Conv2D layer (multiply and add counted separately)."""
-    import keras
-
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, h, w, c_out = layer.output.shape
-            k_h, k_w, c_in, _ = layer.kernel.shape
-            total += 2 * h * w * k_h * k_w * c_in * c_out
-    return float(total)
+from _common import conv_flops, interleaved, log, median, table
 
 
 def main() -> None:

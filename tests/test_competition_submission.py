@@ -20,6 +20,7 @@ import pytest
 
 from hgd.defended import load_config
 from hgd.images import read_predictions_csv
+from hgd.package import package_defense
 from hgd.train.recipe import load_recipe, train_defense
 from hgd.zoo import COMPETITION_ENSEMBLE, ModelName, get_model, standins
 from submission_process import Launched
@@ -135,6 +136,42 @@ def test_profile_runs_end_to_end_on_standins(submission_copy, two_images, tmp_pa
     finally:
         for launched in (run, unfetched, unknown):
             launched.stop()
+
+
+# ------------------------------------------------------------------------------ packaging
+
+
+def test_packaged_profile_runs_without_the_environment(submission_copy, two_images, tmp_path):
+    """``python -m hgd.package defense/profiles/competition4.json OUT``: a folder whose run_defense.sh runs
+    the four-model ensemble with no HGD_DEFENSE_PROFILE, carrying exactly the profile's weights."""
+    out = tmp_path / "competition4"
+    package_defense(submission_copy / "profiles" / PROFILE.name, out)
+    assert sorted(p.name for p in (out / "weights").iterdir()) == sorted(
+        f"fgd_{m.value}.weights.h5" for m in COMPETITION_ENSEMBLE)
+    packaged = load_config(out / "config.json")
+    assert [m.target.name for m in packaged.members] == list(COMPETITION_ENSEMBLE)
+    for member in packaged.members:
+        original = submission_copy / "weights" / member.denoiser.weights.name
+        assert member.denoiser.weights.read_bytes() == original.read_bytes() and member.denoiser.width == 0.25
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(standins.STANDINS_ENV, "1")
+        mp.delenv("HGD_DEFENSE_PROFILE", raising=False)
+        run = Launched(tmp_path / "run", out, two_images, tmp_path / "out.csv")
+    try:
+        result = run.result()
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert sorted(read_predictions_csv(tmp_path / "out.csv")) == sorted(p.stem for p in two_images.iterdir())
+        assert "ens3_adv_inception_v3 is a tiny random-weight stand-in" in result.stderr
+    finally:
+        run.stop()
+    with pytest.raises(ValueError, match="not empty"):
+        package_defense(submission_copy / "profiles" / PROFILE.name, out)
+
+
+def test_packaging_refuses_missing_weights(tmp_path):
+    with pytest.raises(FileNotFoundError, match="denoiser weights missing"):
+        package_defense(PROFILE, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------ training recipe
