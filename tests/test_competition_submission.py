@@ -138,6 +138,43 @@ def test_profile_runs_end_to_end_on_standins(submission_copy, two_images, tmp_pa
             launched.stop()
 
 
+# ------------------------------------------------------------------------------ attacks
+
+
+def _attack_submission(folder: pathlib.Path, config: dict) -> pathlib.Path:
+    folder.mkdir()
+    for name in ("run_attack.sh", "metadata.json"):
+        shutil.copy2(REPO / "attacks" / "adaptive_pgd" / name, folder / name)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_attacks_on_the_four_models_on_standins(submission_copy, two_images, tmp_path):
+    """Attack submissions select the competition models by name: an oblivious I-FGSM on the four
+    classifiers, and a defense-aware PGD through the whole four-model profile (denoisers included)."""
+    members = [m.value for m in COMPETITION_ENSEMBLE]
+    oblivious = _attack_submission(tmp_path / "ifgsm", {"attack": "ifgsm", "steps": 2, "model": {"members": members}})
+    aware = _attack_submission(tmp_path / "adaptive", {
+        "attack": "pgd", "steps": 2, "alpha": 4.0, "loss": "margin", "restarts": 1, "seed": 0,
+        "model": {"defense_config": str(submission_copy / "profiles" / PROFILE.name)}})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(standins.STANDINS_ENV, "1")
+        runs = {name: Launched(tmp_path / f"{name}-log", folder, two_images, tmp_path / f"{name}-out", 16)
+                for name, folder in (("ifgsm", oblivious), ("adaptive", aware))}
+    try:
+        for name, run in runs.items():
+            result = run.result()
+            assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
+            for clean_path in sorted(two_images.iterdir()):
+                clean = np.asarray(keras.utils.load_img(clean_path), dtype=int)
+                adversarial = np.asarray(keras.utils.load_img(tmp_path / f"{name}-out" / clean_path.name), dtype=int)
+                distance = np.abs(adversarial - clean).max()
+                assert 0 < distance <= 16, f"{name} moved {clean_path.name} by {distance}"
+    finally:
+        for run in runs.values():
+            run.stop()
+
+
 # ------------------------------------------------------------------------------ packaging
 
 
