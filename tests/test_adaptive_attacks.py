@@ -10,6 +10,7 @@ of Lite0, with few steps.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import pathlib
@@ -22,6 +23,7 @@ import pytest
 
 from hgd import attacks
 from hgd.attacks import BPDA, EOT, KerasModel, Model, losses
+from hgd.runner.submissions import load_submission
 from hgd.transforms import BitDepthReduction, GaussianNoise, JPEGCompression
 from submission_process import Launched, run_submission
 from test_attacks import NUM_CLASSES, cross_entropy, in_box, logits_of, tiny_images, tiny_model
@@ -358,6 +360,7 @@ def test_adaptive_attacks_on_jax_match_tensorflow(model, images, tmp_path):
 
 def test_adaptive_submissions_are_defense_aware_and_self_contained():
     from hgd.attack import defense_config_path, load_attack_config
+    from hgd.defended import load_config
 
     shipped = json.loads((REPO / "defense" / "config.json").read_text())
     for name in ADAPTIVE:
@@ -368,6 +371,9 @@ def test_adaptive_submissions_are_defense_aware_and_self_contained():
         path = defense_config_path(config)
         assert path.resolve().is_relative_to(folder.resolve()), "the runner copies only the submission folder"
         assert json.loads(path.read_text()) == shipped, f"{path} must be a copy of defense/config.json"
+        for copy, original in zip(load_config(path).denoisers(), load_config(REPO / "defense" / "config.json").denoisers()):
+            assert copy.weights.is_file() == original.weights.is_file(), f"{copy.weights}: scripts/train_defense.sh copies it"
+            assert not copy.weights.is_file() or filecmp.cmp(copy.weights, original.weights, shallow=False)
     targeted = load_attack_config(ATTACKS / "adaptive_pgd_targeted" / "config.json")
     untargeted = load_attack_config(ATTACKS / "adaptive_pgd" / "config.json")
     assert targeted.targeted and not untargeted.targeted
@@ -381,9 +387,8 @@ def test_oblivious_submissions_are_not_marked_defense_aware():
     from hgd.attack import defense_config_path, load_attack_config
 
     for folder in sorted(p for p in ATTACKS.iterdir() if (p / "metadata.json").is_file()):
-        metadata = json.loads((folder / "metadata.json").read_text())
         aware = defense_config_path(load_attack_config(folder / "config.json")) is not None
-        assert metadata.get("defense_aware", False) is aware, folder.name
+        assert load_submission(folder).defense_aware is aware, folder.name
 
 
 def test_defense_aware_submissions_refuse_without_trained_weights(tmp_path):

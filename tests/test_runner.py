@@ -461,3 +461,25 @@ def test_docker_executor_without_engine_is_a_clear_error(tmp_path, capsys, monke
                        "--output-dir", str(tmp_path / "out")])
     assert status == 2
     assert "cannot use Docker" in capsys.readouterr().err
+
+
+def test_defense_aware_attacks_are_reported_beside_the_score(tmp_path):
+    """An attack marked defense-aware leaves the defenses' competition score and gets its own column."""
+    make_dataset(tmp_path / "data", 4)
+    aware = tmp_path / "aware_shift"
+    shutil.copytree(SUBMISSIONS / "shift", aware)
+    meta = json.loads((aware / "metadata.json").read_text())
+    (aware / "metadata.json").write_text(json.dumps({**meta, "defense_aware": True}))
+    out = tmp_path / "out"
+    status = cli.main(["--attack", str(SUBMISSIONS / "noop"), "--attack", str(aware),
+                       "--defense", str(SUBMISSIONS / "pixel"), "--dataset-dir", str(tmp_path / "data"),
+                       "--output-dir", str(out), "--no-progress"])
+    assert status == 0
+    (row,) = read_csv(out / "defense_aware_scores.csv")
+    # pixel is right on every noop image and wrong on every shifted one (see test_eligibility_rules_applied).
+    assert (row["DefenseName"], row["ObliviousScore"], row["WorstObliviousAttack"]) == ("pixel", "1.0", "noop")
+    assert (row["WorstDefenseAwareAccuracy"], row["WorstDefenseAwareAttack"]) == ("0.0", "aware_shift")
+    assert {r["SubmissionID"]: float(r["Score"]) for r in read_csv(out / "defense_results.csv")} == {"pixel": 1.0}
+    report = (out / "report.md").read_text()
+    assert "Oblivious score vs defense-aware accuracy" in report and "aware_shift (defense-aware)" in report
+    assert json.loads((out / "run_summary.json").read_text())["defense_aware"] == ["aware_shift"]

@@ -112,6 +112,9 @@ def test_load_submission_rejects_bad_folders(tmp_path):
         "entry_point None": {"type": "attack"},
         "must be a path inside": {"type": "attack", "entry_point": "../run.sh"},
         "does not exist": {"type": "attack", "entry_point": "missing.sh"},
+        "defense_aware 'yes' is not true or false": {"type": "attack", "entry_point": "run.sh",
+                                                     "defense_aware": "yes"},
+        "defense_aware is for attacks": {"type": "defense", "entry_point": "run.sh", "defense_aware": True},
     }
     for expected, meta in cases.items():
         folder = tmp_path / f"case{len(list(tmp_path.iterdir()))}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hgd.runner.scoring import Classification, PieceRun, dev_scores, eval_scores, ranking, run_stats
+from hgd.runner.scoring import Classification, PieceRun, WorstCase, dev_scores, eval_scores, ranking, run_stats
 
 N = 4
 LABELS = {f"img{k}": (10 + k, 20 + k) for k in range(N)}  # TrueLabel, TargetClass
@@ -86,6 +86,23 @@ def test_dev_scores(scenario):
     assert dev.defense == {"good": 4 + 2 + 1, "leaky": 0, "gappy": 3 + 3 + 4}
     assert dev.accuracy_on_targeted_attacks[("good", "aim")] == 1
     assert dev.hit_target_class[("good", "aim")] == 3
+
+
+def test_defense_aware_attacks_are_scored_apart(scenario):
+    """A defense-aware attack (here: aim, as if it knew the defenses) leaves the defenses' competition
+    score, EVAL and DEV alike, and gives each defense its own worst case; attack scores do not change."""
+    rows, attacks, defenses, produced = scenario
+    plain = eval_scores(rows, num_images=N, attacks=attacks, defenses=defenses, produced=produced)
+    s = eval_scores(rows, num_images=N, attacks=attacks, defenses=defenses, produced=produced, defense_aware={"aim"})
+    assert s.defense_aware == ["aim"]
+    assert s.defense == pytest.approx({"good": 4 / 4, "leaky": 0.0, "gappy": 3 / 4})  # A = {full} only
+    assert s.worst_defense["good"].opponent == "full"
+    assert s.worst_defense_aware["good"] == WorstCase(1 / 4, "aim")
+    assert s.worst_defense_aware["gappy"] == WorstCase(1.0, "aim")
+    assert (s.attack, s.targeted_attack) == (plain.attack, plain.targeted_attack)
+    assert plain.defense_aware == [] and plain.worst_defense_aware["good"] == WorstCase(None, None)
+    dev = dev_scores(rows, num_images=N, attacks=attacks, defenses=defenses, defense_aware={"aim"})
+    assert dev.defense == {"good": 4 + 2, "leaky": 0, "gappy": 3 + 3}
 
 
 def test_ranking_order():

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from hgd.runner.files import write_bytes_atomic, write_text_atomic
 from hgd.runner.results import ATTACK, DEFENSE, TARGETED_ATTACK, Results, overhead
-from hgd.runner.scoring import ranking
+from hgd.runner.scoring import WorstCase, ranking
 
 HEATMAP_FILE = "accuracy_matrix.png"
 PROBLEMS_PER_SUBMISSION = 8
@@ -61,6 +61,10 @@ def _score(value: float | int | None) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _worst(case: WorstCase) -> str:
+    return _score(case.score) + (f" ({case.opponent})" if case.opponent else "")
+
+
 def _seconds(values: Sequence[float], stats) -> str:
     summary = stats.summary(values)
     return "-" if summary is None else f"{summary[1]:.1f}"
@@ -101,7 +105,9 @@ def blocks(results: Results, *, command: str, heatmap: bool) -> list[Block]:
         "defenses D that labelled every adversarial image produced. Errored defense batches (no readable "
         "result.csv) are ignored, which makes the defense ineligible to score attacks. Worst case = the "
         "minimum over the same opponents. DEV scores are raw counts without eligibility: attack = "
-        "N x #defenses - correct, targeted = hits, defense = correct over all attacks."))
+        "N x #defenses - correct, targeted = hits, defense = correct over all attacks. Defense-aware "
+        "attacks (marked in their metadata; the competition had none) do not count in defense scores: "
+        "they are reported beside them."))
 
     total = sum(ev.produced.values())
     out.append(Heading("Defenses"))
@@ -110,12 +116,22 @@ def blocks(results: Results, *, command: str, heatmap: bool) -> list[Block]:
         worst = ev.worst_defense[name]
         stats = results.stats[name]
         rows.append([str(rank), name, _score(score),
-                     f"{_score(worst.score)}" + (f" ({worst.opponent})" if worst.opponent else ""),
-                     "yes" if name in ev.eligible_defenses else "no",
+                     _worst(worst), "yes" if name in ev.eligible_defenses else "no",
                      f"{ev.counts.processed.get(name, 0)}/{total}", f"{stats.with_error}/{stats.completed}",
                      _score(dev.defense[name])])
     out.append(Table(["rank", "defense", "score", "worst case (attack)", "scores attacks",
                       "images labelled", "batches with error", "DEV score"], rows))
+    if ev.defense_aware:
+        out.append(Heading("Oblivious score vs defense-aware accuracy"))
+        out.append(Paragraph(
+            f"The competition score counts attacks that never saw the defenses; the defense-aware attacks "
+            f"({', '.join(f'`{a}`' for a in ev.defense_aware)}) attack a defense end to end. Each defense's worst "
+            "accuracy under each kind, side by side (`defense_aware_scores.csv`). A defense-aware attack built for "
+            "one defense is a transfer attack against the others."))
+        out.append(Table(["defense", "oblivious score", "worst oblivious accuracy (attack)",
+                          "worst defense-aware accuracy (attack)"],
+                         [[name, _score(score), _worst(ev.worst_defense[name]), _worst(ev.worst_defense_aware[name])]
+                          for name, score in ranking(ev.defense)]))
     for title, scores, worst_of, dev_of in (("Non-targeted attacks", ev.attack, ev.worst_attack, dev.attack),
                                             ("Targeted attacks", ev.targeted_attack, ev.worst_targeted_attack,
                                              dev.targeted_attack)):
@@ -124,9 +140,8 @@ def blocks(results: Results, *, command: str, heatmap: bool) -> list[Block]:
         for rank, (name, score) in enumerate(ranking(scores), 1):
             worst = worst_of[name]
             stats = results.stats[name]
-            rows.append([str(rank), name, _score(score),
-                         f"{_score(worst.score)}" + (f" ({worst.opponent})" if worst.opponent else ""),
-                         "yes" if name in ev.eligible_attacks else "no", f"{ev.produced[name]}/{n}",
+            rows.append([str(rank), name + (" (defense-aware)" if name in ev.defense_aware else ""), _score(score),
+                         _worst(worst), "yes" if name in ev.eligible_attacks else "no", f"{ev.produced[name]}/{n}",
                          f"{stats.with_error}/{stats.completed}", _score(dev_of[name])])
         out.append(Table(["rank", "attack", "score", "worst case (defense)", "scores defenses",
                           "images produced", "batches with error", "DEV score"], rows) if rows
@@ -161,6 +176,7 @@ def blocks(results: Results, *, command: str, heatmap: bool) -> list[Block]:
         "`attack_results.csv`, `targeted_attack_results.csv`. DEV: `accuracy_on_attacks.csv`, "
         "`accuracy_on_targeted_attacks.csv`, `hit_target_class.csv`, `defense_ranking.csv`, `attack_ranking.csv`, "
         "`targeted_attack_ranking.csv`. Also `all_classification.csv`, `worst_case_scores.csv`, "
+        "`defense_aware_scores.csv`, "
         "`eligibility.csv`, `timing.csv`, `problems.csv`, `run_summary.json`; adversarial images in `adv/`, "
         "finished pieces in `pieces/` (rerun the same command to resume)."))
     return out

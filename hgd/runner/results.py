@@ -17,7 +17,8 @@ EVAL's files (``master.py``), rows = defenses, columns = all attacks (non-target
   Rows are sorted by score, best first.
 
 And: ``all_classification.csv`` (:data:`CLASSIFICATION_HEADER`; ``PredictedLabel`` empty when the
-defense gave no usable label), ``worst_case_scores.csv``, ``eligibility.csv``, ``timing.csv``
+defense gave no usable label), ``worst_case_scores.csv``, ``defense_aware_scores.csv`` (each defense's
+competition score over the oblivious attacks next to its worst accuracy under the defense-aware ones), ``eligibility.csv``, ``timing.csv``
 (seconds per batch and per 100 images), ``problems.csv`` and ``run_summary.json``.
 """
 
@@ -41,6 +42,8 @@ TIMING_HEADER = ("SubmissionType", "SubmissionName", "CompletedBatches", "CleanB
                  "MinSeconds", "MedianSeconds", "MeanSeconds", "MaxSeconds",
                  "MinPer100Images", "MedianPer100Images", "MeanPer100Images", "MaxPer100Images")
 PROBLEMS_HEADER = ("SubmissionType", "SubmissionName", "Piece", "Problem")
+DEFENSE_AWARE_HEADER = ("DefenseName", "ObliviousScore", "WorstObliviousAccuracy", "WorstObliviousAttack",
+                        "WorstDefenseAwareAccuracy", "WorstDefenseAwareAttack")
 
 ATTACK, TARGETED_ATTACK, DEFENSE = "attack", "targeted_attack", "defense"
 
@@ -93,6 +96,7 @@ def compute(outcome: Outcome, problems: Sequence[Problem] = (), settings: dict[s
     attacks = {a.name: a.targeted for a in outcome.attacks}
     attacks = {**{a: t for a, t in attacks.items() if not t}, **{a: t for a, t in attacks.items() if t}}
     defenses = [d.name for d in outcome.defenses]
+    aware = {a.name for a in outcome.attacks if a.defense_aware}
     attack_records = [outcome.attack_records[a, b.index] for a in attacks for b in outcome.batches]
     rows = classifications(outcome.dataset, attack_records, outcome.defense_records, defenses)
     produced = {a: 0 for a in attacks}
@@ -104,8 +108,9 @@ def compute(outcome: Outcome, problems: Sequence[Problem] = (), settings: dict[s
         stats[d] = run_stats(defense_run(outcome.defense_records[d, a, b.index])
                              for a in attacks for b in outcome.batches)
     return Results(outcome=outcome, rows=rows,
-                   eval=eval_scores(rows, num_images=n, attacks=attacks, defenses=defenses, produced=produced),
-                   dev=dev_scores(rows, num_images=n, attacks=attacks, defenses=defenses),
+                   eval=eval_scores(rows, num_images=n, attacks=attacks, defenses=defenses, produced=produced,
+                                    defense_aware=aware),
+                   dev=dev_scores(rows, num_images=n, attacks=attacks, defenses=defenses, defense_aware=aware),
                    stats=stats, problems=[*problems, *_piece_problems(outcome)], settings=dict(settings or {}))
 
 
@@ -197,6 +202,10 @@ def write(results: Results, output_dir: pathlib.Path) -> list[pathlib.Path]:
                _cell(ev.worst_targeted_attack[a].opponent)] for a, _ in ranking(ev.targeted_attack)]
     csv_file("worst_case_scores.csv", ["SubmissionType", "SubmissionName", "WorstCaseScore", "WorstCaseOpponent"],
              worst)
+    csv_file("defense_aware_scores.csv", DEFENSE_AWARE_HEADER,
+             [[d, _cell(score), _cell(ev.worst_defense[d].score), _cell(ev.worst_defense[d].opponent),
+               _cell(ev.worst_defense_aware[d].score), _cell(ev.worst_defense_aware[d].opponent)]
+              for d, score in ranking(ev.defense)])
 
     required = sum(ev.produced.values())
     eligibility = [[TARGETED_ATTACK if a in targeted else ATTACK, a, a in ev.eligible_attacks, ev.produced[a],
@@ -213,7 +222,7 @@ def write(results: Results, output_dir: pathlib.Path) -> list[pathlib.Path]:
     summary = dict(results.settings)
     summary.update(overhead(results.outcome))
     summary.update(images=results.num_images, batches=len(results.outcome.batches),
-                   attacks=attacks, targeted_attacks=targeted, defenses=defenses,
+                   attacks=attacks, targeted_attacks=targeted, defenses=defenses, defense_aware=ev.defense_aware,
                    pieces_run=results.outcome.pieces_run, pieces_reused=results.outcome.pieces_reused,
                    problems=len(results.problems))
     write_json_atomic(output_dir / "run_summary.json", summary)

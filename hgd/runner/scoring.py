@@ -26,18 +26,22 @@ EVAL (official; the report's eqs. 6-10 and ``master.py``), N = dataset images:
 * Worst case (reported, not ranked): defense ``min_{a in A} correct / N``,
   attack ``min_{d in D} wrong / N``, targeted ``min_{d in D} hit / N``.
 * A score with no eligible opponent is ``None`` (written as an empty cell).
+* Defense-aware attacks (``"defense_aware": true`` in their metadata; never in the competition):
+  **A** above is the eligible *oblivious* attacks only, so the defense score stays the competition's;
+  beside it, each defense's worst case over the eligible defense-aware attacks
+  ``min_{a in A_aware} correct / N``, its accuracy against an attacker who knows it.
 
 DEV (``dev_toolkit/run_attacks_and_defenses.py``), no eligibility, no normalization:
 attack ``N * |defenses| - sum_d correct(d, a)`` (missing images and predictions
 count for the attacker), targeted attack ``sum_d hit(d, t)``, defense
-``sum_a correct(d, a)`` over all attacks including targeted ones.
+``sum_a correct(d, a)`` over all oblivious attacks including targeted ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from hgd.runner.pieces import AttackRecord, Dataset, DefenseRecord
 
@@ -130,11 +134,19 @@ class EvalScores:
     worst_defense: dict[str, WorstCase]
     worst_attack: dict[str, WorstCase]
     worst_targeted_attack: dict[str, WorstCase]
+    defense_aware: list[str] = dataclasses.field(default_factory=list)
+    worst_defense_aware: dict[str, WorstCase] = dataclasses.field(default_factory=dict)
 
 
 def eval_scores(rows: Sequence[Classification], *, num_images: int, attacks: Mapping[str, bool],
-                defenses: Sequence[str], produced: Mapping[str, int]) -> EvalScores:
+                defenses: Sequence[str], produced: Mapping[str, int],
+                defense_aware: Collection[str] = ()) -> EvalScores:
     """EVAL's normalized scores.
+
+    A defense's score and worst case are over the eligible *oblivious* attacks only, as in the
+    competition, where no attack knew the defenses; the eligible ``defense_aware`` attacks give each
+    defense a separate worst-case accuracy (:attr:`EvalScores.worst_defense_aware`). Attack scores
+    are computed alike for both kinds.
 
     Args:
         rows: the classification records.
@@ -142,6 +154,7 @@ def eval_scores(rows: Sequence[Classification], *, num_images: int, attacks: Map
         attacks: attack name -> targeted?
         defenses: defense names.
         produced: attack name -> adversarial images it produced.
+        defense_aware: the attacks that know a defense.
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images!r}")
@@ -161,11 +174,13 @@ def eval_scores(rows: Sequence[Classification], *, num_images: int, attacks: Map
         value, opponent = min(pairs)
         return WorstCase(value / n, opponent)
 
-    defense_score, worst_defense = {}, {}
+    oblivious = [a for a in eligible_attacks if a not in defense_aware]
+    aware = [a for a in eligible_attacks if a in defense_aware]
+    defense_score, worst_defense, worst_aware = {}, {}, {}
     for d in defenses:
-        values = [counts.correct[d, a] for a in eligible_attacks]
-        defense_score[d] = normalized(values)
-        worst_defense[d] = worst([(counts.correct[d, a], a) for a in eligible_attacks])
+        defense_score[d] = normalized([counts.correct[d, a] for a in oblivious])
+        worst_defense[d] = worst([(counts.correct[d, a], a) for a in oblivious])
+        worst_aware[d] = worst([(counts.correct[d, a], a) for a in aware])
     attack_score, worst_attack, targeted_score, worst_targeted = {}, {}, {}, {}
     for a, targeted in attacks.items():
         matrix = counts.hit if targeted else counts.wrong
@@ -179,7 +194,8 @@ def eval_scores(rows: Sequence[Classification], *, num_images: int, attacks: Map
                       eligible_attacks=eligible_attacks, eligible_defenses=eligible_defenses,
                       defense=defense_score, attack=attack_score, targeted_attack=targeted_score,
                       worst_defense=worst_defense, worst_attack=worst_attack,
-                      worst_targeted_attack=worst_targeted)
+                      worst_targeted_attack=worst_targeted,
+                      defense_aware=[a for a in names if a in defense_aware], worst_defense_aware=worst_aware)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,8 +211,8 @@ class DevScores:
 
 
 def dev_scores(rows: Sequence[Classification], *, num_images: int, attacks: Mapping[str, bool],
-               defenses: Sequence[str]) -> DevScores:
-    """DEV's scores (see the module docstring)."""
+               defenses: Sequence[str], defense_aware: Collection[str] = ()) -> DevScores:
+    """DEV's scores (see the module docstring); ``defense_aware`` attacks do not count for defenses."""
     counts = count(rows, defenses, list(attacks))
     plain = [a for a, t in attacks.items() if not t]
     targeted = [a for a, t in attacks.items() if t]
@@ -206,7 +222,7 @@ def dev_scores(rows: Sequence[Classification], *, num_images: int, attacks: Mapp
         hit_target_class={(d, a): counts.hit[d, a] for d in defenses for a in targeted},
         attack={a: num_images * len(defenses) - sum(counts.correct[d, a] for d in defenses) for a in plain},
         targeted_attack={a: sum(counts.hit[d, a] for d in defenses) for a in targeted},
-        defense={d: sum(counts.correct[d, a] for a in attacks) for d in defenses},
+        defense={d: sum(counts.correct[d, a] for a in attacks if a not in defense_aware) for d in defenses},
     )
 
 

@@ -7,6 +7,9 @@ A submission is a directory with ``metadata.json`` at its root (see
      "container": "<image for CPU runs>", "container_gpu": "<image for GPU runs>",
      "entry_point": "run_attack.sh"}
 
+An attack may add ``"defense_aware": true``: it knows a defense (it attacks a copy of it end to end),
+which the competition's attacks never did, so scores keep it apart from the oblivious attacks.
+
 Each object knows how to run itself through an executor (the original toolkit's
 ``Attack.run`` / ``Defense.run``); the runner adds time limits, fresh inputs and
 resumability around it. A folder that is not a usable submission raises
@@ -52,6 +55,8 @@ class Submission:
         entry_point: the executable, relative to ``path``.
         container: image for CPU runs (``None`` if absent: fine for the local executor).
         container_gpu: image for GPU runs (``None`` if absent).
+        defense_aware: an attack that knows a defense (``"defense_aware": true``); the defenses'
+            competition score leaves it out and reports it beside (:mod:`hgd.runner.scoring`).
     """
 
     name: str
@@ -60,6 +65,7 @@ class Submission:
     entry_point: str
     container: str | None = None
     container_gpu: str | None = None
+    defense_aware: bool = False
 
     def image(self, gpu: bool) -> str | None:
         """The container image for a CPU or GPU run."""
@@ -143,6 +149,10 @@ def read_metadata(folder: pathlib.Path) -> dict:
     for key in ("container", "container_gpu"):
         if key in meta and not isinstance(meta[key], str):
             raise SubmissionError(f"{METADATA_FILE}: {key} {meta[key]!r} is not a string")
+    if not isinstance(meta.get("defense_aware", False), bool):
+        raise SubmissionError(f"{METADATA_FILE}: defense_aware {meta['defense_aware']!r} is not true or false")
+    if meta.get("defense_aware") and meta["type"] == SubmissionType.DEFENSE.value:
+        raise SubmissionError(f"{METADATA_FILE}: defense_aware is for attacks, not a defense")
     return meta
 
 
@@ -179,7 +189,8 @@ def load_submission(folder: str | os.PathLike[str], name: str | None = None) -> 
     kind = SubmissionType(meta["type"])
     cls = Defense if kind is SubmissionType.DEFENSE else Attack
     return cls(name=name or path.name, path=path, type=kind, entry_point=entry_point,
-               container=meta.get("container") or None, container_gpu=meta.get("container_gpu") or None)
+               container=meta.get("container") or None, container_gpu=meta.get("container_gpu") or None,
+               defense_aware=meta.get("defense_aware", False))
 
 
 @dataclasses.dataclass
