@@ -226,30 +226,36 @@ def defense_config_path(config: AttackConfig) -> pathlib.Path | None:
 def build_model(config: AttackConfig):
     """What the attack runs on: pixels (299x299) -> averaged logits.
 
-    The undefended members' Keras model; or the defense's (denoisers + classifiers), wrapped in
-    :class:`hgd.attacks.BPDA` when the defense has an input transformation (and in
-    :class:`hgd.attacks.EOT` too when that transformation is random).
+    The undefended members' Keras model; or the defense's (:func:`defense_model`).
     """
     from hgd.defended import Member, build_defended_model, load_config
     from hgd.zoo import get_model
 
     defense_path = defense_config_path(config)
     if defense_path is not None:
-        from hgd import attacks
-
         defense = load_config(defense_path)
         missing = defense.missing_weights()
         if missing:
             raise ValueError(f"the defense to attack names denoiser weights that do not exist: "
                              f"{', '.join(map(str, missing))}")
-        model = defense.build()
-        if defense.transform is not None:
-            model = attacks.BPDA(model, defense.transform)
-            if defense.transform.random:
-                model = attacks.EOT(model, draws=config.model.get("eot_draws", DEFAULT_EOT_DRAWS))
-        return model
+        return defense_model(defense, eot_draws=config.model.get("eot_draws", DEFAULT_EOT_DRAWS))
     names = [m["model"] if isinstance(m, dict) else m for m in config.model["members"]]
     return build_defended_model([Member(get_model(name)) for name in names])
+
+
+def defense_model(defense, *, eot_draws: int | None = DEFAULT_EOT_DRAWS):
+    """A whole defense as an attack's model: denoisers + classifiers (one Keras graph), behind
+    :class:`hgd.attacks.BPDA` when the defense has an input transformation, and :class:`hgd.attacks.EOT`
+    over ``eot_draws`` draws when that transformation is random (``None``: no EOT, one draw per call,
+    which is how the deployed defense classifies)."""
+    from hgd import attacks
+
+    model = defense.build()
+    if defense.transform is not None:
+        model = attacks.BPDA(model, defense.transform)
+        if defense.transform.random and eot_draws is not None:
+            model = attacks.EOT(model, draws=eot_draws)
+    return model
 
 
 def read_targets(path: pathlib.Path) -> dict[str, int]:

@@ -1,0 +1,72 @@
+"""The security evaluation (``python -m hgd.security``): runs, resumes, reports, and flags what is suspicious."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from hgd import security
+from hgd.security import SecuritySpec, sanity_checks
+
+
+def test_sanity_checks_flag_masked_gradients_and_rising_curves():
+    spec = SecuritySpec(epsilons=(4, 8), check_epsilon=4, tolerance=0.02)
+    honest = {"fgsm": {4: 0.5, 8: 0.3}, "pgd": {4: 0.1, 8: 0.0}, "transfer": {4: 0.6, 8: 0.4},
+              "square": {4: 0.4, 8: 0.2}, "pgd_stronger": {4: 0.1}}
+    assert all(ok for _, ok, _ in sanity_checks(honest, spec))
+    # Gradient masking: the gradient-free and transfer attacks beat PGD; more steps help; PGD never reaches 0.
+    masked = {"fgsm": {4: 0.5, 8: 0.6}, "pgd": {4: 0.5, 8: 0.45}, "transfer": {4: 0.3, 8: 0.2},
+              "square": {4: 0.2, 8: 0.1}, "pgd_stronger": {4: 0.3}}
+    failed = {name for name, ok, _ in sanity_checks(masked, spec) if not ok}
+    assert failed == {"white-box >= transfer (eps 4)", "white-box >= transfer (eps 8)",
+                      "white-box >= gradient-free (eps 4)", "white-box >= gradient-free (eps 8)",
+                      "fgsm: accuracy falls with eps (4 -> 8)", "more steps/restarts do not help (eps 4)",
+                      "pgd reaches 0 accuracy"}
+
+
+@pytest.fixture
+def defense_dir(tmp_path, dunet_weights):
+    """A one-member HGD defense (Lite0 behind a small random-weight DUNET)."""
+    folder = tmp_path / "defense"
+    (folder / "weights").mkdir(parents=True)
+    shutil.copyfile(dunet_weights["small"], folder / "weights" / "dunet.weights.h5")
+    (folder / "config.json").write_text(json.dumps({
+        "members": [{"model": "efficientnet_lite0",
+                     "denoiser": {"weights": "weights/dunet.weights.h5", "width": dunet_weights["width"]}}]}))
+    return folder
+
+
+def test_evaluation_runs_resumes_and_reports(defense_dir, small_source, tmp_path):
+    out = tmp_path / "out"
+    args = [str(defense_dir), str(small_source), str(out), "--epsilons", "2", "8", "--steps", "2", "--restarts", "1",
+            "--queries", "3", "--check-epsilon", "2", "--batch-size", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        security.main(args)
+    assert exit_info.value.code == 0
+    results = json.loads((out / security.RESULTS_FILE).read_text())
+    assert len(results["images"]) == 4 and len(results["clean"]) == 4
+    runs = results["runs"]
+    for key in ("fgsm@2", "pgd@2", "transfer@2", "square@2", "fgsm@8", "pgd@8", "transfer@8", "square@8",
+                "pgd_stronger@2"):
+        assert len(runs[key]) == 4, key
+    # pgd goes on doubling eps past 8 until accuracy 0 (or 255).
+    beyond = sorted(int(k.split("@")[1]) for k in runs if k.startswith("pgd@"))
+    assert beyond[:2] == [2, 8] and all(b == min(2 * a, 255) for a, b in zip(beyond[1:], beyond[2:]))
+    assert sum(runs[f"pgd@{beyond[-1]}"]) == 0 or beyond[-1] == 255
+    assert len(results["loss_curves"]["pgd@2"]) == 2 and len(results["loss_curves"]["pgd@2"][0]) == 3  # 2 batches, 3 iterates
+    report = (out / security.REPORT_FILE).read_text()
+    assert "## Accuracy vs epsilon" in report and "**worst case**" in report and "## Sanity checks" in report
+    per_example = (out / security.PER_EXAMPLE_FILE).read_text().splitlines()
+    assert per_example[0].startswith("ImageId,Clean,WorstEps2,WorstEps8") and len(per_example) == 5
+    for name in (security.CURVES_FILE, security.LOSS_CURVE_FILE):
+        assert (out / name).stat().st_size > 0
+
+    stamp = (out / security.RESULTS_FILE).stat().st_mtime_ns
+    with pytest.raises(SystemExit):
+        security.main(args)  # everything finished: nothing is attacked again
+    assert (out / security.RESULTS_FILE).stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit) as exit_info:
+        security.main([*args, "--seed", "1"])
+    assert exit_info.value.code == 2  # another evaluation in the same folder is refused
