@@ -235,6 +235,10 @@ def build_dunet(
 ) -> keras.Model:
     """Builds the HGD denoiser: ``x_hat = x + conv1x1(decoder(encoder(x)))``.
 
+    The final 1x1 convolution starts at zero, so an untrained denoiser is exactly the identity. With
+    a random start instead, the shipped recipe's validation loss was still above the identity's after
+    two epochs (0.4515 vs 0.4438): the network first had to learn to undo its own noise.
+
     At ``width=1.0`` and 3 input channels the model has 11,033,984 trainable
     parameters and 9,728 non-trainable ones (BatchNorm moving statistics).
 
@@ -264,6 +268,7 @@ def build_dunet(
         input_shape[-1],
         1,
         use_bias=False,
+        kernel_initializer="zeros",  # starts as the identity: training moves away from "do no harm"
         data_format=_DATA_FORMAT,
         name="out_conv",
     )(features)
