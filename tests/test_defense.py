@@ -97,7 +97,8 @@ def runs(mixed_dir, tmp_path_factory):
     * ``mixed``: the undefended baseline on ``mixed_dir``, writing into folders that do not exist yet;
     * ``sample``: the undefended baseline on the sample dataset's images;
     * ``empty``: on an empty folder; ``missing``: on a folder that does not exist;
-    * ``refused``: the HGD defense, whose trained weights do not exist (only started if so).
+    * ``hgd``: the shipped HGD defense on the sample images (only started if its weights exist);
+    * ``refused``: a copy of the HGD defense without its trained weights.
 
     Returns name -> ``(Launched, output path)``.
     """
@@ -111,8 +112,11 @@ def runs(mixed_dir, tmp_path_factory):
         "empty": (UNDEFENDED, root / "empty-input", root / "empty" / "result.csv"),
         "missing": (UNDEFENDED, root / "no such folder", root / "missing" / "result.csv"),
     }
-    if load_config(HGD / "config.json").missing_weights():
-        plan["refused"] = (HGD, SAMPLE_IMAGES, root / "refused" / "out" / "result.csv")
+    unweighted = root / "hgd-without-weights"
+    shutil.copytree(HGD, unweighted, ignore=shutil.ignore_patterns("weights"))
+    plan["refused"] = (unweighted, SAMPLE_IMAGES, root / "refused" / "out" / "result.csv")
+    if not load_config(HGD / "config.json").missing_weights():
+        plan["hgd"] = (HGD, SAMPLE_IMAGES, root / "hgd" / "result.csv")
     launched = {}
     try:
         for name, (submission, input_dir, output) in plan.items():
@@ -218,6 +222,19 @@ def test_sample_run_accuracy(sample_run, sample_predictions):
     assert "ERROR" not in result.stderr
 
 
+def test_shipped_hgd_defense_keeps_the_undefended_accuracy(runs, sample_predictions):
+    """The trained denoiser in front of the same ensemble: at most one sample image lost to it."""
+    if "hgd" not in runs:
+        pytest.skip("defense/weights/ holds no trained denoiser yet")
+    run, output = runs["hgd"]
+    result = run.result()
+    assert result.returncode == 0, result.stderr[-3000:]
+    truth = read_dataset_csv(DATASET_CSV)
+    predictions = read_predictions_csv(output)
+    assert set(predictions) == set(truth)
+    assert accuracy(predictions, truth) >= accuracy(sample_predictions, truth) - 1 / len(truth)
+
+
 # --------------------------------------------------------------------------------- folders and arguments
 
 
@@ -250,14 +267,11 @@ def test_wrong_number_of_arguments(args):
 def test_hgd_defense_refuses_without_trained_weights(runs):
     from hgd.defended import load_config
 
-    config = load_config(HGD / "config.json")
+    run, output = runs["refused"]
+    config = load_config(pathlib.Path(run.process.args[0]).parent / "config.json")
     assert config.members and config.denoisers()
     weights = [spec.weights for spec in config.denoisers()]
-    if any(w.exists() for w in weights):
-        pytest.skip(f"trained denoiser weights exist now ({[str(w) for w in weights if w.exists()]}): "
-                    "the refusal cannot be exercised")
     assert config.missing_weights() == weights
-    run, output = runs["refused"]
     result = run.result()
     assert result.returncode == EXIT_REFUSED == 2
     assert "REFUSED" in result.stderr and "Traceback" not in result.stderr
