@@ -266,6 +266,7 @@ def test_fit_trains_checkpoints_and_resumes(pairs_dir, tmp_path):
     run = tmp_path / "run"
     state = fit(pairs_dir, run, _tiny(), verbose=0)
     assert state.epoch == 1 and state.finished.startswith("reached max_epochs")
+    assert np.isfinite(state.initial_val_loss) and "(untrained: " in state.summary()
     for name in ("config.json", "state.json", "best.weights.h5", "last.weights.h5", "optimizer.npz", "history.csv"):
         assert (run / name).is_file(), name
     denoiser = build_dunet(width=0.125)

@@ -125,10 +125,12 @@ class RunState:
     epochs_without_improvement: int = 0
     hours: float = 0.0
     finished: str = ""  # why training stopped, once it has
+    initial_val_loss: float | None = None  # the untrained (identity) denoiser's: the bar to clear
 
     def summary(self) -> str:
         """One line for a person: where the run stands."""
-        return (f"epoch {self.epoch}, best validation loss {self.best_val_loss:.5f}, {self.hours:.2f} h"
+        start = "" if self.initial_val_loss is None else f" (untrained: {self.initial_val_loss:.5f})"
+        return (f"epoch {self.epoch}, best validation loss {self.best_val_loss:.5f}{start}, {self.hours:.2f} h"
                 f"{'; finished: ' + self.finished if self.finished else ''}")
 
 
@@ -237,6 +239,10 @@ def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, ve
     model = build_training_model(config)
     model.compile(optimizer=keras.optimizers.Adam(state.learning_rate))
     _restore(run_dir, model)
+    if state.epoch == 0 and state.initial_val_loss is None:
+        state.initial_val_loss = float(model.evaluate(validation, verbose=0))
+        log.info("validation loss of the untrained (identity) denoiser: %.5f", state.initial_val_loss)
+        _save_state(run_dir, state)
     checkpointer = Checkpointer(run_dir, config, state, train)
     model.fit(train, validation_data=validation, epochs=config.max_epochs, initial_epoch=state.epoch,
               callbacks=[checkpointer], verbose=verbose)
