@@ -392,23 +392,25 @@ def test_oblivious_submissions_are_not_marked_defense_aware():
 
 
 def test_defense_aware_submissions_refuse_without_trained_weights(tmp_path):
-    """adaptive_pgd run as the competition runs it (exit 2, REFUSED, nothing written); the other two in-process."""
+    """Copies without the trained weights: adaptive_pgd run as the competition runs it (exit 2, REFUSED,
+    nothing written); the other two in-process."""
     from hgd.attack import _refusal, defense_config_path, load_attack_config
     from hgd.defended import load_config
 
+    copies = {}
+    for name in ADAPTIVE:
+        copies[name] = tmp_path / "code" / name
+        shutil.copytree(ATTACKS / name, copies[name], ignore=shutil.ignore_patterns("weights"))
     for other in ADAPTIVE[1:]:
-        config_path = ATTACKS / other / "config.json"
-        config = load_attack_config(config_path)
-        refusal = _refusal(config, config_path)
-        assert (refusal is None) == (not load_config(defense_config_path(config)).missing_weights())
-        assert refusal is None or refusal.startswith("REFUSED")
+        config_path = copies[other] / "config.json"
+        refusal = _refusal(load_attack_config(config_path), config_path)
+        assert refusal is not None and refusal.startswith("REFUSED")
     name = ADAPTIVE[0]
-    missing = load_config(defense_config_path(load_attack_config(ATTACKS / name / "config.json"))).missing_weights()
-    if not missing:
-        pytest.skip("the submission's defense has its trained weights now: the refusal cannot be exercised")
+    missing = load_config(defense_config_path(load_attack_config(copies[name] / "config.json"))).missing_weights()
+    assert missing
     (tmp_path / "in").mkdir()
     shutil.copyfile(SAMPLE_IMAGES / "28b7b933c8028c6e.png", tmp_path / "in" / "28b7b933c8028c6e.png")
-    result = run_submission(ATTACKS / name, tmp_path / "in", tmp_path / "out", 8)
+    result = run_submission(copies[name], tmp_path / "in", tmp_path / "out", 8)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "REFUSED" in result.stderr and "Traceback" not in result.stderr
     assert all(str(path) in result.stderr for path in missing)
@@ -423,7 +425,7 @@ def _copy_with_tiny_defense(name: str, root: pathlib.Path, dunet_weights: dict, 
                             **overrides) -> pathlib.Path:
     """The submission copied as the runner copies it, its defense swapped for Lite0 behind a tiny DUNET."""
     folder = root / name
-    shutil.copytree(ATTACKS / name, folder, symlinks=True)
+    shutil.copytree(ATTACKS / name, folder, symlinks=True, ignore=shutil.ignore_patterns("weights"))
     weights = folder / "defense" / "weights"
     weights.mkdir()
     shutil.copyfile(dunet_weights["small"], weights / "dunet.weights.h5")
