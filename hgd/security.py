@@ -110,7 +110,9 @@ class Evaluation:
         self.spec, self.batch_size, self.out_dir = spec, batch_size, out_dir
         self.ids, self.images, self.labels = load_dataset(dataset_dir, spec.limit)
         self.attacked = defense_model(config)  # EOT over a random transform
-        self.deployed = defense_model(config, eot_draws=None)  # classifies as the submission does
+        random = config.transform is not None and config.transform.random
+        # What scores the images: one draw of a random transform, as the submission classifies.
+        self.deployed = defense_model(config, eot_draws=None) if random else self.attacked
         self.surrogate = build_defended_model([Member(m.target) for m in config.members])  # no denoiser
         self.results = self._load(defense_dir, dataset_dir)
 
