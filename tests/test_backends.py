@@ -68,3 +68,43 @@ def test_jax_backend_matches_tensorflow(tmp_path: pathlib.Path) -> None:
     assert jax_out["dunet_out"].shape == (2, 37, 53, 3)
     assert not np.allclose(tf_out["dunet_out"], 0)
     np.testing.assert_allclose(jax_out["dunet_out"], tf_out["dunet_out"], atol=1e-3, rtol=1e-3)
+
+
+# A model whose weights change between calls (a denoiser attacked while it trains): the compiled
+# forward pass and attack gradient must use the weights of each call, not those of the first trace.
+WEIGHTS_PROBE = textwrap.dedent(
+    """
+    import sys
+    import keras
+    import numpy as np
+    from hgd.attacks import KerasModel
+    from hgd.backend import forward_fn
+
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(5)])
+    x = np.random.RandomState(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
+    attacked, forward = KerasModel(model), forward_fn(model)
+    before = [attacked.logits(x), forward(x), attacked.objective_gradient(x, np.array([1, 2]), False)[1]]
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([-3 * kernel, bias + 1])
+    after = [attacked.logits(x), forward(x), attacked.objective_gradient(x, np.array([1, 2]), False)[1]]
+    expected = x.reshape(2, -1) @ (-3 * kernel) + bias + 1
+    np.savez(sys.argv[1], backend=keras.backend.backend(), expected=expected, before_logits=before[0],
+             after_logits=after[0], after_forward=after[1], before_grad=before[2], after_grad=after[2])
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_compiled_calls_read_the_current_weights(backend: str, tmp_path: pathlib.Path) -> None:
+    if backend == "jax":
+        pytest.importorskip("jax", reason="the JAX backend is tested where jax is installed (the dev extras install it)")
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    result = subprocess.run([sys.executable, "-c", WEIGHTS_PROBE, str(tmp_path / "out.npz")], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = dict(np.load(tmp_path / "out.npz"))
+    assert str(out["backend"]) == backend
+    assert not np.allclose(out["before_logits"], out["expected"], atol=1e-2)
+    np.testing.assert_allclose(out["after_logits"], out["expected"], rtol=1e-4, atol=1e-2)
+    np.testing.assert_allclose(out["after_forward"], out["expected"], rtol=1e-4, atol=1e-2)
+    assert not np.allclose(out["after_grad"], out["before_grad"])
