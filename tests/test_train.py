@@ -346,3 +346,84 @@ def test_shipped_defense_recipe_is_one_ensemble_guided_denoiser():
     assert job.config.models == tuple(m.value for m in DEFAULT_ENSEMBLE)
     assert job.spec == recipe.defense.shared_denoiser and job.name == "fgd_lite_ensemble"
     assert (job.config.width, job.config.crop, job.config.guidance) == (0.5, 128, Guidance.FGD)
+
+
+# ------------------------------------------------------------------ defense-aware (adaptive) training
+
+
+class _RecordingAdversary:
+    """Stands in for PGD in the pipeline's bookkeeping test: marks the images it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, tuple]] = []
+
+    def __call__(self, clean: np.ndarray, labels: np.ndarray, seed) -> np.ndarray:
+        assert clean.dtype == np.uint8
+        self.calls.append((len(clean), tuple(seed)))
+        return np.full_like(clean, 7)
+
+
+def test_adaptive_batches_replace_a_seeded_fraction_of_the_adversarial_images():
+    adversary = _RecordingAdversary()
+    batches = PairBatches(_noop_pairs(6), 4, crop=32, shuffle=True, seed=0, steps=2, adversary=adversary,
+                          adaptive_fraction=0.5)
+    inputs, _ = batches[1]
+    replaced = np.all(inputs["adversarial"] == 7, axis=(1, 2, 3))
+    assert replaced.sum() == 2 and adversary.calls == [(2, (0, 7, 0, 1))]
+    np.testing.assert_array_equal(inputs["adversarial"][~replaced], inputs["clean"][~replaced])
+    again, _ = PairBatches(_noop_pairs(6), 4, crop=32, shuffle=True, seed=0, steps=2, adversary=adversary,
+                           adaptive_fraction=0.5)[1]
+    np.testing.assert_array_equal(np.all(again["adversarial"] == 7, axis=(1, 2, 3)), replaced)
+    whole, _ = PairBatches(_noop_pairs(3), 4, crop=None, shuffle=False, seed=0, adversary=adversary,
+                           adaptive_fraction=1.0)[0]
+    assert np.all(whole["adversarial"] == 7)
+
+
+def test_adaptive_config_validation():
+    assert FitConfig.from_json(_tiny(adaptive_fraction=0.5, adaptive_loss="margin").to_json()).adaptive_fraction == 0.5
+    for bad in ({"adaptive_fraction": 1.5}, {"adaptive_fraction": -0.1}, {"adaptive_epsilon": 0},
+                {"adaptive_steps": 0}, {"adaptive_loss": "l2"},
+                {"guidance": Guidance.PGD, "models": (), "adaptive_fraction": 0.5}):
+        with pytest.raises(ValueError):
+            _tiny(**bad)
+
+
+def test_adversary_attacks_the_current_denoiser_inside_the_box(small_source):
+    model = build_training_model(_tiny(guidance=Guidance.PGD, adaptive_fraction=1.0))
+    assert len(model.heads) == 1  # the pixel loss needs no model, the attack does
+    adversary = model.adversary(_tiny(adaptive_fraction=1.0, adaptive_epsilon=8, adaptive_steps=3))
+    images = np.stack([load_image(i.path)[0][:96, :96] for i in read_labelled_folder(small_source)])
+    labels = np.array([i.label0 for i in read_labelled_folder(small_source)])
+    adversarial = adversary(images, labels, (0, 1))
+    delta = adversarial.astype(int) - images
+    assert adversarial.dtype == np.uint8 and np.abs(delta).max() <= 8 and np.abs(delta).max() > 0
+    from hgd.attacks import KerasModel
+
+    attacked = KerasModel(adversary.model)
+    loss_clean = attacked.objective(images.astype(np.float32), labels, False)
+    loss_adversarial = attacked.objective(adversarial.astype(np.float32), labels, False)
+    assert np.all(loss_adversarial > loss_clean)
+    np.testing.assert_array_equal(adversary(images, labels, (0, 1)), adversarial)  # seeded
+    before = attacked.logits(images.astype(np.float32))
+    output = model.denoiser.get_layer("out_conv")
+    output.set_weights([np.full_like(w, 0.5) for w in output.get_weights()])  # the identity denoiser no more
+    assert not np.allclose(attacked.logits(images.astype(np.float32)), before, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_adaptive_fit_runs_on_both_backends(pairs_dir, tmp_path, backend):
+    if backend == "jax":
+        pytest.importorskip("jax", reason="the JAX backend is tested where jax is installed (the dev extras install it)")
+    command = [sys.executable, "-m", "hgd.train", "fit", str(pairs_dir), str(tmp_path / "run"), "--guidance", "fgd",
+               "--width", "0.125", "--crop", "64", "--batch-size", "2", "--steps-per-epoch", "2",
+               "--validation-pairs", "2", "--max-epochs", "2", "--no-progress", "--adaptive-fraction", "0.5",
+               "--adaptive-steps", "2"]
+    result = subprocess.run(command, cwd=REPO, env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "finished: reached max_epochs=2" in result.stdout
+    assert "defense-aware examples: 50% of every batch, 2-step PGD at eps 4" in result.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["adaptive_fraction"] == 0.5 and config["adaptive_steps"] == 2
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and all(np.isfinite(float(row.split(",")[3])) for row in history[1:])

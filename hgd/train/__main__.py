@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--patience", type=int, default=2, help="epochs without improvement before lowering the rate")
     fit.add_argument("--holdout-classes", type=int, default=0, help="classes kept out of training (Table 5)")
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--adaptive-fraction", type=float, default=0.0,
+                     help="share of every batch attacked afresh by PGD through the current denoiser (defense-aware "
+                          "adversarial training of the denoiser; default 0: the paper's oblivious pairs only)")
+    fit.add_argument("--adaptive-epsilon", type=int, default=4, help="that attack's eps in pixel levels (default 4)")
+    fit.add_argument("--adaptive-steps", type=int, default=4, help="that attack's PGD steps (default 4)")
+    fit.add_argument("--adaptive-loss", choices=["ce", "margin"], default="ce", help="that attack's loss (default ce)")
     fit.add_argument("--built-only", action="store_true",
                      help="train on the pairs built so far while `data` goes on (the mix is then not Table 1's)")
     fit.add_argument("--no-progress", action="store_true", help="one log line per epoch instead of a bar")
@@ -94,7 +100,9 @@ def _fit(args: argparse.Namespace) -> int:
                        steps_per_epoch=args.steps_per_epoch, validation_pairs=args.validation_pairs,
                        max_epochs=args.max_epochs, max_hours=args.max_hours, learning_rate=args.learning_rate,
                        final_learning_rate=args.final_learning_rate, patience=args.patience,
-                       holdout_classes=args.holdout_classes, seed=args.seed)
+                       holdout_classes=args.holdout_classes, seed=args.seed,
+                       adaptive_fraction=args.adaptive_fraction, adaptive_epsilon=args.adaptive_epsilon,
+                       adaptive_steps=args.adaptive_steps, adaptive_loss=args.adaptive_loss)
     state = fit(args.pairs_dir, args.run_dir, config, verbose=2 if args.no_progress else "auto",
                 built_only=args.built_only)
     print(f"{state.summary()} -> {args.run_dir / BEST_WEIGHTS}")

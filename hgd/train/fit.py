@@ -39,8 +39,10 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from hgd.attacks.losses import check_loss
 from hgd.dunet import build_dunet
 from hgd.images import IMAGE_SIZE, load_image, write_atomically
+from hgd.train.adaptive import Adversary, SyncWeights, build_attacked_model
 from hgd.train.losses import Guidance, guidance_loss
 from hgd.train.pairs import TRAIN, VALIDATION, Pair, read_pairs
 from hgd.zoo import NUM_CLASSES, get_model
@@ -69,7 +71,12 @@ class FitConfig:
         max_epochs, max_hours: stop after this many epochs / hours of training (``None``: no limit).
         learning_rate, final_learning_rate, patience: the schedule (see the module doc).
         holdout_classes: leave this many classes (seeded) out of training entirely (Table 5).
-        seed: seeds the shuffles, crops, flips and the held-out classes.
+        seed: seeds the shuffles, crops, flips, the held-out classes and the adaptive attacks' starts.
+        adaptive_fraction: the share of every training and validation batch whose adversarial image
+            is replaced by a defense-aware one: PGD through the current denoiser and the guiding
+            models (:mod:`hgd.train.adaptive`); 0 = the paper's oblivious training on the pairs only.
+        adaptive_epsilon, adaptive_steps, adaptive_loss: that attack's eps (pixel levels), PGD
+            steps and loss (``"ce"`` or ``"margin"``).
     """
 
     guidance: Guidance = Guidance.FGD
@@ -87,6 +94,10 @@ class FitConfig:
     patience: int = 2
     holdout_classes: int = 0
     seed: int = 0
+    adaptive_fraction: float = 0.0
+    adaptive_epsilon: int = 4
+    adaptive_steps: int = 4
+    adaptive_loss: str = "ce"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "guidance", Guidance(self.guidance))
@@ -97,9 +108,14 @@ class FitConfig:
             raise ValueError(f"crop must be in 32..{IMAGE_SIZE} or None, got {self.crop}")
         if not 0 <= self.holdout_classes < NUM_CLASSES:
             raise ValueError(f"holdout_classes must be in 0..{NUM_CLASSES - 1}, got {self.holdout_classes}")
-        for name in ("batch_size", "validation_pairs", "max_epochs", "patience"):
+        for name in ("batch_size", "validation_pairs", "max_epochs", "patience", "adaptive_epsilon", "adaptive_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.adaptive_fraction <= 1.0:
+            raise ValueError(f"adaptive_fraction must be in [0, 1], got {self.adaptive_fraction}")
+        if self.adaptive_fraction and not self.models:
+            raise ValueError("defense-aware examples (adaptive_fraction > 0) need the target models to attack")
+        object.__setattr__(self, "adaptive_loss", check_loss(self.adaptive_loss))
 
     def to_json(self) -> str:
         return json.dumps({**dataclasses.asdict(self), "guidance": self.guidance.value}, indent=1) + "\n"
@@ -140,14 +156,18 @@ class PairBatches(keras.utils.PyDataset):
     Training (``shuffle=True``): batch ``i`` of epoch ``e`` is position ``e * len(self) + i`` of an
     endless stream made of successive seeded shuffles of the pairs, cropped and flipped at random
     (one crop and flip per pair, shared by both images). Validation: the pairs in order, whole.
+    With an ``adversary``, a seeded ``adaptive_fraction`` of every batch has its adversarial image
+    replaced by the adversary's attack on the clean one (validation: the same images and random
+    starts every epoch, against the denoiser of that epoch).
     """
 
     def __init__(self, pairs: Sequence[Pair], batch_size: int, *, crop: int | None, shuffle: bool, seed: int,
-                 steps: int | None = None) -> None:
+                 steps: int | None = None, adversary: Adversary | None = None, adaptive_fraction: float = 0.0) -> None:
         super().__init__()
         if not pairs:
             raise ValueError("no pairs to train or validate on")
         self.pairs, self.batch_size, self.crop, self.shuffle, self.seed = list(pairs), batch_size, crop, shuffle, seed
+        self.adversary, self.adaptive_fraction = adversary, adaptive_fraction
         self.steps = steps or math.ceil(len(self.pairs) / batch_size)
         self.epoch = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(4)
@@ -167,7 +187,18 @@ class PairBatches(keras.utils.PyDataset):
         if self.shuffle:
             adversarial, clean = self._augment(adversarial, clean, index)
         labels = np.array([pair.label0 for pair in chosen], dtype=np.int32)
+        if self.adversary is not None and self.adaptive_fraction > 0:
+            self._attack(adversarial, clean, labels, index)
         return {"adversarial": adversarial, "clean": clean}, labels
+
+    def _attack(self, adversarial: np.ndarray, clean: np.ndarray, labels: np.ndarray, index: int) -> None:
+        """Replace the adversarial images of a seeded ``adaptive_fraction`` of the batch, in place."""
+        seed = (self.seed, 7, self.epoch, index)
+        count = round(self.adaptive_fraction * len(labels))
+        if count == 0:
+            return
+        chosen = np.sort(np.random.default_rng(seed).choice(len(labels), count, replace=False))
+        adversarial[chosen] = self.adversary(clean[chosen].astype(np.uint8), labels[chosen], seed)
 
     def _order(self, position: int) -> int:
         shuffle_index, offset = divmod(position, len(self.pairs))
@@ -195,8 +226,25 @@ class DenoiserTraining(keras.Model):
                  guidance: Guidance, **kwargs) -> None:
         super().__init__(**kwargs)
         self.denoiser, self.normalize, self.heads, self.guidance = denoiser, normalize, list(heads), guidance
+        self.weights_attached = False
         for head in self.heads:
             head.trainable = False
+
+    def adversary(self, config: FitConfig) -> Adversary:
+        """The defense-aware attack of ``config`` on this denoiser and its guiding models.
+
+        The attack runs in the data pipeline and reads the model's weights, so they stay attached
+        to it during training (see :meth:`_purge_model_variables`).
+        """
+        self.weights_attached = True
+        return Adversary(build_attacked_model(self.denoiser, self.normalize, self.heads),
+                         epsilon=config.adaptive_epsilon, steps=config.adaptive_steps, loss=config.adaptive_loss)
+
+    def _purge_model_variables(self, *args, **kwargs) -> None:
+        """JAX only: Keras detaches the weights from the model during ``fit``/``evaluate`` to save memory
+        (the step is stateless); the defense-aware attack needs them where it reads them."""
+        if not self.weights_attached:
+            super()._purge_model_variables(*args, **kwargs)
 
     def call(self, inputs, training: bool = False):
         return self.denoiser(self.normalize(inputs["adversarial"]), training=training)
@@ -213,7 +261,8 @@ def build_training_model(config: FitConfig) -> DenoiserTraining:
     normalize = (targets[0] if targets else get_model("efficientnet_lite0")).normalize()
     if targets:
         shared_normalization([Member(t) for t in targets])
-    heads = [t.build_from_normalized(None, guide=True) for t in targets] if config.guidance.needs_models else []
+    attacked = config.guidance.needs_models or config.adaptive_fraction > 0
+    heads = [t.build_from_normalized(None, guide=True) for t in targets] if attacked else []
     denoiser = build_dunet(width=config.width, lateral=config.lateral)
     return DenoiserTraining(denoiser, normalize, heads, config.guidance, name=f"{config.guidance.value}_training")
 
@@ -233,19 +282,25 @@ def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, ve
         return state
     train_pairs, val_pairs = _split(pairs_dir, config, built_only)
     log.info("%d training pairs, %d validation pairs scored per epoch", len(train_pairs), len(val_pairs))
-    train = PairBatches(train_pairs, config.batch_size, crop=config.crop, shuffle=True, seed=config.seed,
-                        steps=config.steps_per_epoch)
-    validation = PairBatches(val_pairs, config.batch_size, crop=None, shuffle=False, seed=config.seed)
     model = build_training_model(config)
+    adaptive = {"adversary": model.adversary(config) if config.adaptive_fraction else None,
+                "adaptive_fraction": config.adaptive_fraction}
+    if config.adaptive_fraction:
+        log.info("defense-aware examples: %.0f%% of every batch, %d-step PGD at eps %d through the current denoiser",
+                 100 * config.adaptive_fraction, config.adaptive_steps, config.adaptive_epsilon)
+    train = PairBatches(train_pairs, config.batch_size, crop=config.crop, shuffle=True, seed=config.seed,
+                        steps=config.steps_per_epoch, **adaptive)
+    validation = PairBatches(val_pairs, config.batch_size, crop=None, shuffle=False, seed=config.seed, **adaptive)
     model.compile(optimizer=keras.optimizers.Adam(state.learning_rate))
+    sync = [SyncWeights()] if config.adaptive_fraction else []
     _restore(run_dir, model)
     if state.epoch == 0 and state.initial_val_loss is None:
-        state.initial_val_loss = float(model.evaluate(validation, verbose=0))
+        state.initial_val_loss = float(model.evaluate(validation, verbose=0, callbacks=sync))
         log.info("validation loss of the untrained (identity) denoiser: %.5f", state.initial_val_loss)
         _save_state(run_dir, state)
     checkpointer = Checkpointer(run_dir, config, state, train)
     model.fit(train, validation_data=validation, epochs=config.max_epochs, initial_epoch=state.epoch,
-              callbacks=[checkpointer], verbose=verbose)
+              callbacks=[*sync, checkpointer], verbose=verbose)
     if not state.finished and state.epoch >= config.max_epochs:
         state.finished = f"reached max_epochs={config.max_epochs}"
         _save_state(run_dir, state)
