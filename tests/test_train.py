@@ -427,3 +427,16 @@ def test_adaptive_fit_runs_on_both_backends(pairs_dir, tmp_path, backend):
     assert config["adaptive_fraction"] == 0.5 and config["adaptive_steps"] == 2
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert len(history) == 3 and all(np.isfinite(float(row.split(",")[3])) for row in history[1:])
+
+
+def test_adaptive_profile_trains_the_shipped_denoiser_against_defense_aware_examples():
+    """defense/profiles/lite_adaptive.json: the shipped recipe plus half of every batch attacked through
+    the denoiser being trained; its pairs are the shipped recipe's (one pair folder serves both)."""
+    shipped, adaptive = (load_recipe(path) for path in (REPO / "defense" / "config.json",
+                                                         REPO / "defense" / "profiles" / "lite_adaptive.json"))
+    (job,), (shipped_job,) = adaptive.jobs, shipped.jobs
+    assert adaptive.pair_spec(SAMPLE) == shipped.pair_spec(SAMPLE)
+    assert job.name == "fgd_lite_ensemble_adaptive" and job.spec.weights.parent.resolve() == shipped_job.spec.weights.parent
+    assert (job.config.adaptive_fraction, job.config.adaptive_epsilon, job.config.adaptive_steps) == (0.5, 4, 4)
+    assert dataclasses.replace(job.config, adaptive_fraction=0.0, steps_per_epoch=shipped_job.config.steps_per_epoch) \
+        == shipped_job.config
