@@ -6,7 +6,8 @@ the result beside what an oblivious attacker gets. Per epsilon, on the dataset's
 
 * ``fgsm``: one gradient-sign step through the whole defense (defense-aware, single step);
 * ``pgd``: PGD through the whole defense (denoisers + classifiers; BPDA around an input
-  transformation, EOT over a random one), margin loss, random starts, ``restarts`` of them;
+  transformation, EOT over a random one), margin loss, random starts, ``restarts`` of them, each
+  image stopped at its first iterate that fools the defense as saved (``early_stop``);
 * ``transfer``: the same PGD on the defense's classifiers without it (the surrogate), then
   classified by the defense: an oblivious attacker, as in the competition;
 * ``square``: the Square attack on the defense's outputs only (gradient-free: if it beats ``pgd``,
@@ -86,8 +87,11 @@ class SecuritySpec:
         if kind == "square":
             return attacks.SquareAttack(queries=self.queries, loss="margin", seed=self.seed)
         steps, restarts = (2 * self.steps, self.restarts + 1) if stronger else (self.steps, self.restarts)
+        # Through the defense, an image stops at its first saved success (what the evaluation counts;
+        # a broken defense then costs a few steps per image, not 100). The transfer attack runs every
+        # step on the surrogate: barely fooling the surrogate would transfer worse.
         return attacks.PGD(steps=steps, alpha=2.5 * epsilon / steps, seed=self.seed, loss="margin",
-                           restarts=restarts, record_loss=record_loss)
+                           restarts=restarts, record_loss=record_loss, early_stop=kind == "pgd")
 
 
 def run_key(kind: str, epsilon: int, stronger: bool = False) -> str:

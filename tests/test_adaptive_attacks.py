@@ -169,6 +169,51 @@ def test_the_loss_curve_rises(model, images):
     assert mean[-1] > mean[0] and np.mean(np.diff(mean) > 0) >= 0.8, mean
 
 
+@pytest.mark.parametrize("targeted", [False, True])
+def test_early_stop_ends_each_image_at_its_first_saved_success(model, images, targeted):
+    labels = logits_of(model, images).argmax(1)
+    classes = (labels + 1) % NUM_CLASSES if targeted else labels
+    criterion = attacks.TargetedMisclassification(classes) if targeted else classes
+    steps = 40
+    counting = Counting(model)
+    early = attacks.PGD(steps=steps, alpha=0.5, seed=0, loss="margin", early_stop=True, record_loss=True)
+    adv = early(counting, images, criterion, epsilon=16)
+    fooled = losses.succeeded(logits_of(model, adv), classes, targeted)
+    assert fooled.all() and in_box(adv, images, 16)  # every saved image fools the model
+    assert counting.gradient_images < steps * len(images)  # and cost fewer steps than the full run
+    curve = early.loss_curve[0]
+    stopped = np.flatnonzero(curve[:-1].max(axis=0) > 0)  # fooled before the last step
+    assert stopped.size >= 2
+    for i in stopped:  # from its first "fooled" iterate on, a stopped image keeps its result's objective
+        step = np.argmax(curve[:-1, i] > 0)
+        assert np.all(curve[step + 1:-1, i] == curve[step, i])
+    full = attacks.PGD(steps=steps, alpha=0.5, seed=0, loss="margin")(model, images, criterion, epsilon=16)
+    assert np.mean(losses.succeeded(logits_of(model, full), classes, targeted)) <= np.mean(fooled)
+
+
+def test_early_stop_checks_the_rounded_image_before_stopping(model, images):
+    """An iterate that fools the model only before rounding is not a result: the attack goes on."""
+    labels = logits_of(model, images).argmax(1)
+
+    class FooledUnlessRounded(Counting):
+        def objective_gradient(self, x, classes, targeted, loss="ce"):
+            value, gradient = super().objective_gradient(x, classes, targeted, loss)
+            return np.full_like(value, 1.0), gradient  # "fooled" at every float iterate
+
+    liar = FooledUnlessRounded(model)
+    adv = attacks.PGD(steps=6, alpha=0.5, seed=0, loss="margin", early_stop=True)(liar, images, labels, epsilon=1)
+    still_correct = ~losses.succeeded(logits_of(model, adv), labels, False)
+    assert still_correct.any(), "the test needs images that eps 1 does not break"
+    assert liar.gradient_images > len(images)  # the images the rounding check refused went on stepping
+    assert liar.forward_images >= len(images)  # every candidate was checked once rounded
+
+
+def test_early_stop_needs_the_margin_loss():
+    with pytest.raises(ValueError, match="margin"):
+        attacks.PGD(early_stop=True)
+    assert "early_stop=True" in repr(attacks.PGD(loss="margin", early_stop=True))
+
+
 def test_restarts_are_checked():
     with pytest.raises(ValueError, match="restarts"):
         attacks.PGD(restarts=0)

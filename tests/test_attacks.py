@@ -133,7 +133,8 @@ def test_constructor_is_keyword_only_and_repr_shows_hyperparameters(cls):
 def test_repr_values():
     assert repr(attacks.MIFGSM(steps=5, mu=0.5)) == "MomentumIterativeMethod(steps=5, alpha=None, mu=0.5, loss='ce')"
     assert repr(attacks.PGD(steps=3, alpha=2, seed=7)) == (
-        "ProjectedGradientDescent(steps=3, alpha=2.0, seed=7, loss='ce', restarts=1, record_loss=False)")
+        "ProjectedGradientDescent(steps=3, alpha=2.0, seed=7, loss='ce', restarts=1, record_loss=False, "
+        "early_stop=False)")
     assert repr(attacks.FGSM()) == "FastGradientSignMethod(loss='ce')"
     assert repr(attacks.FGSM(loss=attacks.Loss.MARGIN)) == "FastGradientSignMethod(loss='margin')"
 

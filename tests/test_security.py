@@ -70,3 +70,10 @@ def test_evaluation_runs_resumes_and_reports(defense_dir, small_source, tmp_path
     with pytest.raises(SystemExit) as exit_info:
         security.main([*args, "--seed", "1"])
     assert exit_info.value.code == 2  # another evaluation in the same folder is refused
+
+
+def test_pgd_through_the_defense_stops_each_image_at_its_first_saved_success():
+    spec = SecuritySpec(steps=10, restarts=2)
+    pgd, stronger, transfer = spec.attack("pgd", 4), spec.attack("pgd", 4, stronger=True), spec.attack("transfer", 4)
+    assert pgd.early_stop and stronger.early_stop and not transfer.early_stop
+    assert (stronger.steps, stronger.restarts) == (20, 3) and pgd.loss == transfer.loss == "margin"
