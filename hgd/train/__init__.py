@@ -8,6 +8,8 @@ Three steps, each a subcommand of ``python -m hgd.train`` (``--help`` on each):
    (:mod:`hgd.train.pairs`).
 2. ``fit``: train a DUNET on (adversarial, clean) pairs with the PGD / FGD / LGD / CGD loss of
    one or several frozen target models (:mod:`hgd.train.losses`, :mod:`hgd.train.fit`); the
-   checkpoint with the lowest validation loss is kept and an interrupted run resumes.
+   checkpoint with the lowest validation loss is kept and an interrupted run resumes. With
+   ``--adaptive-fraction``, part of every batch is attacked afresh through the denoiser being
+   trained (defense-aware adversarial training, :mod:`hgd.train.adaptive`).
 3. The trained ``*.weights.h5`` go into a defense's ``config.json`` (:mod:`hgd.defended`).
 """
