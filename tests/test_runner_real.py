@@ -11,6 +11,7 @@ import csv
 import os
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -26,8 +27,8 @@ def test_slow_real_noop_attack_against_undefended_baseline(tmp_path):
         [str(ROOT / "run_attacks_and_defenses.sh"), "--attack", str(ROOT / "attacks" / "noop"),
          "--defense", str(ROOT / "baselines" / "undefended"), "--limit", "4", "--batch-size", "2",
          "--output-dir", str(out), "--no-progress"],
-        cwd=tmp_path, env={**os.environ, "KERAS_BACKEND": "tensorflow"}, capture_output=True, text=True,
-        timeout=600)
+        cwd=tmp_path, env={**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHON": sys.executable}, capture_output=True,
+        text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 piece(s) run" in result.stdout and "report.md" in result.stdout
     with open(out / "defense_results.csv", newline="") as f:
