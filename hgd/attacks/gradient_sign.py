@@ -177,34 +177,26 @@ class IterativeGradientSignAttack(Attack):
 
     def _descend(self, model: Model, x: np.ndarray, box: Box, classes: np.ndarray, targeted: bool, steps: int,
                  alpha: float) -> tuple[np.ndarray, np.ndarray]:
-        """One run: the float32 result and the objective at each iterate before a step, ``(steps, N)``."""
-        adversarial = self.get_random_start(x, box) if self.random_start else x
-        if not self.early_stop:
-            direction = None
-            values = np.empty((steps, len(x)), np.float32)
-            for step in range(steps):
-                values[step], gradient = model.objective_gradient(adversarial, classes, targeted, self.loss)
-                direction = self.direction(direction, gradient)
-                adversarial = box.project(adversarial + np.float32(alpha) * np.sign(direction))
-            return adversarial, values
-        return self._descend_until_fooled(model, adversarial.copy(), box, classes, targeted, steps, alpha)
+        """One run: the float32 result and the objective at each iterate before a step, ``(steps, N)``.
 
-    def _descend_until_fooled(self, model: Model, adversarial: np.ndarray, box: Box, classes: np.ndarray,
-                              targeted: bool, steps: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-        """``_descend`` with ``early_stop``: only the images not yet fooled take the next step."""
-        active, direction = np.arange(len(adversarial)), None
-        values = np.empty((steps, len(adversarial)), np.float32)
+        With ``early_stop`` only the images not yet fooled take the next step; a stopped image keeps
+        its result's objective in the later rows.
+        """
+        adversarial = (self.get_random_start(x, box) if self.random_start else x).copy()
+        active, direction = np.arange(len(x)), None
+        values = np.empty((steps, len(x)), np.float32)
         for step in range(steps):
             if step:
-                values[step] = values[step - 1]  # a stopped image keeps its result's objective
+                values[step] = values[step - 1]
             value, gradient = model.objective_gradient(adversarial[active], classes[active], targeted, self.loss)
             values[step, active] = value
-            going = ~self._stop_fooled(model, adversarial, box, classes, targeted, active, value > 0)
-            active, gradient = active[going], gradient[going]
-            direction = None if direction is None else direction[going]
-            if active.size == 0:
-                values[step + 1:] = values[step]
-                break
+            if self.early_stop:
+                going = ~self._stop_fooled(model, adversarial, box, classes, targeted, active, value > 0)
+                active, gradient = active[going], gradient[going]
+                direction = None if direction is None else direction[going]
+                if active.size == 0:
+                    values[step + 1:] = values[step]
+                    break
             direction = self.direction(direction, gradient)
             adversarial[active] = box.take(active).project(adversarial[active] + np.float32(alpha) * np.sign(direction))
         return adversarial, values
