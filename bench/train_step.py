@@ -71,13 +71,11 @@ def main() -> None:
 
 def _step(model, config, pixels: dict, labels: np.ndarray):
     """One training step as ``fit`` takes it: the batch's defense-aware share attacked first."""
-    count = round(config.adaptive_fraction * len(labels))
-    adversary = model.adversary(config) if count else None
-    clean = pixels["clean"][:count].astype(np.uint8)
+    adversary = model.adversary(config) if config.adaptive_fraction else None
 
     def step():
         if adversary is not None:
-            pixels["adversarial"][:count] = adversary(clean, labels[:count], (0,))
+            adversary.replace(pixels["adversarial"], pixels["clean"], labels, (0,))
         return model.train_on_batch(pixels, labels)
 
     return step

@@ -17,6 +17,7 @@ import pytest
 from hgd.dunet import build_dunet
 from hgd.images import IMAGE_SIZE, load_image
 from hgd.train import fit as fit_module
+from hgd.train.adaptive import Adversary
 from hgd.train.fit import FitConfig, PairBatches, RunState, build_training_model, fit
 from hgd.train.losses import Guidance, guidance_loss
 from hgd.train.pairs import (
@@ -351,11 +352,11 @@ def test_shipped_defense_recipe_is_one_ensemble_guided_denoiser():
 # ------------------------------------------------------------------ defense-aware (adaptive) training
 
 
-class _RecordingAdversary:
+@dataclasses.dataclass(frozen=True)
+class _RecordingAdversary(Adversary):
     """Stands in for PGD in the pipeline's bookkeeping test: marks the images it was given."""
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, tuple]] = []
+    calls: list = dataclasses.field(default_factory=list)
 
     def __call__(self, clean: np.ndarray, labels: np.ndarray, seed) -> np.ndarray:
         assert clean.dtype == np.uint8
@@ -364,18 +365,16 @@ class _RecordingAdversary:
 
 
 def test_adaptive_batches_replace_a_seeded_fraction_of_the_adversarial_images():
-    adversary = _RecordingAdversary()
-    batches = PairBatches(_noop_pairs(6), 4, crop=32, shuffle=True, seed=0, steps=2, adversary=adversary,
-                          adaptive_fraction=0.5)
+    adversary = _RecordingAdversary(model=None, fraction=0.5, epsilon=4, steps=1)
+    batches = PairBatches(_noop_pairs(6), 4, crop=32, shuffle=True, seed=0, steps=2, adversary=adversary)
     inputs, _ = batches[1]
     replaced = np.all(inputs["adversarial"] == 7, axis=(1, 2, 3))
     assert replaced.sum() == 2 and adversary.calls == [(2, (0, 7, 0, 1))]
     np.testing.assert_array_equal(inputs["adversarial"][~replaced], inputs["clean"][~replaced])
-    again, _ = PairBatches(_noop_pairs(6), 4, crop=32, shuffle=True, seed=0, steps=2, adversary=adversary,
-                           adaptive_fraction=0.5)[1]
+    again, _ = PairBatches(_noop_pairs(6), 4, crop=32, shuffle=True, seed=0, steps=2, adversary=adversary)[1]
     np.testing.assert_array_equal(np.all(again["adversarial"] == 7, axis=(1, 2, 3)), replaced)
-    whole, _ = PairBatches(_noop_pairs(3), 4, crop=None, shuffle=False, seed=0, adversary=adversary,
-                           adaptive_fraction=1.0)[0]
+    whole, _ = PairBatches(_noop_pairs(3), 4, crop=None, shuffle=False, seed=0,
+                           adversary=dataclasses.replace(adversary, fraction=1.0))[0]
     assert np.all(whole["adversarial"] == 7)
 
 

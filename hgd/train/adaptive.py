@@ -31,19 +31,29 @@ from hgd import attacks
 
 @dataclasses.dataclass(frozen=True)
 class Adversary:
-    """PGD through a defended model, for a batch of clean training images.
+    """PGD through a defended model, for a share of every batch of training images.
 
     Attributes:
         model: pixels (float32 0..255) -> logits: the denoiser being trained and its classifiers.
+        fraction: the share of a batch :meth:`replace` attacks.
         epsilon: the L-infinity radius in pixel levels.
         steps: PGD steps (random start; step size ``2.5 * epsilon / steps``, Madry et al.'s rule).
         loss: ``"ce"`` or ``"margin"``.
     """
 
     model: keras.Model
+    fraction: float
     epsilon: int
     steps: int
     loss: str = "ce"
+
+    def replace(self, adversarial: np.ndarray, clean: np.ndarray, labels: np.ndarray, seed: Sequence[int]) -> None:
+        """Replace, in place, the adversarial images of a seeded ``fraction`` of a batch by attacks on the clean ones."""
+        count = round(self.fraction * len(labels))
+        if count == 0:
+            return
+        chosen = np.sort(np.random.default_rng(list(seed)).choice(len(labels), count, replace=False))
+        adversarial[chosen] = self(clean[chosen].astype(np.uint8), labels[chosen], seed)
 
     def __call__(self, clean: np.ndarray, labels: np.ndarray, seed: Sequence[int]) -> np.ndarray:
         """uint8 adversarial images of uint8 ``clean`` (any size) against their 0-based ``labels``."""

@@ -156,18 +156,18 @@ class PairBatches(keras.utils.PyDataset):
     Training (``shuffle=True``): batch ``i`` of epoch ``e`` is position ``e * len(self) + i`` of an
     endless stream made of successive seeded shuffles of the pairs, cropped and flipped at random
     (one crop and flip per pair, shared by both images). Validation: the pairs in order, whole.
-    With an ``adversary``, a seeded ``adaptive_fraction`` of every batch has its adversarial image
-    replaced by the adversary's attack on the clean one (validation: the same images and random
-    starts every epoch, against the denoiser of that epoch).
+    With an ``adversary``, a seeded share of every batch has its adversarial image replaced by the
+    adversary's attack on the clean one (:meth:`Adversary.replace`; validation: the same images and
+    random starts every epoch, against the denoiser of that epoch).
     """
 
     def __init__(self, pairs: Sequence[Pair], batch_size: int, *, crop: int | None, shuffle: bool, seed: int,
-                 steps: int | None = None, adversary: Adversary | None = None, adaptive_fraction: float = 0.0) -> None:
+                 steps: int | None = None, adversary: Adversary | None = None) -> None:
         super().__init__()
         if not pairs:
             raise ValueError("no pairs to train or validate on")
         self.pairs, self.batch_size, self.crop, self.shuffle, self.seed = list(pairs), batch_size, crop, shuffle, seed
-        self.adversary, self.adaptive_fraction = adversary, adaptive_fraction
+        self.adversary = adversary
         self.steps = steps or math.ceil(len(self.pairs) / batch_size)
         self.epoch = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(4)
@@ -187,18 +187,9 @@ class PairBatches(keras.utils.PyDataset):
         if self.shuffle:
             adversarial, clean = self._augment(adversarial, clean, index)
         labels = np.array([pair.label0 for pair in chosen], dtype=np.int32)
-        if self.adversary is not None and self.adaptive_fraction > 0:
-            self._attack(adversarial, clean, labels, index)
+        if self.adversary is not None:
+            self.adversary.replace(adversarial, clean, labels, (self.seed, 7, self.epoch, index))
         return {"adversarial": adversarial, "clean": clean}, labels
-
-    def _attack(self, adversarial: np.ndarray, clean: np.ndarray, labels: np.ndarray, index: int) -> None:
-        """Replace the adversarial images of a seeded ``adaptive_fraction`` of the batch, in place."""
-        seed = (self.seed, 7, self.epoch, index)
-        count = round(self.adaptive_fraction * len(labels))
-        if count == 0:
-            return
-        chosen = np.sort(np.random.default_rng(seed).choice(len(labels), count, replace=False))
-        adversarial[chosen] = self.adversary(clean[chosen].astype(np.uint8), labels[chosen], seed)
 
     def _order(self, position: int) -> int:
         shuffle_index, offset = divmod(position, len(self.pairs))
@@ -238,7 +229,8 @@ class DenoiserTraining(keras.Model):
         """
         self.weights_attached = True
         return Adversary(build_attacked_model(self.denoiser, self.normalize, self.heads),
-                         epsilon=config.adaptive_epsilon, steps=config.adaptive_steps, loss=config.adaptive_loss)
+                         fraction=config.adaptive_fraction, epsilon=config.adaptive_epsilon,
+                         steps=config.adaptive_steps, loss=config.adaptive_loss)
 
     def _purge_model_variables(self, *args, **kwargs) -> None:
         """JAX only: Keras detaches the weights from the model during ``fit``/``evaluate`` to save memory
@@ -283,16 +275,16 @@ def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, ve
     train_pairs, val_pairs = _split(pairs_dir, config, built_only)
     log.info("%d training pairs, %d validation pairs scored per epoch", len(train_pairs), len(val_pairs))
     model = build_training_model(config)
-    adaptive = {"adversary": model.adversary(config) if config.adaptive_fraction else None,
-                "adaptive_fraction": config.adaptive_fraction}
-    if config.adaptive_fraction:
+    adversary = model.adversary(config) if config.adaptive_fraction else None
+    if adversary is not None:
         log.info("defense-aware examples: %.0f%% of every batch, %d-step PGD at eps %d through the current denoiser",
                  100 * config.adaptive_fraction, config.adaptive_steps, config.adaptive_epsilon)
     train = PairBatches(train_pairs, config.batch_size, crop=config.crop, shuffle=True, seed=config.seed,
-                        steps=config.steps_per_epoch, **adaptive)
-    validation = PairBatches(val_pairs, config.batch_size, crop=None, shuffle=False, seed=config.seed, **adaptive)
+                        steps=config.steps_per_epoch, adversary=adversary)
+    validation = PairBatches(val_pairs, config.batch_size, crop=None, shuffle=False, seed=config.seed,
+                             adversary=adversary)
     model.compile(optimizer=keras.optimizers.Adam(state.learning_rate))
-    sync = [SyncWeights()] if config.adaptive_fraction else []
+    sync = [SyncWeights()] if adversary is not None else []
     _restore(run_dir, model)
     if state.epoch == 0 and state.initial_val_loss is None:
         state.initial_val_loss = float(model.evaluate(validation, verbose=0, callbacks=sync))
