@@ -267,7 +267,7 @@ def test_fit_trains_checkpoints_and_resumes(pairs_dir, tmp_path):
     run = tmp_path / "run"
     state = fit(pairs_dir, run, _tiny(), verbose=0)
     assert state.epoch == 1 and state.finished.startswith("reached max_epochs")
-    assert np.isfinite(state.initial_val_loss) and "(untrained: " in state.summary()
+    assert np.isfinite(state.initial_val_loss) and "(at the start: " in state.summary()
     for name in ("config.json", "state.json", "best.weights.h5", "last.weights.h5", "optimizer.npz", "history.csv"):
         assert (run / name).is_file(), name
     denoiser = build_dunet(width=0.125)
@@ -284,6 +284,17 @@ def test_fit_trains_checkpoints_and_resumes(pairs_dir, tmp_path):
 
     with pytest.raises(ValueError, match="another configuration"):
         fit(pairs_dir, run, _tiny(max_epochs=2, guidance=Guidance.LGD), verbose=0)
+
+
+def test_fit_can_start_from_trained_weights(pairs_dir, tmp_path):
+    """init_weights: a fine-tuning run starts where the given denoiser is (same validation pairs, same loss)."""
+    first = fit(pairs_dir, tmp_path / "first", _tiny(), verbose=0)
+    weights = str(tmp_path / "first" / "best.weights.h5")
+    second = fit(pairs_dir, tmp_path / "second", _tiny(init_weights=weights), verbose=0)
+    assert second.initial_val_loss == pytest.approx(first.best_val_loss, rel=1e-5)
+    assert first.initial_val_loss != pytest.approx(first.best_val_loss, rel=1e-5)  # the first run did move
+    with pytest.raises(ValueError, match="no such file"):
+        _tiny(init_weights=str(tmp_path / "missing.weights.h5"))
 
 
 class _FakeOptimizer:
@@ -437,5 +448,7 @@ def test_adaptive_profile_trains_the_shipped_denoiser_against_defense_aware_exam
     assert adaptive.pair_spec(SAMPLE) == shipped.pair_spec(SAMPLE)
     assert job.name == "fgd_lite_ensemble_adaptive" and job.spec.weights.parent.resolve() == shipped_job.spec.weights.parent
     assert (job.config.adaptive_fraction, job.config.adaptive_epsilon, job.config.adaptive_steps) == (0.5, 4, 4)
-    assert dataclasses.replace(job.config, adaptive_fraction=0.0, steps_per_epoch=shipped_job.config.steps_per_epoch) \
+    assert job.config.init_weights == str(shipped_job.spec.weights)  # fine-tunes the shipped denoiser
+    assert dataclasses.replace(job.config, adaptive_fraction=0.0, steps_per_epoch=shipped_job.config.steps_per_epoch,
+                               validation_pairs=shipped_job.config.validation_pairs, init_weights=None) \
         == shipped_job.config

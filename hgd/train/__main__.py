@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--adaptive-epsilon", type=int, default=4, help="that attack's eps in pixel levels (default 4)")
     fit.add_argument("--adaptive-steps", type=int, default=4, help="that attack's PGD steps (default 4)")
     fit.add_argument("--adaptive-loss", choices=["ce", "margin"], default="ce", help="that attack's loss (default ce)")
+    fit.add_argument("--init-weights", type=pathlib.Path, default=None,
+                     help="start from these denoiser weights (fine-tuning, e.g. defense/weights/...) instead of a "
+                          "fresh DUNET")
     fit.add_argument("--built-only", action="store_true",
                      help="train on the pairs built so far while `data` goes on (the mix is then not Table 1's)")
     fit.add_argument("--no-progress", action="store_true", help="one log line per epoch instead of a bar")
@@ -102,7 +105,8 @@ def _fit(args: argparse.Namespace) -> int:
                        final_learning_rate=args.final_learning_rate, patience=args.patience,
                        holdout_classes=args.holdout_classes, seed=args.seed,
                        adaptive_fraction=args.adaptive_fraction, adaptive_epsilon=args.adaptive_epsilon,
-                       adaptive_steps=args.adaptive_steps, adaptive_loss=args.adaptive_loss)
+                       adaptive_steps=args.adaptive_steps, adaptive_loss=args.adaptive_loss,
+                       init_weights=None if args.init_weights is None else str(args.init_weights.resolve()))
     state = fit(args.pairs_dir, args.run_dir, config, verbose=2 if args.no_progress else "auto",
                 built_only=args.built_only)
     print(f"{state.summary()} -> {args.run_dir / BEST_WEIGHTS}")

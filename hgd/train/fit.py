@@ -77,6 +77,9 @@ class FitConfig:
             models (:mod:`hgd.train.adaptive`); 0 = the paper's oblivious training on the pairs only.
         adaptive_epsilon, adaptive_steps, adaptive_loss: that attack's eps (pixel levels), PGD
             steps and loss (``"ce"`` or ``"margin"``).
+        init_weights: start the denoiser from these weights instead of a fresh DUNET (a run without
+            a checkpoint yet): fine-tuning a trained denoiser, e.g. defense-aware training of the
+            shipped one, spends no epochs relearning what it already does.
     """
 
     guidance: Guidance = Guidance.FGD
@@ -98,6 +101,7 @@ class FitConfig:
     adaptive_epsilon: int = 4
     adaptive_steps: int = 4
     adaptive_loss: str = "ce"
+    init_weights: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "guidance", Guidance(self.guidance))
@@ -116,6 +120,8 @@ class FitConfig:
         if self.adaptive_fraction and not self.models:
             raise ValueError("defense-aware examples (adaptive_fraction > 0) need the target models to attack")
         object.__setattr__(self, "adaptive_loss", check_loss(self.adaptive_loss))
+        if self.init_weights is not None and not pathlib.Path(self.init_weights).is_file():
+            raise ValueError(f"init_weights: no such file {self.init_weights}")
 
     def to_json(self) -> str:
         return json.dumps({**dataclasses.asdict(self), "guidance": self.guidance.value}, indent=1) + "\n"
@@ -141,11 +147,11 @@ class RunState:
     epochs_without_improvement: int = 0
     hours: float = 0.0
     finished: str = ""  # why training stopped, once it has
-    initial_val_loss: float | None = None  # the untrained (identity) denoiser's: the bar to clear
+    initial_val_loss: float | None = None  # the starting denoiser's (untrained or init_weights): the bar to clear
 
     def summary(self) -> str:
         """One line for a person: where the run stands."""
-        start = "" if self.initial_val_loss is None else f" (untrained: {self.initial_val_loss:.5f})"
+        start = "" if self.initial_val_loss is None else f" (at the start: {self.initial_val_loss:.5f})"
         return (f"epoch {self.epoch}, best validation loss {self.best_val_loss:.5f}{start}, {self.hours:.2f} h"
                 f"{'; finished: ' + self.finished if self.finished else ''}")
 
@@ -285,10 +291,11 @@ def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, ve
                              adversary=adversary)
     model.compile(optimizer=keras.optimizers.Adam(state.learning_rate))
     sync = [SyncWeights()] if adversary is not None else []
-    _restore(run_dir, model)
+    _restore(run_dir, model, config.init_weights)
     if state.epoch == 0 and state.initial_val_loss is None:
         state.initial_val_loss = float(model.evaluate(validation, verbose=0, callbacks=sync))
-        log.info("validation loss of the untrained (identity) denoiser: %.5f", state.initial_val_loss)
+        log.info("validation loss of the starting denoiser (%s): %.5f", config.init_weights or "untrained",
+                 state.initial_val_loss)
         _save_state(run_dir, state)
     checkpointer = Checkpointer(run_dir, config, state, train)
     model.fit(train, validation_data=validation, epochs=config.max_epochs, initial_epoch=state.epoch,
@@ -395,9 +402,12 @@ def _save_optimizer(optimizer: keras.optimizers.Optimizer, path: pathlib.Path) -
     write_atomically(path, "wb", lambda f: np.savez(f, **values))
 
 
-def _restore(run_dir: pathlib.Path, model: DenoiserTraining) -> None:
-    """Load the last epoch's denoiser and Adam state, if a previous session left them."""
+def _restore(run_dir: pathlib.Path, model: DenoiserTraining, init_weights: str | None) -> None:
+    """Load the last epoch's denoiser and Adam state, if a previous session left them; else ``init_weights``."""
     if not (run_dir / LAST_WEIGHTS).is_file():
+        if init_weights is not None:
+            model.denoiser.load_weights(init_weights)
+            log.info("starting from %s", init_weights)
         return
     model.denoiser.load_weights(run_dir / LAST_WEIGHTS)
     optimizer = model.optimizer

@@ -68,6 +68,8 @@ def load_recipe(config_path: pathlib.Path) -> Recipe:
     if unknown:
         raise ValueError(f"{config_path}: unknown 'training' keys {sorted(unknown)}; known: {sorted(RECIPE_KEYS)}")
     options = {k: v for k, v in raw.items() if k != "attack_models"}
+    if "init_weights" in options:  # relative to the configuration, like its denoisers' weights
+        options["init_weights"] = str((config_path.parent / options["init_weights"]).resolve())
     members = tuple(m.target.name.value for m in defense.members)
     if defense.shared_denoiser is not None:
         guided = [(defense.shared_denoiser, members)]
