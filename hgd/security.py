@@ -8,10 +8,13 @@ the result beside what an oblivious attacker gets. Per epsilon, on the dataset's
 * ``pgd``: PGD through the whole defense (denoisers + classifiers; BPDA around an input
   transformation, EOT over a random one), margin loss, random starts, ``restarts`` of them, each
   image stopped at its first iterate that fools the defense as saved (``early_stop``);
-* ``transfer``: the same PGD on the defense's classifiers without it (the surrogate), then
-  classified by the defense: an oblivious attacker, as in the competition;
-* ``square``: the Square attack on the defense's outputs only (gradient-free: if it beats ``pgd``,
-  the gradients are masked).
+* ``transfer``: PGD on the defense's classifiers without it (the surrogate; ``transfer_steps``,
+  one start, no early stop), then classified by the defense: an oblivious attacker, as in the
+  competition. It does not depend on the defense, so defenses over the same classifiers can share
+  its examples (``--transfer-cache``); a defense that is its own surrogate (no denoiser, no
+  transformation) has no transfer row;
+* ``square``: the Square attack on the defense's outputs only, at ``check_epsilon`` (gradient-free:
+  if it beats ``pgd``, the gradients are masked).
 
 Accuracy vs epsilon for each (``pgd`` goes on doubling epsilon past the last one until accuracy
 reaches 0, or 255), the per-example worst case over all of them, and sanity checks that flag a
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import pathlib
@@ -50,7 +54,10 @@ class SecuritySpec:
 
     Attributes:
         epsilons: the curve's epsilons (pixel levels); ``pgd`` continues past the last until 0.
-        steps, restarts: PGD's budget (``pgd`` and ``transfer``); step size 2.5 eps / steps (Madry).
+        steps, restarts: the defense-aware PGD's budget; step size 2.5 eps / steps (Madry).
+        transfer_steps: the transfer attack's PGD steps (one start): iterative attacks transfer
+            worse the longer they fit the surrogate (Kurakin et al. 2017, Dong et al. 2018), so
+            the competition's usual 10, not ``steps``.
         queries: the Square attack's budget per image (0: no Square attack).
         check_epsilon: where the stronger PGD (2x steps, restarts + 1) checks convergence.
         limit: only the first N images (sorted by ImageId).
@@ -62,6 +69,7 @@ class SecuritySpec:
     epsilons: tuple[int, ...] = (1, 2, 4, 8, 16)
     steps: int = 100
     restarts: int = 2
+    transfer_steps: int = 10
     queries: int = 1000
     check_epsilon: int = 4
     limit: int | None = None
@@ -72,11 +80,10 @@ class SecuritySpec:
         object.__setattr__(self, "epsilons", tuple(sorted(set(self.epsilons))))
         if not self.epsilons or not all(1 <= e <= 255 for e in self.epsilons):
             raise ValueError(f"epsilons must be in 1..255, got {self.epsilons}")
-        if self.steps < 1 or self.restarts < 1 or self.queries < 0:
-            raise ValueError("steps and restarts must be >= 1, queries >= 0")
-
-    def kinds(self) -> tuple[str, ...]:
-        return KINDS if self.queries else tuple(k for k in KINDS if k != "square")
+        if self.steps < 1 or self.restarts < 1 or self.transfer_steps < 1 or self.queries < 0:
+            raise ValueError("steps, restarts and transfer_steps must be >= 1, queries >= 0")
+        if self.check_epsilon not in self.epsilons:
+            raise ValueError(f"check_epsilon {self.check_epsilon} must be one of the epsilons {self.epsilons}")
 
     def attack(self, kind: str, epsilon: int, *, stronger: bool = False, record_loss: bool = False):
         """The attack object of ``kind`` at ``epsilon`` (``stronger``: the convergence check's PGD)."""
@@ -86,7 +93,10 @@ class SecuritySpec:
             return attacks.FGSM()
         if kind == "square":
             return attacks.SquareAttack(queries=self.queries, loss="margin", seed=self.seed)
-        steps, restarts = (2 * self.steps, self.restarts + 1) if stronger else (self.steps, self.restarts)
+        if kind == "transfer":
+            steps, restarts = self.transfer_steps, 1
+        else:
+            steps, restarts = (2 * self.steps, self.restarts + 1) if stronger else (self.steps, self.restarts)
         # Through the defense, an image stops at its first saved success (what the evaluation counts;
         # a broken defense then costs a few steps per image, not 100). The transfer attack runs every
         # step on the surrogate: barely fooling the surrogate would transfer worse.
@@ -102,7 +112,7 @@ class Evaluation:
     """One defense on one dataset: the models, the images, and the resumable results file."""
 
     def __init__(self, defense_dir: pathlib.Path, dataset_dir: pathlib.Path, out_dir: pathlib.Path,
-                 spec: SecuritySpec, batch_size: int) -> None:
+                 spec: SecuritySpec, batch_size: int, transfer_cache: pathlib.Path | None = None) -> None:
         from hgd.attack import defense_model
         from hgd.defended import Member, build_defended_model, load_config
         from hgd.evaluate import load_dataset
@@ -118,7 +128,19 @@ class Evaluation:
         # What scores the images: one draw of a random transform, as the submission classifies.
         self.deployed = defense_model(config, eot_draws=None) if random else self.attacked
         self.surrogate = build_defended_model([Member(m.target) for m in config.members])  # no denoiser
+        self.own_surrogate = config.transform is None and not config.denoisers()
+        self.transfer_dir = None if transfer_cache is None else transfer_cache / _transfer_key(
+            [m.target.name.value for m in config.members], dataset_dir, self.ids, spec, batch_size)
         self.results = self._load(defense_dir, dataset_dir)
+
+    def kinds(self, epsilon: int) -> tuple[str, ...]:
+        """The attacks run at ``epsilon``: Square only at ``check_epsilon``, where the masking check needs
+        it (its queries are the dearest); transfer only for a defense that is not its own surrogate
+        (for an undefended ensemble it would be ``pgd`` again, minus the early stop)."""
+        spec = self.spec
+        return tuple(kind for kind in KINDS
+                     if not (kind == "transfer" and self.own_surrogate)
+                     and not (kind == "square" and (not spec.queries or epsilon != spec.check_epsilon)))
 
     def _load(self, defense_dir: pathlib.Path, dataset_dir: pathlib.Path) -> dict:
         path = self.out_dir / RESULTS_FILE
@@ -151,7 +173,10 @@ class Evaluation:
         while len(done) < len(self.ids):
             batch = slice(len(done), min(len(done) + self.batch_size, len(self.ids)))
             images, labels = self.images[batch], self.labels[batch]
-            adversarial = attack(model, images, labels, epsilon=epsilon)
+            if kind == "transfer":
+                adversarial = self._transfer(attack, images, labels, epsilon, batch.start)
+            else:
+                adversarial = attack(model, images, labels, epsilon=epsilon)
             done += self.correct(adversarial, labels)
             if record and attack.loss_curve is not None:
                 curves = self.results["loss_curves"].setdefault(key, [])
@@ -159,6 +184,18 @@ class Evaluation:
             self._save()
             log.info("%s: %d/%d images, accuracy so far %.3f", key, len(done), len(self.ids), np.mean(done))
         return float(np.mean(done))
+
+    def _transfer(self, attack, images: np.ndarray, labels: np.ndarray, epsilon: int, start: int) -> np.ndarray:
+        """The transfer examples of one batch: from the cache when another evaluation made them."""
+        if self.transfer_dir is None:
+            return attack(self.surrogate, images, labels, epsilon=epsilon)
+        path = self.transfer_dir / f"eps{epsilon}_{start:05d}.npy"
+        if path.is_file():
+            return np.load(path)
+        adversarial = attack(self.surrogate, images, labels, epsilon=epsilon)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, "wb", lambda f: np.save(f, adversarial))
+        return adversarial
 
     def clean(self) -> float:
         if "clean" not in self.results:
@@ -174,13 +211,22 @@ def evaluate(evaluation: Evaluation) -> dict:
     spec = evaluation.spec
     evaluation.clean()
     for epsilon in spec.epsilons:
-        for kind in spec.kinds():
+        for kind in evaluation.kinds(epsilon):
             evaluation.run(kind, epsilon)
     epsilon = spec.epsilons[-1]
     while evaluation.run("pgd", epsilon) > 0 and epsilon < 255:
         epsilon = min(2 * epsilon, 255)
     evaluation.run("pgd", spec.check_epsilon, stronger=True)
     return summarize(evaluation.results, spec)
+
+
+def _transfer_key(surrogate: list[str], dataset_dir: pathlib.Path, ids: list[str], spec: SecuritySpec,
+                  batch_size: int) -> str:
+    """The cache folder of one set of transfer examples: everything they depend on, hashed."""
+    what = {"surrogate": surrogate, "dataset": str(dataset_dir.resolve()), "images": ids,
+            "steps": spec.transfer_steps, "seed": spec.seed, "batch_size": batch_size}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{'+'.join(surrogate)}-{digest}"
 
 
 def accuracy_table(results: dict) -> dict[str, dict[int, float]]:
@@ -246,8 +292,9 @@ def write_report(evaluation: Evaluation, summary: dict, command: str,
     lines = [f"# Security evaluation of `{results['defense']}`", "", "Produced by:", "", f"    {command}", "",
              f"{len(results['images'])} images of `{results['dataset']}`; clean accuracy "
              f"{summary['clean']:.3f}. PGD: {spec.steps} steps of 2.5 eps / steps, margin loss, "
-             f"{spec.restarts} random starts; Square: {spec.queries} queries. Defense-aware: "
-             f"{', '.join(DEFENSE_AWARE)}; oblivious: transfer (PGD on the undefended classifiers).", ""]
+             f"{spec.restarts} random starts; Square: {spec.queries} queries at eps {spec.check_epsilon}. "
+             f"Defense-aware: {', '.join(DEFENSE_AWARE)}; oblivious: transfer ({spec.transfer_steps}-step PGD on "
+             "the undefended classifiers).", ""]
     if oblivious_score is not None:
         lines += [f"Competition (oblivious) normalized score, from `{oblivious_score[0]}`: "
                   f"**{oblivious_score[1]:.3f}**; defense-aware accuracy at eps {spec.check_epsilon}: "
@@ -316,12 +363,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--epsilons", type=int, nargs="+", default=list(defaults.epsilons))
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--restarts", type=int, default=defaults.restarts)
+    parser.add_argument("--transfer-steps", type=int, default=defaults.transfer_steps)
     parser.add_argument("--queries", type=int, default=defaults.queries, help="Square attack budget (0: none)")
     parser.add_argument("--check-epsilon", type=int, default=defaults.check_epsilon)
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--tolerance", type=float, default=defaults.tolerance)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--transfer-cache", type=pathlib.Path, default=None,
+                        help="keep the transfer examples here, shared by evaluations of defenses over the same "
+                             "classifiers (they do not depend on the defense)")
     parser.add_argument("--runner-output", type=pathlib.Path, default=None,
                         help="a runner output folder: its normalized (oblivious) score for this defense goes beside")
     args = parser.parse_args(argv)
@@ -329,9 +380,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def body() -> int:
         spec = SecuritySpec(epsilons=tuple(args.epsilons), steps=args.steps, restarts=args.restarts,
-                            queries=args.queries, check_epsilon=args.check_epsilon, limit=args.limit,
+                            transfer_steps=args.transfer_steps, queries=args.queries, check_epsilon=args.check_epsilon, limit=args.limit,
                             tolerance=args.tolerance, seed=args.seed)
-        evaluation = Evaluation(args.defense_dir, args.dataset_dir, args.out_dir, spec, args.batch_size)
+        evaluation = Evaluation(args.defense_dir, args.dataset_dir, args.out_dir, spec, args.batch_size,
+                                args.transfer_cache)
         summary = evaluate(evaluation)
         score = (None if args.runner_output is None
                  else read_oblivious_score(args.runner_output, args.defense_dir.resolve().name))

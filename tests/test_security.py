@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from hgd import security
@@ -40,17 +41,21 @@ def defense_dir(tmp_path, dunet_weights):
 
 def test_evaluation_runs_resumes_and_reports(defense_dir, small_source, tmp_path):
     out = tmp_path / "out"
+    cache = tmp_path / "transfer_cache"
     args = [str(defense_dir), str(small_source), str(out), "--epsilons", "2", "8", "--steps", "2", "--restarts", "1",
-            "--queries", "3", "--check-epsilon", "2", "--batch-size", "2"]
+            "--transfer-steps", "2", "--queries", "3", "--check-epsilon", "2", "--batch-size", "2",
+            "--transfer-cache", str(cache)]
     with pytest.raises(SystemExit) as exit_info:
         security.main(args)
     assert exit_info.value.code == 0
     results = json.loads((out / security.RESULTS_FILE).read_text())
     assert len(results["images"]) == 4 and len(results["clean"]) == 4
     runs = results["runs"]
-    for key in ("fgsm@2", "pgd@2", "transfer@2", "square@2", "fgsm@8", "pgd@8", "transfer@8", "square@8",
-                "pgd_stronger@2"):
+    for key in ("fgsm@2", "pgd@2", "transfer@2", "square@2", "fgsm@8", "pgd@8", "transfer@8", "pgd_stronger@2"):
         assert len(runs[key]) == 4, key
+    assert "square@8" not in runs  # the gradient-free attack runs where the masking check needs it only
+    (cached,) = cache.iterdir()
+    assert cached.name.startswith("efficientnet_lite0-") and len(list(cached.glob("*.npy"))) == 4  # 2 eps x 2 batches
     # pgd goes on doubling eps past 8 until accuracy 0 (or 255).
     beyond = sorted(int(k.split("@")[1]) for k in runs if k.startswith("pgd@"))
     assert beyond[:2] == [2, 8] and all(b == min(2 * a, 255) for a, b in zip(beyond[1:], beyond[2:]))
@@ -72,8 +77,31 @@ def test_evaluation_runs_resumes_and_reports(defense_dir, small_source, tmp_path
     assert exit_info.value.code == 2  # another evaluation in the same folder is refused
 
 
+def test_transfer_examples_are_shared_by_defenses_over_the_same_classifiers(defense_dir, small_source, tmp_path):
+    """A second defense over Lite0 reads the first one's transfer examples; an undefended one has no transfer row."""
+    spec = SecuritySpec(epsilons=(4,), steps=1, restarts=1, transfer_steps=1, queries=0, limit=2)
+    cache = tmp_path / "cache"
+    first = security.Evaluation(defense_dir, small_source, tmp_path / "first", spec, 2, cache)
+    accuracy = first.run("transfer", 4)
+    (written,) = list(cache.glob("*/*.npy"))
+    other = tmp_path / "other_defense"
+    shutil.copytree(defense_dir, other)
+    second = security.Evaluation(other, small_source, tmp_path / "second", spec, 2, cache)
+    assert second.transfer_dir == first.transfer_dir and second.kinds(4) == ("fgsm", "pgd", "transfer")
+    second.surrogate = None  # attacking it would fail: the examples must come from the cache
+    assert second.run("transfer", 4) == accuracy and list(cache.glob("*/*.npy")) == [written]
+    assert np.load(written).dtype == np.uint8
+    undefended = tmp_path / "undefended"
+    undefended.mkdir()
+    (undefended / "config.json").write_text(json.dumps({"members": [{"model": "efficientnet_lite0"}]}))
+    assert security.Evaluation(undefended, small_source, tmp_path / "third", spec, 2).kinds(4) == ("fgsm", "pgd")
+
+
 def test_pgd_through_the_defense_stops_each_image_at_its_first_saved_success():
-    spec = SecuritySpec(steps=10, restarts=2)
+    spec = SecuritySpec(steps=10, restarts=2, transfer_steps=5)
     pgd, stronger, transfer = spec.attack("pgd", 4), spec.attack("pgd", 4, stronger=True), spec.attack("transfer", 4)
     assert pgd.early_stop and stronger.early_stop and not transfer.early_stop
-    assert (stronger.steps, stronger.restarts) == (20, 3) and pgd.loss == transfer.loss == "margin"
+    assert (stronger.steps, stronger.restarts) == (20, 3) and (transfer.steps, transfer.restarts) == (5, 1)
+    assert pgd.loss == transfer.loss == "margin"
+    with pytest.raises(ValueError, match="check_epsilon"):
+        SecuritySpec(epsilons=(2, 8), check_epsilon=4)
