@@ -52,8 +52,9 @@ log = logging.getLogger("hgd.train.fit")
 CONFIG_FILE, STATE_FILE, HISTORY_FILE = "config.json", "state.json", "history.csv"
 LAST_WEIGHTS, BEST_WEIGHTS, OPTIMIZER_FILE = "last.weights.h5", "best.weights.h5", "optimizer.npz"
 HISTORY_FIELDS = ("epoch", "learning_rate", "loss", "val_loss", "seconds")
-# Options that may change between the sessions of one run (they say how long to go on, not what to train).
-RESUMABLE_CHANGES = ("max_epochs", "max_hours")
+# Options that may change between the sessions of one run: how long to go on, and where the starting
+# weights were read from (only the first session reads them; a checkout moves between sessions).
+RESUMABLE_CHANGES = ("max_epochs", "max_hours", "init_weights")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +121,6 @@ class FitConfig:
         if self.adaptive_fraction and not self.models:
             raise ValueError("defense-aware examples (adaptive_fraction > 0) need the target models to attack")
         object.__setattr__(self, "adaptive_loss", check_loss(self.adaptive_loss))
-        if self.init_weights is not None and not pathlib.Path(self.init_weights).is_file():
-            raise ValueError(f"init_weights: no such file {self.init_weights}")
 
     def to_json(self) -> str:
         return json.dumps({**dataclasses.asdict(self), "guidance": self.guidance.value}, indent=1) + "\n"
@@ -406,6 +405,8 @@ def _restore(run_dir: pathlib.Path, model: DenoiserTraining, init_weights: str |
     """Load the last epoch's denoiser and Adam state, if a previous session left them; else ``init_weights``."""
     if not (run_dir / LAST_WEIGHTS).is_file():
         if init_weights is not None:
+            if not pathlib.Path(init_weights).is_file():
+                raise FileNotFoundError(f"init_weights: no such file {init_weights}")
             model.denoiser.load_weights(init_weights)
             log.info("starting from %s", init_weights)
         return
