@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -105,3 +106,39 @@ def test_pgd_through_the_defense_stops_each_image_at_its_first_saved_success():
     assert pgd.loss == transfer.loss == "margin"
     with pytest.raises(ValueError, match="check_epsilon"):
         SecuritySpec(epsilons=(2, 8), check_epsilon=4)
+
+
+def _results(defense: str, runs: dict[str, list[bool]], images=("a", "b", "c", "d")) -> dict:
+    spec = dataclasses.asdict(SecuritySpec(epsilons=(2, 4), check_epsilon=4, queries=0))
+    return {"defense": f"/x/{defense}", "dataset": "/x/dev", "spec": spec, "images": list(images),
+            "clean": [True, True, True, False], "runs": runs, "loss_curves": {}}
+
+
+def test_comparison_tables_defenses_side_by_side_and_refuses_other_images(tmp_path):
+    from hgd import security_compare
+
+    runs = {"undefended": {"fgsm@2": [True, False, False, False], "pgd@2": [False] * 4, "pgd@4": [False] * 4},
+            "hgd": {"fgsm@2": [True, True, False, False], "pgd@2": [True, False, False, True],
+                    "pgd@4": [True, False, False, False], "transfer@4": [True, True, True, False]}}
+    named = {}
+    for name, run in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / security.RESULTS_FILE).write_text(json.dumps(_results(name, run)))
+        named[name] = tmp_path / name
+    runner = tmp_path / "runner"
+    runner.mkdir()
+    (runner / "defense_results.csv").write_text("SubmissionID,Score\nhgd,0.39\n")
+    table = security_compare.compare(named, tmp_path / "out", runner).splitlines()
+    assert table[0].startswith("| defense | clean | oblivious score | PGD eps 2 | PGD eps 4 | worst eps 2 | worst eps 4")
+    undefended, hgd = ([cell.strip() for cell in line.strip("|").split("|")] for line in table[2:4])
+    assert undefended[1:7] == ["0.75", "-", "0.00", "0.00", "0.00", "0.00"]
+    # hgd: image d is wrong clean, so its pgd@2 success does not count in the worst case
+    assert hgd[1:7] == ["0.75", "0.390", "0.50", "0.25", "0.25", "0.25"]
+    assert hgd[7:] == ["-", "0.75", "-", "-", "pgd reaches 0 accuracy"]  # fgsm, transfer, square, stronger at eps 4
+    assert undefended[-1] == "none"
+    assert (tmp_path / "out" / security_compare.PLOT_FILE).stat().st_size > 0
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / security.RESULTS_FILE).write_text(
+        json.dumps(_results("other", runs["hgd"], images=("a", "b", "c", "e"))))
+    with pytest.raises(ValueError, match="other images"):
+        security_compare.compare({**named, "other": tmp_path / "other"}, tmp_path / "out2", None)
