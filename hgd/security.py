@@ -240,9 +240,11 @@ def accuracy_table(results: dict) -> dict[str, dict[int, float]]:
 
 
 def worst_case(results: dict) -> dict[int, list[bool]]:
-    """epsilon -> per image: correct under every attack run at that epsilon (and clean)."""
+    """epsilon -> per image: correct under every attack run at that epsilon (and clean); finished runs only."""
     out: dict[int, list[bool]] = {}
     for key, correct in results["runs"].items():
+        if len(correct) != len(results["images"]):
+            continue  # an interrupted run: its images so far would shorten every row
         epsilon = int(key.split("@")[1])
         base = out.get(epsilon, results["clean"])
         out[epsilon] = [a and b for a, b in zip(base, correct)]

@@ -121,7 +121,8 @@ def test_comparison_tables_defenses_side_by_side_and_refuses_other_images(tmp_pa
 
     runs = {"undefended": {"fgsm@2": [True, False, False, False], "pgd@2": [False] * 4, "pgd@4": [False] * 4},
             "hgd": {"fgsm@2": [True, True, False, False], "pgd@2": [True, False, False, True],
-                    "pgd@4": [True, False, False, False], "transfer@4": [True, True, True, False]}}
+                    "pgd@4": [True, False, False, False], "transfer@4": [True, True, True, False],
+                    "square@4": [False]}}  # interrupted after one image: no column, no part in the worst case
     named = {}
     for name, run in runs.items():
         (tmp_path / name).mkdir()
