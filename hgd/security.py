@@ -382,8 +382,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def body() -> int:
         spec = SecuritySpec(epsilons=tuple(args.epsilons), steps=args.steps, restarts=args.restarts,
-                            transfer_steps=args.transfer_steps, queries=args.queries, check_epsilon=args.check_epsilon, limit=args.limit,
-                            tolerance=args.tolerance, seed=args.seed)
+                            transfer_steps=args.transfer_steps, queries=args.queries,
+                            check_epsilon=args.check_epsilon, limit=args.limit, tolerance=args.tolerance,
+                            seed=args.seed)
         evaluation = Evaluation(args.defense_dir, args.dataset_dir, args.out_dir, spec, args.batch_size,
                                 args.transfer_cache)
         summary = evaluate(evaluation)
