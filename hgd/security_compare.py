@@ -10,6 +10,7 @@ defense). Runs must share their images, or the rows would not be comparable; tha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pathlib
 import sys
@@ -72,22 +73,20 @@ def compare(named: dict[str, pathlib.Path], out: pathlib.Path, runner_output: pa
     """Write the table and plot of the evaluations ``named`` into ``out``; returns the table."""
     loaded = {name: load(out_dir) for name, out_dir in named.items()}
     (first, _), *_ = loaded.values()
-    for name, (results, _) in loaded.items():
-        for key in ("images", "dataset"):
-            if results[key] != first[key]:
-                raise ValueError(f"{named[name]}: other {key} than {next(iter(named.values()))}; rows would not compare")
-        if results["spec"]["check_epsilon"] != first["spec"]["check_epsilon"]:
-            raise ValueError(f"{named[name]}: another check_epsilon than {next(iter(named.values()))}")
+    reference, check = next(iter(named.values())), first["spec"]["check_epsilon"]
     scores = {}
     for name, (results, _) in loaded.items():
+        for key, value, expected in (("images", results["images"], first["images"]),
+                                     ("dataset", results["dataset"], first["dataset"]),
+                                     ("check_epsilon", results["spec"]["check_epsilon"], check)):
+            if value != expected:
+                raise ValueError(f"{named[name]}: other {key} than {reference}; rows would not compare")
         if runner_output is not None:
-            try:
+            with contextlib.suppress(ValueError):  # a defense not in the runner's run: its cell says "-"
                 scores[name] = read_oblivious_score(runner_output, pathlib.Path(results["defense"]).name)[1]
-            except ValueError:
-                pass  # that defense was not in the runner's run: its cell says "-"
     rows = {name: summary for name, (_, summary) in loaded.items()}
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(rows, scores, first["spec"]["check_epsilon"])
+    table = markdown_table(rows, scores, check)
     write_atomically(out / TABLE_FILE, "w", lambda f: f.write(table))
     plot(rows, out / PLOT_FILE)
     return table
