@@ -15,8 +15,9 @@ pairs (:func:`hgd.train.pairs.attack_pairs`), outside the checkout.
         --json docs/results/table2.json
     python -m hgd.experiments figures ~/hgd-work/testsets --row PGD=... --row FGD=... --out docs/figures
 
-A row is ``NAME=none`` (the undefended target) or ``NAME=RUN_DIR`` (a ``python -m hgd.train fit`` run:
-its ``best.weights.h5`` with the width and layout of its ``config.json``), shared in front of every
+A row is ``NAME=none`` (the undefended target), ``NAME=RUN_DIR`` (a ``python -m hgd.train fit`` run:
+its ``best.weights.h5`` with the width and layout of its ``config.json``) or ``NAME=CONFIG.json`` (a
+defense config's shared denoiser, e.g. the shipped ``defense/config.json``), shared in front of every
 ``--target`` model (several targets: an ensemble, logits averaged). Rows already in ``--json`` are
 kept, so an interrupted evaluation resumes row by row.
 """
@@ -34,7 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from hgd.defended import DenoiserSpec, Member, build_defended_model
+from hgd.defended import DenoiserSpec, Member, build_defended_model, load_config
 from hgd.entry import run_main
 from hgd.images import load_image, write_atomically
 from hgd.train.pairs import Pair, TableAttack, attack_pairs, read_labelled_folder
@@ -103,7 +104,13 @@ def read_test_spec(out_dir: pathlib.Path) -> ObliviousSpec:
 
 
 def denoiser_of_run(run_dir: pathlib.Path) -> DenoiserSpec:
-    """The trained denoiser of a ``hgd.train fit`` run folder: best weights, the run's width and layout."""
+    """The trained denoiser of a ``hgd.train fit`` run folder (best weights, the run's width and layout),
+    or of a defense ``config.json`` (its shared denoiser: the shipped one is trained by a recipe, not a run)."""
+    if run_dir.suffix == ".json":
+        denoiser = load_config(run_dir).shared_denoiser
+        if denoiser is None:
+            raise ValueError(f"{run_dir}: no shared 'denoiser' (a row puts one denoiser before its targets)")
+        return denoiser
     config = json.loads((run_dir / "config.json").read_text())
     weights = run_dir / "best.weights.h5"
     if not weights.is_file():
@@ -194,7 +201,7 @@ def figures(plan: Sequence[Pair], target: str, denoisers: dict[str, DenoiserSpec
 def _parse_row(text: str) -> tuple[str, pathlib.Path | None]:
     name, sep, value = text.partition("=")
     if not sep or not name:
-        raise ValueError(f"--row takes NAME=none or NAME=RUN_DIR, got {text!r}")
+        raise ValueError(f"--row takes NAME=none, NAME=RUN_DIR or NAME=CONFIG.json, got {text!r}")
     return name, None if value == "none" else pathlib.Path(value).expanduser()
 
 
@@ -213,7 +220,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--no-progress", action="store_true")
     score = commands.add_parser("evaluate", help="accuracy of rows of denoisers on the test sets")
     score.add_argument("testsets", type=pathlib.Path, help="a folder made by `testsets`")
-    score.add_argument("--row", action="append", required=True, help="NAME=none or NAME=RUN_DIR (repeatable)")
+    score.add_argument("--row", action="append", required=True,
+                       help="NAME=none, NAME=RUN_DIR or NAME=CONFIG.json (repeatable)")
     score.add_argument("--target", nargs="+", choices=models, default=None,
                        help="protected model(s) (default: the test sets' target)")
     score.add_argument("--json", type=pathlib.Path, required=True, help="results file (rows in it are kept)")

@@ -74,6 +74,17 @@ def test_a_row_needs_a_finished_run(testsets, tmp_path):
     assert result.returncode == 2 and "no best.weights.h5" in result.stderr
 
 
+def test_a_row_reads_a_defense_configs_shared_denoiser(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"denoiser": {"weights": "w/fgd.weights.h5", "width": 0.5},
+                                  "members": [{"model": "efficientnet_lite0"}]}))
+    spec = experiments.denoiser_of_run(config)
+    assert spec.weights == tmp_path / "w" / "fgd.weights.h5" and spec.width == 0.5 and spec.lateral
+    config.write_text(json.dumps({"members": [{"model": "efficientnet_lite0"}]}))
+    with pytest.raises(ValueError, match="no shared 'denoiser'"):
+        experiments.denoiser_of_run(config)
+
+
 def test_markdown_table():
     row = {c: 50.0 for c in experiments.SUMMARY_COLUMNS}
     lines = markdown_table({"FGD": row}).splitlines()
