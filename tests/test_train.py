@@ -102,6 +102,18 @@ def test_attacks_per_image_draws_that_many(tmp_path):
     assert len({pair.attack for pair in plan}) > 3
 
 
+def test_pairs_are_attacked_cheapest_first(small_source, tmp_path):
+    from hgd.train.pairs import _work_units
+
+    spec = PairSpec(source=str(small_source))
+    attacks = {attack.name: attack for attack in spec.attacks()}
+    plan = plan_pairs(read_labelled_folder(small_source), spec, tmp_path)
+    order = list(dict.fromkeys(name for name, _, _ in _work_units(plan, attacks, batch_size=2)))
+    assert order == ["noop", "random_noise", "fgsm_efficientnet_lite0", "fgsm_efficientnet_lite1", "fgsm_ensemble",
+                     "ifgsm2_ensemble", "ifgsm4_ensemble", "ifgsm8_ensemble"]
+    assert [attacks[name].cost for name in order] == [0, 0, 1, 1, 2, 4, 8, 16]
+
+
 @pytest.mark.parametrize("bad", [{"validation_fraction": 0.0}, {"max_epsilon": 0}, {"attacks_per_image": 9}])
 def test_spec_validation(bad):
     with pytest.raises(ValueError):

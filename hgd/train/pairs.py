@@ -86,6 +86,11 @@ class TableAttack:
     models: tuple[ModelName, ...] = ()
     steps: int = 0
 
+    @property
+    def cost(self) -> int:
+        """Model gradients per image: what the attack costs to build (0 for noop and random noise)."""
+        return self.steps * len(self.models)
+
     def build(self, seed: int) -> Any:
         from hgd import attacks
 
@@ -213,7 +218,7 @@ def attack_pairs(pairs: Sequence[Pair], attacks: Sequence[TableAttack], *, seed:
     models: dict[tuple[ModelName, ...], Any] = {}
     log.info("%d of %d pairs to attack", len(todo), len(pairs))
     with tqdm(total=len(todo), unit="pair", desc="attacks", disable=not progress) as bar:
-        for attack_name, epsilon, chunk in _work_units(todo, batch_size):
+        for attack_name, epsilon, chunk in _work_units(todo, by_name, batch_size):
             attack = by_name[attack_name]
             model = _model(models, attack.models) if attack.models else None
             clean = np.stack([load_image(pair.clean)[0] for pair in chunk])
@@ -277,12 +282,14 @@ def _pair_from_row(row: dict[str, str], out_dir: pathlib.Path) -> Pair:
                 pathlib.Path(row["clean"]), out_dir / row["adversarial"])
 
 
-def _work_units(todo: Sequence[Pair], batch_size: int) -> Iterator[tuple[str, int, list[Pair]]]:
-    """Batches of pairs sharing an attack and an eps (an attack call takes one eps), by attack."""
+def _work_units(todo: Sequence[Pair], attacks: dict[str, TableAttack],
+                batch_size: int) -> Iterator[tuple[str, int, list[Pair]]]:
+    """Batches of pairs sharing an attack and an eps (an attack call takes one eps), cheapest attack first:
+    a folder stopped part-way (``--built-only`` training) then holds every kind but the costliest."""
     groups: dict[tuple[str, int], list[Pair]] = {}
     for pair in todo:
         groups.setdefault((pair.attack, pair.epsilon), []).append(pair)
-    for (attack, epsilon), pairs in sorted(groups.items()):
+    for (attack, epsilon), pairs in sorted(groups.items(), key=lambda item: (attacks[item[0][0]].cost, item[0])):
         for start in range(0, len(pairs), batch_size):
             yield attack, epsilon, pairs[start:start + batch_size]
 
