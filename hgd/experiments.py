@@ -98,6 +98,17 @@ def build_test_sets(spec: ObliviousSpec, out_dir: pathlib.Path, *, batch_size: i
     return plan
 
 
+def first_images(plan: Sequence[Pair], count: int | None) -> list[Pair]:
+    """The test images of the first ``count`` clean images (by file name; ``None``: all of them).
+
+    A cheaper evaluation on a fixed prefix: every row scored on the same prefix is comparable."""
+    stems = sorted({pair.image for pair in plan})
+    if count is not None and not 1 <= count <= len(stems):
+        raise ValueError(f"--images must be in 1..{len(stems)}, got {count}")
+    kept = set(stems[:count])
+    return [pair for pair in plan if pair.image in kept]
+
+
 def read_test_spec(out_dir: pathlib.Path) -> ObliviousSpec:
     raw = json.loads((out_dir / SPEC_FILE).read_text())
     return ObliviousSpec(**{**raw, "training_models": tuple(raw["training_models"])})
@@ -225,6 +236,8 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--target", nargs="+", choices=models, default=None,
                        help="protected model(s) (default: the test sets' target)")
     score.add_argument("--json", type=pathlib.Path, required=True, help="results file (rows in it are kept)")
+    score.add_argument("--images", type=int, default=None,
+                       help="score the first N clean images and their test images (default: all)")
     score.add_argument("--batch-size", type=int, default=16)
     score.add_argument("--no-progress", action="store_true")
     draw = commands.add_parser("figures", help="Figure 5 (layer-wise perturbation) and Figure 7 (slopes)")
@@ -247,19 +260,23 @@ def _testsets(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     spec = read_test_spec(args.testsets)
-    plan = plan_test_sets(spec, args.testsets)
+    plan = first_images(plan_test_sets(spec, args.testsets), args.images)
     missing = [p.adversarial for p in plan if not p.adversarial.is_file()]
     if missing:
         raise FileNotFoundError(f"{args.testsets}: {len(missing)} test images missing; rerun `testsets`")
     targets = args.target or [spec.target]
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    images = len({pair.image for pair in plan})
+    other = sorted({row.get("images") for row in results.values()} - {images}, key=str)
+    if other:
+        raise ValueError(f"{args.json} holds rows scored on {other} images, not {images}: use another --json")
     for name, run_dir in map(_parse_row, args.row):
         key = f"{name} -> {'+'.join(targets)}"
         if key in results:
             log.info("%s: kept from %s", key, args.json)
             continue
         denoiser = denoiser_of_run(run_dir) if run_dir else None
-        results[key] = {"run": str(run_dir) if run_dir else None,
+        results[key] = {"run": str(run_dir) if run_dir else None, "images": images,
                         "accuracy": evaluate(plan, targets, denoiser, batch_size=args.batch_size,
                                              progress=not args.no_progress)}
         args.json.parent.mkdir(parents=True, exist_ok=True)

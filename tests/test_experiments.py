@@ -63,6 +63,17 @@ def test_evaluate_cli_scores_rows_and_keeps_finished_ones(testsets, tmp_path):
     stamp = out.stat().st_mtime_ns
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "kept from" in again.stderr and out.stat().st_mtime_ns == stamp
+    fewer = subprocess.run([*command, "--images", "2"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert fewer.returncode == 2 and "scored on [4] images, not 2" in fewer.stderr
+
+
+def test_first_images_keeps_every_test_image_of_a_prefix(testsets):
+    plan = plan_test_sets(experiments.read_test_spec(testsets), testsets)
+    kept = experiments.first_images(plan, 2)
+    assert len(kept) == 2 * 5 * 2 and {p.image for p in kept} == set(sorted({p.image for p in plan})[:2])
+    assert experiments.first_images(plan, None) == plan
+    with pytest.raises(ValueError, match="must be in 1..4"):
+        experiments.first_images(plan, 5)
 
 
 def test_a_row_needs_a_finished_run(testsets, tmp_path):
