@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The Table 2/3 analog of docs/RESULTS.md as one resumable command: the paper's denoisers guided by
+# (and protecting) EfficientNet-Lite0, each trained on the same Table 1 pairs with the same budget,
+# scored on the oblivious White/Black test sets of nips17_dev next to the undefended target and the
+# shipped defense's denoiser.
+#
+#   scripts/paper_table2.sh [WORK_DIR]        # default WORK_DIR: ~/hgd-work (keep it outside the checkout)
+#
+# 1. Training pairs: 2 of Table 1's 8 attacks per pool image (6,600 pairs, every kind equally often),
+#    attacked on Lite0 and Lite1; Lite2 stays out (it is the black-box model).
+# 2. Test sets: White = FGSM on Lite0 + 4-step I-FGSM on Lite0+1; Black = FGSM, 2-, 4-step I-FGSM on
+#    Lite2; eps 4 and 16 (python -m hgd.experiments).
+# 3. One denoiser per row: PGD (pixel L1, DUNET), DAE (pixel L1, no lateral connections), FGD, LGD,
+#    CGD (guided by Lite0); width 0.5, 128x128 crops, 100-step epochs, at most HOURS hours each.
+# 4. The table: docs/results/table2.json (rows already there are kept), printed as markdown.
+#
+# Environment: HOURS (per row, default 0.75), ROWS (default "PGD DAE FGD LGD CGD"), IMAGES (score the
+# first N DEV images only; default all 491), BUILT_ONLY=1 (train on the pairs built so far), POOL, DEV,
+# PYTHON. Each step resumes; the steps are independent commands, so two can run side by side.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${1:-$HOME/hgd-work}
+POOL=${POOL:-$ROOT/../shared/datasets/imagenet_pool}
+DEV=${DEV:-$ROOT/../shared/datasets/nips17_dev}
+PY=${PYTHON:-python3}
+HOURS=${HOURS:-0.75}
+ROWS=${ROWS:-PGD DAE FGD LGD CGD}
+PAIRS=$WORK/pairs_lite01_k2
+
+[ -n "${BUILT_ONLY:-}" ] || "$PY" -m hgd.train data "$POOL" "$PAIRS" --attacks-per-image 2 --no-progress
+"$PY" -m hgd.experiments testsets "$DEV" "$WORK/testsets" --no-progress
+rows=(--row NA=none --row "HGD shipped=$ROOT/defense/config.json")
+for row in $ROWS; do
+  case $row in
+    PGD) loss=(--guidance pgd) ;;
+    DAE) loss=(--guidance pgd --dae) ;;
+    FGD | LGD | CGD) loss=(--guidance "${row,,}" --models efficientnet_lite0) ;;
+    *) echo "unknown row $row (PGD DAE FGD LGD CGD)" >&2; exit 2 ;;
+  esac
+  "$PY" -m hgd.train fit "$PAIRS" "$WORK/runs/table2_${row,,}" "${loss[@]}" --width 0.5 --crop 128 \
+    --steps-per-epoch 100 --validation-pairs 64 --max-hours "$HOURS" ${BUILT_ONLY:+--built-only} --no-progress
+  rows+=(--row "$row=$WORK/runs/table2_${row,,}")
+done
+"$PY" -m hgd.experiments evaluate "$WORK/testsets" "${rows[@]}" ${IMAGES:+--images "$IMAGES"} \
+  --json "$ROOT/docs/results/table2${IMAGES:+_first$IMAGES}.json" --no-progress
