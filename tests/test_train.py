@@ -293,9 +293,24 @@ def test_fit_trains_checkpoints_and_resumes(pairs_dir, tmp_path):
     assert [line.split(",")[0] for line in history] == ["epoch", "1", "2"]
     denoiser.load_weights(run / "last.weights.h5")
     assert any(not np.array_equal(a, b) for a, b in zip(before, denoiser.get_weights()))
+    _check_curves(run, state)
 
     with pytest.raises(ValueError, match="another configuration"):
         fit(pairs_dir, run, _tiny(max_epochs=2, guidance=Guidance.LGD), verbose=0)
+
+
+def _check_curves(run: pathlib.Path, state: RunState) -> None:
+    """``python -m hgd.train curves`` reads the run: losses relative to the start, a table row, a plot."""
+    from hgd.train import curves
+
+    curve = curves.read_run(run)
+    val_losses = [float(line.split(",")[3]) for line in (run / "history.csv").read_text().splitlines()[1:]]
+    assert curve.val_loss == tuple(val_losses) and curve.initial == state.initial_val_loss
+    assert curve.best == pytest.approx(min(val_losses) / state.initial_val_loss)
+    row = curves.markdown_table({"FGD": curve}).splitlines()[2]
+    assert row.startswith("| FGD | fgd | 4 |") and row.endswith(f"| {curve.best:.3f} |")
+    curves.plot({"FGD": curve}, run / "curves.png")
+    assert (run / "curves.png").stat().st_size > 10_000
 
 
 def test_fit_can_start_from_trained_weights(pairs_dir, tmp_path):

@@ -1,11 +1,12 @@
-"""``python -m hgd.train {data,fit,defense}``: build training pairs, train a denoiser, train a whole defense
-(all resume).
+"""``python -m hgd.train {data,fit,defense,curves}``: build training pairs, train a denoiser, train a whole
+defense (all resume), compare runs' validation curves.
 
 Examples (the data sets are described in ``../shared/docs/datasets.md``)::
 
     python -m hgd.train data ../shared/datasets/imagenet_pool ~/hgd-work/pairs
     python -m hgd.train fit ~/hgd-work/pairs ~/hgd-work/runs/fgd_lite0 --guidance fgd --models efficientnet_lite0
     python -m hgd.train defense defense/config.json ../shared/datasets/imagenet_pool ~/hgd-work
+    python -m hgd.train curves FGD=~/hgd-work/runs/fgd_lite0 --out docs/results/training.png
 
 Rerunning a command with the same folders and options goes on where it stopped.
 """
@@ -81,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     defense.add_argument("--built-only", action="store_true",
                          help="train on the pairs built so far instead of finishing them first")
     defense.add_argument("--no-progress", action="store_true")
+    curves = commands.add_parser("curves", help="table and plot of runs' validation loss relative to their start")
+    curves.add_argument("runs", nargs="+", help="NAME=RUN_DIR of `fit` runs")
+    curves.add_argument("--out", type=pathlib.Path, required=True, help="the plot (PNG)")
     return parser
 
 
@@ -123,10 +127,24 @@ def _defense(args: argparse.Namespace) -> int:
     return 0
 
 
+def _curves(args: argparse.Namespace) -> int:
+    from hgd.train import curves
+
+    runs = {}
+    for text in args.runs:
+        name, sep, folder = text.partition("=")
+        if not sep or not name:
+            raise ValueError(f"runs are NAME=RUN_DIR, got {text!r}")
+        runs[name] = curves.read_run(pathlib.Path(folder).expanduser())
+    curves.plot(runs, args.out)
+    print(curves.markdown_table(runs))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.getLogger("hgd").setLevel(logging.INFO)
-    run_main(lambda: {"data": _data, "fit": _fit, "defense": _defense}[args.command](args))
+    run_main(lambda: {"data": _data, "fit": _fit, "defense": _defense, "curves": _curves}[args.command](args))
 
 
 if __name__ == "__main__":
