@@ -57,8 +57,10 @@ def read_run(run_dir: pathlib.Path) -> RunCurve:
 
 
 def markdown_table(curves: Mapping[str, RunCurve]) -> str:
-    """One row per run: steps, hours, starting and best validation loss, their ratio."""
-    lines = ["| row | loss | steps | hours | start (identity) | best | best / start |", "|---|---|---:|---:|---:|---:|---:|"]
+    """One row per run: steps, hours, the starting denoiser's (identity or init weights) and the best
+    validation loss, their ratio."""
+    lines = ["| row | loss | steps | hours | start | best | best / start |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for name, c in curves.items():
         lines.append(f"| {name} | {c.guidance} | {c.steps_per_epoch * len(c.val_loss)} | {c.hours:.2f} | "
                      f"{c.initial:.5f} | {min(c.val_loss):.5f} | {c.best:.3f} |")
