@@ -81,7 +81,7 @@ def plot(curves: Mapping[str, RunCurve], path: pathlib.Path) -> None:
     axis.axhline(1.0, color="grey", linestyle="--", linewidth=1)
     axis.set_xlabel("training steps (batches)")
     axis.set_ylabel("validation loss / starting denoiser's")
-    axis.set_title("below 1: better than the identity")
+    axis.set_title("below 1: better than the starting denoiser (a fresh DUNET: the identity)", fontsize=10)
     axis.legend()
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
