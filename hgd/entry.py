@@ -7,7 +7,9 @@ on stderr and exit status 2; per-file problems never get here (they are reported
 
 from __future__ import annotations
 
+import argparse
 import logging
+import pathlib
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -24,3 +26,11 @@ def run_main(body: Callable[[], int]) -> NoReturn:
         print(f"ERROR: {exc}", file=sys.stderr)
         code = EXIT_REFUSED
     sys.exit(code)
+
+
+def named_path(text: str) -> tuple[str, pathlib.Path]:
+    """An argparse type for ``NAME=PATH`` (a labelled run folder, e.g. a table row or a plot line)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, pathlib.Path(path).expanduser()

@@ -16,7 +16,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from hgd.entry import run_main
+from hgd.entry import named_path, run_main
 from hgd.images import write_atomically
 from hgd.security import RESULTS_FILE, SecuritySpec, read_oblivious_score, summarize
 
@@ -92,16 +92,9 @@ def compare(named: dict[str, pathlib.Path], out: pathlib.Path, runner_output: pa
     return table
 
 
-def _named(text: str) -> tuple[str, pathlib.Path]:
-    name, sep, folder = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=OUT_DIR, got {text!r}")
-    return name, pathlib.Path(folder).expanduser()
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hgd.security_compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=_named, help="NAME=OUT_DIR of a python -m hgd.security run")
+    parser.add_argument("runs", nargs="+", type=named_path, help="NAME=OUT_DIR of a python -m hgd.security run")
     parser.add_argument("--out", type=pathlib.Path, required=True, help="where comparison.md and .png go")
     parser.add_argument("--runner-output", type=pathlib.Path, default=None,
                         help="a runner output folder: the defenses' normalized (oblivious) scores")

@@ -18,7 +18,7 @@ import logging
 import pathlib
 import sys
 
-from hgd.entry import run_main
+from hgd.entry import named_path, run_main
 from hgd.train.losses import Guidance
 from hgd.zoo import ModelName
 
@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="train on the pairs built so far instead of finishing them first")
     defense.add_argument("--no-progress", action="store_true")
     curves = commands.add_parser("curves", help="table and plot of runs' validation loss relative to their start")
-    curves.add_argument("runs", nargs="+", help="NAME=RUN_DIR of `fit` runs")
+    curves.add_argument("runs", nargs="+", type=named_path, help="NAME=RUN_DIR of `fit` runs")
     curves.add_argument("--out", type=pathlib.Path, required=True, help="the plot (PNG)")
     return parser
 
@@ -130,12 +130,7 @@ def _defense(args: argparse.Namespace) -> int:
 def _curves(args: argparse.Namespace) -> int:
     from hgd.train import curves
 
-    runs = {}
-    for text in args.runs:
-        name, sep, folder = text.partition("=")
-        if not sep or not name:
-            raise ValueError(f"runs are NAME=RUN_DIR, got {text!r}")
-        runs[name] = curves.read_run(pathlib.Path(folder).expanduser())
+    runs = {name: curves.read_run(folder) for name, folder in args.runs}
     curves.plot(runs, args.out)
     print(curves.markdown_table(runs))
     return 0
