@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import logging
 import pathlib
@@ -258,6 +259,21 @@ def _testsets(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_result(path: pathlib.Path, key: str, row: dict) -> dict:
+    """Adds one scored row to the results file as it is on disk now, and returns the file's rows.
+
+    A row takes half an hour to score, so two ``evaluate`` runs go side by side on two cores: each
+    re-reads the file under a lock before writing, so that neither drops the other's finished rows.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(path.read_text()) if path.is_file() else {}
+        results[key] = row
+        write_atomically(path, "w", lambda f: json.dump(results, f, indent=1, sort_keys=True))
+    return results
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     spec = read_test_spec(args.testsets)
     plan = first_images(plan_test_sets(spec, args.testsets), args.images)
@@ -276,11 +292,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             log.info("%s: kept from %s", key, args.json)
             continue
         denoiser = denoiser_of_run(run_dir) if run_dir else None
-        results[key] = {"run": str(run_dir) if run_dir else None, "images": images,
-                        "accuracy": evaluate(plan, targets, denoiser, batch_size=args.batch_size,
-                                             progress=not args.no_progress)}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(args.json, "w", lambda f: json.dump(results, f, indent=1, sort_keys=True))
+        row = {"run": str(run_dir) if run_dir else None, "images": images,
+               "accuracy": evaluate(plan, targets, denoiser, batch_size=args.batch_size,
+                                    progress=not args.no_progress)}
+        results = add_result(args.json, key, row)
     print(markdown_table({key: row["accuracy"] for key, row in results.items()}))
     return 0
 

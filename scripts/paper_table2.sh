@@ -12,11 +12,12 @@
 #    Lite2; eps 4 and 16 (python -m hgd.experiments).
 # 3. One denoiser per row: PGD (pixel L1, DUNET), DAE (pixel L1, no lateral connections), FGD, LGD,
 #    CGD (guided by Lite0); width 0.5, 128x128 crops, 100-step epochs, at most HOURS hours each.
-#    FGD_FROM_PGD (not in the paper): FGD fine-tuning the PGD row's best denoiser at its start, because
-#    FGD from the identity did not move within this budget while PGD did (docs/RESULTS.md).
+#    FGD_FROM_PGD, LGD_FROM_PGD, CGD_FROM_PGD (not in the paper): that loss fine-tuning the PGD row's
+#    best denoiser (or INIT, a weights file), because FGD from the identity did not move within this
+#    budget while PGD did (docs/RESULTS.md).
 # 4. The table: docs/results/table2.json (rows already there are kept), printed as markdown.
 #
-# Environment: HOURS (per row, default 0.75), ROWS (default "PGD DAE FGD LGD CGD", in that order), IMAGES (score the
+# Environment: HOURS (per row, default 0.75), INIT (the *_FROM_PGD rows' start), ROWS (default "PGD DAE FGD LGD CGD", in that order), IMAGES (score the
 # first N DEV images only; default all 491), BUILT_ONLY=1 (train on the pairs built so far), POOL, DEV,
 # PYTHON. Each step resumes; the steps are independent commands, so two can run side by side.
 set -euo pipefail
@@ -37,9 +38,11 @@ for row in $ROWS; do
     PGD) loss=(--guidance pgd) ;;
     DAE) loss=(--guidance pgd --dae) ;;
     FGD | LGD | CGD) loss=(--guidance "${row,,}" --models efficientnet_lite0) ;;
-    FGD_FROM_PGD) loss=(--guidance fgd --models efficientnet_lite0
-                        --init-weights "$WORK/runs/table2_pgd/best.weights.h5") ;;
-    *) echo "unknown row $row (PGD DAE FGD LGD CGD FGD_FROM_PGD)" >&2; exit 2 ;;
+    FGD_FROM_PGD | LGD_FROM_PGD | CGD_FROM_PGD)
+      guidance=${row%%_*}
+      loss=(--guidance "${guidance,,}" --models efficientnet_lite0
+            --init-weights "${INIT:-$WORK/runs/table2_pgd/best.weights.h5}") ;;
+    *) echo "unknown row $row (PGD DAE FGD LGD CGD FGD_FROM_PGD LGD_FROM_PGD CGD_FROM_PGD)" >&2; exit 2 ;;
   esac
   "$PY" -m hgd.train fit "$PAIRS" "$WORK/runs/table2_${row,,}" "${loss[@]}" --width 0.5 --crop 128 \
     --steps-per-epoch 100 --validation-pairs 64 --max-hours "$HOURS" ${BUILT_ONLY:+--built-only} --no-progress

@@ -144,3 +144,13 @@ def test_figures_cli(testsets, dunet_weights, tmp_path):
     np.testing.assert_allclose(curves["ID output"], curves["adversarial"], rtol=1e-4)  # x + 0 changes nothing
     assert curves["adversarial"][-1] > curves["random noise (eps 16)"][-1]  # FGSM moves the logits more
     assert "| adversarial |" in result.stdout
+
+
+def test_add_result_keeps_rows_another_run_wrote_meanwhile(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "table.json"
+    experiments.add_result(path, "NA -> m", {"images": 2, "accuracy": {}})
+    # A second evaluate run, going side by side, writes its row while this one scores the next.
+    other = json.loads(path.read_text()) | {"PGD -> m": {"images": 2, "accuracy": {}}}
+    path.write_text(json.dumps(other))
+    rows = experiments.add_result(path, "FGD -> m", {"images": 2, "accuracy": {}})
+    assert sorted(rows) == sorted(json.loads(path.read_text())) == ["FGD -> m", "NA -> m", "PGD -> m"]
