@@ -336,3 +336,12 @@ def test_denoiser_is_in_the_decision_path(tmp_path, dunet_weights, few_images):
     scrambled = _classify(tmp_path, "large", behind("large"), few_images)
     changed = [name for name in plain if scrambled[name] != plain[name]]
     assert len(changed) >= len(plain) // 2, (plain, scrambled)  # the denoiser's output is what gets classified
+
+
+def test_committed_weights_keep_to_the_40_mb_budget():
+    """The training issue's budget counts each distinct weights file once (git stores one blob for the
+    attacks' copies of the shipped denoiser); a new denoiser must fit in what is left (float16 halves one)."""
+    listed = subprocess.run(["git", "ls-files", "-s", "*.h5"], cwd=REPO, capture_output=True, text=True, check=True)
+    blobs = {line.split()[1]: line.split("\t")[1] for line in listed.stdout.splitlines()}
+    assert "defense/weights/fgd_lite_ensemble.weights.h5" in blobs.values()
+    assert sum((REPO / path).stat().st_size for path in blobs.values()) <= 40 * 1024 * 1024

@@ -31,7 +31,7 @@ from hgd.train.pairs import (
     read_pairs,
     table1_attacks,
 )
-from hgd.train.recipe import load_recipe
+from hgd.train.recipe import install, load_recipe
 from hgd.zoo import DEFAULT_ENSEMBLE, ModelName, get_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -390,6 +390,36 @@ def test_shipped_defense_recipe_is_one_ensemble_guided_denoiser():
     assert (job.config.width, job.config.crop, job.config.guidance) == (0.5, 128, Guidance.FGD)
 
 
+def test_pixel_profile_recipe_trains_on_the_table2_pair_set_and_installs_float16(tmp_path):
+    """defense/profiles/lite_pgd_pixel.json: the Table 2 PGD row's recipe (k=2 pairs, pixel loss), so its
+    pairs folder is the one scripts/paper_table2.sh builds apart from the models' names."""
+    recipe = load_recipe(REPO / "defense" / "profiles" / "lite_pgd_pixel.json")
+    (job,) = recipe.jobs
+    assert recipe.pair_spec(SAMPLE).attacks_per_image == 2 and recipe.float16_weights
+    assert recipe.pairs_dir(tmp_path).name == "pairs_efficientnet_lite0+efficientnet_lite1_k2"
+    assert load_recipe(REPO / "defense" / "config.json").pairs_dir(tmp_path).name == \
+        "pairs_efficientnet_lite0+efficientnet_lite1"  # the shipped recipe's folder keeps its name
+    assert (job.config.guidance, job.config.width, job.config.steps_per_epoch) == (Guidance.PGD, 0.5, 100)
+
+
+def test_install_float16_halves_the_file_and_keeps_the_denoiser(tmp_path):
+    rng = np.random.default_rng(0)
+    denoiser = build_dunet(width=0.25)
+    for w in denoiser.trainable_weights:  # away from the fresh DUNET's identity, so a lost weight shows
+        w.assign(w + rng.normal(0, 0.05, w.shape).astype("float32"))
+    x = rng.uniform(-1, 1, (1, 64, 64, 3)).astype("float32")
+    denoiser.save_weights(tmp_path / "run.weights.h5")
+    install(tmp_path / "run.weights.h5", tmp_path / "full" / "d.weights.h5")
+    install(tmp_path / "run.weights.h5", tmp_path / "half" / "d.weights.h5", float16=True)
+    full, half = (os.path.getsize(tmp_path / k / "d.weights.h5") for k in ("full", "half"))
+    assert half < 0.6 * full
+    loaded = build_dunet(width=0.25)
+    loaded.load_weights(tmp_path / "half" / "d.weights.h5")
+    assert all(w.dtype == "float32" for w in loaded.weights)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(denoiser(x)), atol=5e-3)
+    assert not np.allclose(np.asarray(build_dunet(width=0.25)(x)), np.asarray(denoiser(x)), atol=5e-3)
+
+
 # ------------------------------------------------------------------ defense-aware (adaptive) training
 
 
@@ -482,3 +512,9 @@ def test_adaptive_profile_trains_the_shipped_denoiser_against_defense_aware_exam
     assert dataclasses.replace(job.config, adaptive_fraction=0.0, steps_per_epoch=shipped_job.config.steps_per_epoch,
                                validation_pairs=shipped_job.config.validation_pairs, init_weights=None) \
         == shipped_job.config
+
+
+def test_install_cli_refuses_a_folder_without_a_best_checkpoint(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hgd.train", "install", str(tmp_path), str(tmp_path / "w.weights.h5")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "no best.weights.h5" in result.stderr and not (tmp_path / "w.weights.h5").exists()

@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     defense.add_argument("--built-only", action="store_true",
                          help="train on the pairs built so far instead of finishing them first")
     defense.add_argument("--no-progress", action="store_true")
+    install = commands.add_parser("install", help="copy a run's best checkpoint to where a defense reads it")
+    install.add_argument("run_dir", type=pathlib.Path, help="a `fit` run")
+    install.add_argument("weights", type=pathlib.Path, help="the weights file a defense config names")
+    install.add_argument("--float16", action="store_true", help="store float16 (half the size)")
     curves = commands.add_parser("curves", help="table and plot of runs' validation loss relative to their start")
     curves.add_argument("runs", nargs="+", type=named_path, help="NAME=RUN_DIR of `fit` runs")
     curves.add_argument("--out", type=pathlib.Path, required=True, help="the plot (PNG)")
@@ -127,6 +131,17 @@ def _defense(args: argparse.Namespace) -> int:
     return 0
 
 
+def _install(args: argparse.Namespace) -> int:
+    from hgd.train.fit import BEST_WEIGHTS
+    from hgd.train.recipe import install
+
+    if not (args.run_dir / BEST_WEIGHTS).is_file():
+        raise FileNotFoundError(f"{args.run_dir}: no {BEST_WEIGHTS} (not a `fit` run, or no epoch finished yet)")
+    install(args.run_dir / BEST_WEIGHTS, args.weights, float16=args.float16)
+    print(f"{args.run_dir / BEST_WEIGHTS} -> {args.weights}")
+    return 0
+
+
 def _curves(args: argparse.Namespace) -> int:
     from hgd.train import curves
 
@@ -139,7 +154,8 @@ def _curves(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.getLogger("hgd").setLevel(logging.INFO)
-    run_main(lambda: {"data": _data, "fit": _fit, "defense": _defense, "curves": _curves}[args.command](args))
+    run_main(lambda: {"data": _data, "fit": _fit, "defense": _defense, "install": _install,
+                      "curves": _curves}[args.command](args))
 
 
 if __name__ == "__main__":

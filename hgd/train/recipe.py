@@ -10,8 +10,9 @@ four-model competition profile are trained by the same code::
     "training": {"attack_models": ["efficientnet_lite0", "efficientnet_lite1"], "guidance": "fgd",
                  "crop": 128, "batch_size": 16, "steps_per_epoch": 250, "max_epochs": 60, "max_hours": 4.5}
 
-Every key is optional: ``attack_models`` defaults to the members, the rest to :class:`FitConfig`'s
-defaults (the paper's full-image training).
+Every key is optional: ``attack_models`` defaults to the members, ``attacks_per_image`` to every
+Table 1 attack on every image, ``float16_weights`` (install the weights as float16) to false, the
+rest to :class:`FitConfig`'s defaults (the paper's full-image training).
 """
 
 from __future__ import annotations
@@ -21,17 +22,23 @@ import json
 import logging
 import pathlib
 import shutil
+from typing import IO
+
+import numpy as np
 
 from hgd.defended import DefenseConfig, DenoiserSpec, load_config
+from hgd.images import write_atomically
 from hgd.train.fit import BEST_WEIGHTS, FitConfig, RunState, fit
 from hgd.train.pairs import PairSpec, build_pairs
 
 log = logging.getLogger("hgd.train.recipe")
 
-RECIPE_KEYS = frozenset({"attack_models", *(f.name for f in dataclasses.fields(FitConfig))}) - {
+PAIR_KEYS = frozenset({"attack_models", "attacks_per_image"})
+RECIPE_KEYS = frozenset({*PAIR_KEYS, "float16_weights", *(f.name for f in dataclasses.fields(FitConfig))}) - {
     "models", "width", "lateral"}
-"""What a ``training`` section may set: the pair set's attack models and the fit options that the
-denoiser entries of the configuration do not already fix."""
+"""What a ``training`` section may set: the pair set (attack models, attacks drawn per image), whether
+the installed weights are stored as float16, and the fit options that the denoiser entries of the
+configuration do not already fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,10 +61,18 @@ class Recipe:
     defense: DefenseConfig
     attack_models: tuple[str, ...]
     jobs: tuple[DenoiserJob, ...]
+    attacks_per_image: int | None = None
+    float16_weights: bool = False
 
     def pair_spec(self, source: pathlib.Path) -> PairSpec:
         """The Table 1 pair set this defense trains on: ``source`` attacked on :attr:`attack_models`."""
-        return PairSpec(source=str(source.resolve()), models=self.attack_models)
+        return PairSpec(source=str(source.resolve()), models=self.attack_models,
+                        attacks_per_image=self.attacks_per_image)
+
+    def pairs_dir(self, work_dir: pathlib.Path) -> pathlib.Path:
+        """Where the pair set lives in ``work_dir``: one folder per pair set, shared by the recipes that use it."""
+        k = "" if self.attacks_per_image is None else f"_k{self.attacks_per_image}"
+        return work_dir / f"pairs_{'+'.join(self.attack_models)}{k}"
 
 
 def load_recipe(config_path: pathlib.Path) -> Recipe:
@@ -67,7 +82,7 @@ def load_recipe(config_path: pathlib.Path) -> Recipe:
     unknown = set(raw) - RECIPE_KEYS
     if unknown:
         raise ValueError(f"{config_path}: unknown 'training' keys {sorted(unknown)}; known: {sorted(RECIPE_KEYS)}")
-    options = {k: v for k, v in raw.items() if k != "attack_models"}
+    options = {k: v for k, v in raw.items() if k not in PAIR_KEYS | {"float16_weights"}}
     if "init_weights" in options:  # relative to the configuration, like its denoisers' weights
         options["init_weights"] = str((config_path.parent / options["init_weights"]).resolve())
     members = tuple(m.target.name.value for m in defense.members)
@@ -82,7 +97,8 @@ def load_recipe(config_path: pathlib.Path) -> Recipe:
                      for spec, models in guided)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{config_path}: 'training': {error}") from None
-    return Recipe(defense=defense, attack_models=tuple(raw.get("attack_models", members)), jobs=jobs)
+    return Recipe(defense=defense, attack_models=tuple(raw.get("attack_models", members)), jobs=jobs,
+                  attacks_per_image=raw.get("attacks_per_image"), float16_weights=bool(raw.get("float16_weights")))
 
 
 def train_defense(config_path: pathlib.Path, source: pathlib.Path, work_dir: pathlib.Path, *,
@@ -96,7 +112,7 @@ def train_defense(config_path: pathlib.Path, source: pathlib.Path, work_dir: pat
     """
     recipe = load_recipe(config_path)
     spec = recipe.pair_spec(source)
-    pairs_dir = work_dir / f"pairs_{'+'.join(spec.models)}"
+    pairs_dir = recipe.pairs_dir(work_dir)
     if not built_only:
         build_pairs(source, pairs_dir, spec, progress=progress)
     trained = []
@@ -105,13 +121,38 @@ def train_defense(config_path: pathlib.Path, source: pathlib.Path, work_dir: pat
         log.info("training %s (%s guided by %s) in %s", job.spec.weights.name, job.config.guidance.value,
                  "+".join(job.config.models), run_dir)
         state = fit(pairs_dir, run_dir, job.config, verbose="auto" if progress else 2, built_only=built_only)
-        install(run_dir / BEST_WEIGHTS, job.spec.weights)
+        install(run_dir / BEST_WEIGHTS, job.spec.weights, float16=recipe.float16_weights)
         trained.append((job, state))
     return trained
 
 
-def install(trained: pathlib.Path, target: pathlib.Path) -> None:
-    """Copy a best checkpoint to where the defense reads it."""
+def install(trained: pathlib.Path, target: pathlib.Path, *, float16: bool = False) -> None:
+    """Copy a best checkpoint to where the defense reads it; ``float16`` halves the file.
+
+    Keras loads float16 values into the float32 DUNET (a cast on assignment), so a defense reads
+    either file unchanged; the committed weights share a 40 MB budget, hence the option.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(trained, target)
-    log.info("installed %s -> %s", trained, target)
+    if float16:
+        write_atomically(target, "wb", lambda f: _copy_as_float16(trained, f))
+    else:
+        shutil.copyfile(trained, target)
+    log.info("installed %s -> %s%s", trained, target, " (float16)" if float16 else "")
+
+
+def _copy_as_float16(source: pathlib.Path, out: IO[bytes]) -> None:
+    """Write the Keras weights file ``source`` to ``out`` with every float32 array stored as float16."""
+    import h5py  # deferred: a Keras dependency, needed only here
+
+    def copy(src: h5py.Group, dst: h5py.Group) -> None:
+        dst.attrs.update(src.attrs)
+        for name, item in src.items():
+            if isinstance(item, h5py.Group):
+                copy(item, dst.create_group(name))
+            else:
+                data = item[()]
+                dst.create_dataset(name, data=data.astype(np.float16) if data.dtype == np.float32 else data)
+                dst[name].attrs.update(item.attrs)
+
+    with h5py.File(source, "r") as src, h5py.File(out, "w") as dst:
+        copy(src, dst)
