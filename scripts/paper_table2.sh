@@ -43,7 +43,7 @@ train() {  # train RUN_NAME FIT_OPTIONS...: one denoiser on the pairs, resumable
 }
 init() {  # the *_FROM_PGD rows' start
   if [ -z "${INIT:-}" ]; then
-    train table2_pgd_3epochs --guidance pgd --max-epochs 3 >&2
+    HOURS=2 train table2_pgd_3epochs --guidance pgd --max-epochs 3 >&2  # epochs, not HOURS, end it
     INIT=$WORK/runs/table2_pgd_3epochs/best.weights.h5
   fi
   echo "$INIT"
