@@ -23,7 +23,6 @@
 # BUILT_ONLY=1 (train on the pairs built so far), POOL, DEV, PYTHON. Each step resumes; the steps are
 # independent commands, so two can run side by side.
 set -euo pipefail
-shopt -s inherit_errexit  # a failed training inside $(init) stops the script
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-$HOME/hgd-work}
 POOL=${POOL:-$ROOT/../shared/datasets/imagenet_pool}
@@ -41,21 +40,18 @@ train() {  # train RUN_NAME FIT_OPTIONS...: one denoiser on the pairs, resumable
   "$PY" -m hgd.train fit "$PAIRS" "$WORK/runs/$run" "$@" --width 0.5 --crop 128 --steps-per-epoch 100 \
     --validation-pairs 64 --max-hours "$HOURS" ${BUILT_ONLY:+--built-only} --no-progress
 }
-init() {  # the *_FROM_PGD rows' start
-  if [ -z "${INIT:-}" ]; then
-    HOURS=2 train table2_pgd_3epochs --guidance pgd --max-epochs 3 >&2  # epochs, not HOURS, end it
-    INIT=$WORK/runs/table2_pgd_3epochs/best.weights.h5
-  fi
-  echo "$INIT"
-}
 for row in $ROWS; do
   case $row in
     PGD) loss=(--guidance pgd) ;;
     DAE) loss=(--guidance pgd --dae) ;;
     FGD | LGD | CGD) loss=(--guidance "${row,,}" --models efficientnet_lite0) ;;
     FGD_FROM_PGD | LGD_FROM_PGD | CGD_FROM_PGD)
-      guidance=${row%%_*} start=$(init)
-      loss=(--guidance "${guidance,,}" --models efficientnet_lite0 --init-weights "$start") ;;
+      if [ -z "${INIT:-}" ]; then  # their start, trained once: epochs, not HOURS, end it
+        HOURS=2 train table2_pgd_3epochs --guidance pgd --max-epochs 3
+        INIT=$WORK/runs/table2_pgd_3epochs/best.weights.h5
+      fi
+      guidance=${row%%_*}
+      loss=(--guidance "${guidance,,}" --models efficientnet_lite0 --init-weights "$INIT") ;;
     *) echo "unknown row $row (PGD DAE FGD LGD CGD FGD_FROM_PGD LGD_FROM_PGD CGD_FROM_PGD)" >&2; exit 2 ;;
   esac
   train "table2_${row,,}" "${loss[@]}"

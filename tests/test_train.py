@@ -391,8 +391,8 @@ def test_shipped_defense_recipe_is_one_ensemble_guided_denoiser():
 
 
 def test_pixel_profile_recipe_trains_on_the_table2_pair_set_and_installs_float16(tmp_path):
-    """defense/profiles/lite_pgd_pixel.json: the Table 2 PGD row's recipe (k=2 pairs, pixel loss), so its
-    pairs folder is the one scripts/paper_table2.sh builds apart from the models' names."""
+    """defense/profiles/lite_pgd_pixel.json: the Table 2 PGD row's recipe (k=2 pairs, pixel loss); its
+    pairs folder has the recipe's own name (scripts/paper_table2.sh names the same pair set pairs_lite01_k2)."""
     recipe = load_recipe(REPO / "defense" / "profiles" / "lite_pgd_pixel.json")
     (job,) = recipe.jobs
     assert recipe.pair_spec(SAMPLE).attacks_per_image == 2 and recipe.float16_weights

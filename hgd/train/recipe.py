@@ -33,9 +33,9 @@ from hgd.train.pairs import PairSpec, build_pairs
 
 log = logging.getLogger("hgd.train.recipe")
 
-PAIR_KEYS = frozenset({"attack_models", "attacks_per_image"})
-RECIPE_KEYS = frozenset({*PAIR_KEYS, "float16_weights", *(f.name for f in dataclasses.fields(FitConfig))}) - {
-    "models", "width", "lateral"}
+RECIPE_ONLY_KEYS = frozenset({"attack_models", "attacks_per_image", "float16_weights"})
+RECIPE_KEYS = RECIPE_ONLY_KEYS | (frozenset(f.name for f in dataclasses.fields(FitConfig)) - {
+    "models", "width", "lateral"})
 """What a ``training`` section may set: the pair set (attack models, attacks drawn per image), whether
 the installed weights are stored as float16, and the fit options that the denoiser entries of the
 configuration do not already fix."""
@@ -82,7 +82,7 @@ def load_recipe(config_path: pathlib.Path) -> Recipe:
     unknown = set(raw) - RECIPE_KEYS
     if unknown:
         raise ValueError(f"{config_path}: unknown 'training' keys {sorted(unknown)}; known: {sorted(RECIPE_KEYS)}")
-    options = {k: v for k, v in raw.items() if k not in PAIR_KEYS | {"float16_weights"}}
+    options = {k: v for k, v in raw.items() if k not in RECIPE_ONLY_KEYS}
     if "init_weights" in options:  # relative to the configuration, like its denoisers' weights
         options["init_weights"] = str((config_path.parent / options["init_weights"]).resolve())
     members = tuple(m.target.name.value for m in defense.members)
