@@ -19,7 +19,8 @@ A row is ``NAME=none`` (the undefended target), ``NAME=RUN_DIR`` (a ``python -m 
 its ``best.weights.h5`` with the width and layout of its ``config.json``) or ``NAME=CONFIG.json`` (a
 defense config's shared denoiser, e.g. the shipped ``defense/config.json``), shared in front of every
 ``--target`` model (several targets: an ensemble, logits averaged). Rows already in ``--json`` are
-kept, so an interrupted evaluation resumes row by row.
+kept, so an interrupted evaluation resumes row by row. ``--unseen-classes-of RUN_DIR`` scores only
+the images of the classes that run held out of training (Table 5: ``fit --holdout-classes``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from tqdm import tqdm
 from hgd.defended import DenoiserSpec, Member, build_defended_model, load_config
 from hgd.entry import run_main
 from hgd.images import load_image, write_atomically
+from hgd.train.fit import FitConfig
 from hgd.train.pairs import Pair, TableAttack, attack_pairs, read_labelled_folder
 from hgd.zoo import ModelName, get_model
 
@@ -108,6 +110,21 @@ def first_images(plan: Sequence[Pair], count: int | None) -> list[Pair]:
         raise ValueError(f"--images must be in 1..{len(stems)}, got {count}")
     kept = set(stems[:count])
     return [pair for pair in plan if pair.image in kept]
+
+
+def unseen_class_images(plan: Sequence[Pair], run_dir: pathlib.Path) -> list[Pair]:
+    """The test images whose true class the ``hgd.train fit`` run at ``run_dir`` held out of training.
+
+    Table 5 scores a denoiser on classes it never saw: only those images, so that every row of the
+    table (the held-out run, the same recipe on every class, the undefended target) is scored on them."""
+    config = FitConfig.from_json((run_dir / "config.json").read_text())
+    if not config.holdout_classes:
+        raise ValueError(f"{run_dir}: trained on every class (no --holdout-classes); no class is unseen")
+    heldout = config.heldout()
+    kept = [pair for pair in plan if pair.label0 in heldout]
+    if not kept:
+        raise ValueError(f"{run_dir}: none of the test images is of its {len(heldout)} held-out classes")
+    return kept
 
 
 def read_test_spec(out_dir: pathlib.Path) -> ObliviousSpec:
@@ -239,6 +256,8 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--json", type=pathlib.Path, required=True, help="results file (rows in it are kept)")
     score.add_argument("--images", type=int, default=None,
                        help="score the first N clean images and their test images (default: all)")
+    score.add_argument("--unseen-classes-of", type=pathlib.Path, default=None, metavar="RUN_DIR",
+                       help="score only the images of the classes this fit run held out of training (Table 5)")
     score.add_argument("--batch-size", type=int, default=16)
     score.add_argument("--no-progress", action="store_true")
     draw = commands.add_parser("figures", help="Figure 5 (layer-wise perturbation) and Figure 7 (slopes)")
@@ -276,7 +295,10 @@ def add_result(path: pathlib.Path, key: str, row: dict) -> dict:
 
 def _evaluate(args: argparse.Namespace) -> int:
     spec = read_test_spec(args.testsets)
-    plan = first_images(plan_test_sets(spec, args.testsets), args.images)
+    plan = plan_test_sets(spec, args.testsets)
+    if args.unseen_classes_of:
+        plan = unseen_class_images(plan, args.unseen_classes_of.expanduser())
+    plan = first_images(plan, args.images)
     missing = [p.adversarial for p in plan if not p.adversarial.is_file()]
     if missing:
         raise FileNotFoundError(f"{args.testsets}: {len(missing)} test images missing; rerun `testsets`")

@@ -15,13 +15,20 @@
 #    FGD_FROM_PGD, LGD_FROM_PGD, CGD_FROM_PGD (not in the paper): that loss fine-tuning the PGD recipe
 #    stopped after 3 epochs (300 steps; trained here once, in runs/table2_pgd_3epochs) or INIT (a
 #    weights file), because FGD from the identity did not move within this budget while PGD did
-#    (docs/RESULTS.md).
+#    (docs/RESULTS.md). FGD_ENSEMBLE_FROM_PGD: the same from the same start, guided by the sum of
+#    Lite0+1+2's FGD losses (the shared denoiser of the shipped defense's structure).
 # 4. The table: docs/results/table2.json (rows already there are kept), printed as markdown.
 #
-# Environment: HOURS (per row, default 0.75), ROWS (default "PGD DAE FGD LGD CGD", in that order),
-# INIT (the *_FROM_PGD rows' start), IMAGES (score the first N DEV images only; default all 491),
-# BUILT_ONLY=1 (train on the pairs built so far), POOL, DEV, PYTHON. Each step resumes; the steps are
-# independent commands, so two can run side by side.
+# Table 5 (classes unseen in training): HOLDOUT=250 trains the rows (and the *_FROM_PGD start) with
+# 250 classes (seeded) held out, as runs/table2_ROW_holdout250, and scores them on the held-out
+# classes' DEV images only, next to the same row trained on every class (runs/table2_ROW: run the
+# Table 2 rows first) and the undefended target, into docs/results/table5.json.
+#
+# Environment: HOURS (per row, default 0.75), EPOCHS (per row, default: no limit), ROWS (default
+# "PGD DAE FGD LGD CGD", in that order), INIT (the *_FROM_PGD rows' start; not with HOLDOUT), HOLDOUT,
+# IMAGES (score the first N DEV images only; default all 491), BUILT_ONLY=1 (train on the pairs built
+# so far), POOL, DEV, PYTHON. Each step resumes; the steps are independent commands, so two can run
+# side by side.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-$HOME/hgd-work}
@@ -31,31 +38,45 @@ PY=${PYTHON:-python3}
 HOURS=${HOURS:-0.75}
 ROWS=${ROWS:-PGD DAE FGD LGD CGD}
 PAIRS=$WORK/pairs_lite01_k2
+SUFFIX=${HOLDOUT:+_holdout$HOLDOUT}
+if [ -n "${HOLDOUT:-}" ] && [ -n "${INIT:-}" ]; then
+  echo "INIT was trained on every class: with HOLDOUT the *_FROM_PGD start is trained without them" >&2; exit 2
+fi
 
 [ -n "${BUILT_ONLY:-}" ] || "$PY" -m hgd.train data "$POOL" "$PAIRS" --attacks-per-image 2 --no-progress
 "$PY" -m hgd.experiments testsets "$DEV" "$WORK/testsets" --no-progress
-rows=(--row NA=none --row "HGD shipped=$ROOT/defense/config.json")
+rows=(--row NA=none)
+[ -n "${HOLDOUT:-}" ] || rows+=(--row "HGD shipped=$ROOT/defense/config.json")
 train() {  # train RUN_NAME FIT_OPTIONS...: one denoiser on the pairs, resumable
   local run=$1; shift
   "$PY" -m hgd.train fit "$PAIRS" "$WORK/runs/$run" "$@" --width 0.5 --crop 128 --steps-per-epoch 100 \
-    --validation-pairs 64 --max-hours "$HOURS" ${BUILT_ONLY:+--built-only} --no-progress
+    --validation-pairs 64 --max-hours "$HOURS" ${EPOCHS:+--max-epochs "$EPOCHS"} \
+    ${HOLDOUT:+--holdout-classes "$HOLDOUT"} ${BUILT_ONLY:+--built-only} --no-progress
 }
 for row in $ROWS; do
   case $row in
     PGD) loss=(--guidance pgd) ;;
     DAE) loss=(--guidance pgd --dae) ;;
     FGD | LGD | CGD) loss=(--guidance "${row,,}" --models efficientnet_lite0) ;;
-    FGD_FROM_PGD | LGD_FROM_PGD | CGD_FROM_PGD)
+    FGD_FROM_PGD | LGD_FROM_PGD | CGD_FROM_PGD | FGD_ENSEMBLE_FROM_PGD)
       if [ -z "${INIT:-}" ]; then  # their start, trained once: epochs, not HOURS, end it
-        HOURS=2 train table2_pgd_3epochs --guidance pgd --max-epochs 3
-        INIT=$WORK/runs/table2_pgd_3epochs/best.weights.h5
+        EPOCHS=3 HOURS=2 train "table2_pgd_3epochs$SUFFIX" --guidance pgd
+        INIT=$WORK/runs/table2_pgd_3epochs$SUFFIX/best.weights.h5
       fi
-      guidance=${row%%_*}
-      loss=(--guidance "${guidance,,}" --models efficientnet_lite0 --init-weights "$INIT") ;;
-    *) echo "unknown row $row (PGD DAE FGD LGD CGD FGD_FROM_PGD LGD_FROM_PGD CGD_FROM_PGD)" >&2; exit 2 ;;
+      guidance=${row%%_*} guides=(efficientnet_lite0)
+      [[ $row != *_ENSEMBLE_* ]] || guides+=(efficientnet_lite1 efficientnet_lite2)
+      loss=(--guidance "${guidance,,}" --models "${guides[@]}" --init-weights "$INIT") ;;
+    *) echo "unknown row $row (PGD DAE FGD LGD CGD {FGD,LGD,CGD,FGD_ENSEMBLE}_FROM_PGD)" >&2; exit 2 ;;
   esac
-  train "table2_${row,,}" "${loss[@]}"
-  rows+=(--row "$row=$WORK/runs/table2_${row,,}")
+  run=$WORK/runs/table2_${row,,}
+  train "table2_${row,,}$SUFFIX" "${loss[@]}"
+  if [ -n "${HOLDOUT:-}" ]; then
+    rows+=(--row "$row, $((1000 - HOLDOUT)) classes=$run$SUFFIX" --row "$row, all classes=$run")
+  else
+    rows+=(--row "$row=$run")
+  fi
 done
+table=table2
+[ -z "${HOLDOUT:-}" ] || table=table5
 "$PY" -m hgd.experiments evaluate "$WORK/testsets" "${rows[@]}" ${IMAGES:+--images "$IMAGES"} \
-  --json "$ROOT/docs/results/table2${IMAGES:+_first$IMAGES}.json" --no-progress
+  ${HOLDOUT:+--unseen-classes-of "$run$SUFFIX"} --json "$ROOT/docs/results/$table${IMAGES:+_first$IMAGES}.json" --no-progress

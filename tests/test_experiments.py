@@ -14,6 +14,7 @@ import pytest
 from hgd import analysis, experiments
 from hgd.experiments import BLACK, CLEAN, WHITE, ObliviousSpec, build_test_sets, markdown_table, plan_test_sets
 from hgd.images import load_image
+from hgd.train.fit import FitConfig
 from hgd.zoo import ModelName, get_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -74,6 +75,22 @@ def test_first_images_keeps_every_test_image_of_a_prefix(testsets):
     assert experiments.first_images(plan, None) == plan
     with pytest.raises(ValueError, match="must be in 1..4"):
         experiments.first_images(plan, 5)
+
+
+def test_unseen_classes_keep_the_held_out_classes_images_only(testsets, tmp_path):
+    plan = plan_test_sets(experiments.read_test_spec(testsets), testsets)
+    labels = {p.label0 for p in plan}
+    config = next(c for c in (FitConfig(holdout_classes=500, seed=s) for s in range(100))
+                  if 0 < len(labels & c.heldout()) < len(labels))  # some of the images' classes held out, not all
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(config.to_json())
+    kept = experiments.unseen_class_images(plan, run)
+    assert {p.label0 for p in kept} == labels & config.heldout()
+    assert len({p.image for p in kept}) * 5 * 2 == len(kept)  # every test image of a kept clean image
+    (run / "config.json").write_text(FitConfig().to_json())
+    with pytest.raises(ValueError, match="trained on every class"):
+        experiments.unseen_class_images(plan, run)
 
 
 def test_a_row_needs_a_finished_run(testsets, tmp_path):
