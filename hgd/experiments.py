@@ -18,7 +18,9 @@ pairs (:func:`hgd.train.pairs.attack_pairs`), outside the checkout.
 A row is ``NAME=none`` (the undefended target), ``NAME=RUN_DIR`` (a ``python -m hgd.train fit`` run:
 its ``best.weights.h5`` with the width and layout of its ``config.json``) or ``NAME=CONFIG.json`` (a
 defense config's shared denoiser, e.g. the shipped ``defense/config.json``), shared in front of every
-``--target`` model (several targets: an ensemble, logits averaged). Rows already in ``--json`` are
+``--target`` model (several targets: an ensemble, logits averaged), or ``NAME=RUN_DIR,RUN_DIR,...``: one
+denoiser per target, in ``--target`` order (the per-model structure of the winning NIPS 2017 entry,
+against the shared denoiser's third of its cost). Rows already in ``--json`` are
 kept, so an interrupted evaluation resumes row by row. ``--unseen-classes-of RUN_DIR`` scores only
 the images of the classes that run held out of training (Table 5: ``fit --holdout-classes``).
 """
@@ -147,12 +149,23 @@ def denoiser_of_run(run_dir: pathlib.Path) -> DenoiserSpec:
     return DenoiserSpec(weights, width=float(config["width"]), lateral=bool(config["lateral"]))
 
 
-def evaluate(plan: Sequence[Pair], targets: Sequence[str], denoiser: DenoiserSpec | None, *,
+def defended_targets(targets: Sequence[str], denoisers: Sequence[DenoiserSpec]) -> tuple[list[Member], DenoiserSpec | None]:
+    """The members and shared denoiser of a row: no denoiser, one shared by the targets, or one per target."""
+    if len(denoisers) > 1 and len(denoisers) != len(targets):
+        raise ValueError(f"{len(denoisers)} denoisers for {len(targets)} targets: give one, or one per target")
+    own = denoisers if len(denoisers) > 1 else [None] * len(targets)
+    members = [Member(get_model(t), denoiser) for t, denoiser in zip(targets, own)]
+    return members, denoisers[0] if len(denoisers) == 1 else None
+
+
+def evaluate(plan: Sequence[Pair], targets: Sequence[str], denoisers: Sequence[DenoiserSpec] = (), *,
              batch_size: int = 16, progress: bool = True) -> dict[str, float]:
-    """Accuracy (%) on the clean images, per ``set/attack/eps`` and per ``set/eps`` (mean over the set's attacks)."""
+    """Accuracy (%) on the clean images, per ``set/attack/eps`` and per ``set/eps`` (mean over the set's attacks).
+
+    ``denoisers``: none (the undefended targets), one (shared in front of every target) or one per target."""
     from hgd.backend import forward_fn
 
-    model = build_defended_model([Member(get_model(t)) for t in targets], shared_denoiser=denoiser)
+    model = build_defended_model(*defended_targets(targets, denoisers))
     predict = forward_fn(model)
     clean = {pair.image: pair for pair in plan}.values()
     items = [(CLEAN, pair.clean, pair.label0) for pair in clean]
@@ -227,11 +240,12 @@ def figures(plan: Sequence[Pair], target: str, denoisers: dict[str, DenoiserSpec
             "slope_mean": {k: float(np.mean(v)) for k, v in slopes.items()}, "images": len(chosen)}
 
 
-def _parse_row(text: str) -> tuple[str, pathlib.Path | None]:
+def _parse_row(text: str) -> tuple[str, list[pathlib.Path]]:
     name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise ValueError(f"--row takes NAME=none, NAME=RUN_DIR or NAME=CONFIG.json, got {text!r}")
-    return name, None if value == "none" else pathlib.Path(value).expanduser()
+    if not sep or not name or not value:
+        raise ValueError(f"--row takes NAME=none, NAME=RUN_DIR, NAME=CONFIG.json or NAME=RUN_DIR,RUN_DIR,..., "
+                         f"got {text!r}")
+    return name, [] if value == "none" else [pathlib.Path(run).expanduser() for run in value.split(",")]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -250,7 +264,8 @@ def _parser() -> argparse.ArgumentParser:
     score = commands.add_parser("evaluate", help="accuracy of rows of denoisers on the test sets")
     score.add_argument("testsets", type=pathlib.Path, help="a folder made by `testsets`")
     score.add_argument("--row", action="append", required=True,
-                       help="NAME=none, NAME=RUN_DIR or NAME=CONFIG.json (repeatable)")
+                       help="NAME=none, NAME=RUN_DIR, NAME=CONFIG.json (shared in front of the targets) or "
+                            "NAME=RUN_DIR,RUN_DIR,... (one per target) (repeatable)")
     score.add_argument("--target", nargs="+", choices=models, default=None,
                        help="protected model(s) (default: the test sets' target)")
     score.add_argument("--json", type=pathlib.Path, required=True, help="results file (rows in it are kept)")
@@ -308,15 +323,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     other = sorted({row.get("images") for row in results.values()} - {images}, key=str)
     if other:
         raise ValueError(f"{args.json} holds rows scored on {other} images, not {images}: use another --json")
-    for name, run_dir in map(_parse_row, args.row):
+    for name, runs in map(_parse_row, args.row):
         key = f"{name} -> {'+'.join(targets)}"
         if key in results:
             log.info("%s: kept from %s", key, args.json)
             continue
-        denoiser = denoiser_of_run(run_dir) if run_dir else None
-        row = {"run": str(run_dir) if run_dir else None, "images": images,
-               "accuracy": evaluate(plan, targets, denoiser, batch_size=args.batch_size,
-                                    progress=not args.no_progress)}
+        row = {"run": ",".join(map(str, runs)) or None, "images": images,
+               "accuracy": evaluate(plan, targets, [denoiser_of_run(run) for run in runs],
+                                    batch_size=args.batch_size, progress=not args.no_progress)}
         results = add_result(args.json, key, row)
     print(markdown_table({key: row["accuracy"] for key, row in results.items()}))
     return 0
@@ -325,7 +339,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _figures(args: argparse.Namespace) -> int:
     spec = read_test_spec(args.testsets)
     rows = [_parse_row(text) for text in args.row]
-    denoisers = {name: denoiser_of_run(run) for name, run in rows if run is not None}
+    if any(len(runs) > 1 for _, runs in rows):
+        raise ValueError("figures draws one denoiser per row (NAME=RUN_DIR)")
+    denoisers = {name: denoiser_of_run(runs[0]) for name, runs in rows if runs}
     numbers = figures(plan_test_sets(spec, args.testsets), spec.target, denoisers, args.out,
                       attack=args.attack or f"{WHITE}/fgsm_{spec.target}", epsilon=args.eps, count=args.images)
     write_atomically(args.out / "figures.json", "w", lambda f: json.dump(numbers, f, indent=1))

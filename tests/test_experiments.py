@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from hgd import analysis, experiments
+from hgd.defended import DenoiserSpec
 from hgd.experiments import BLACK, CLEAN, WHITE, ObliviousSpec, build_test_sets, markdown_table, plan_test_sets
 from hgd.images import load_image
 from hgd.train.fit import FitConfig
@@ -111,6 +112,23 @@ def test_a_row_reads_a_defense_configs_shared_denoiser(tmp_path):
     config.write_text(json.dumps({"members": [{"model": "efficientnet_lite0"}]}))
     with pytest.raises(ValueError, match="no shared 'denoiser'"):
         experiments.denoiser_of_run(config)
+
+
+def test_a_row_puts_one_denoiser_before_all_targets_or_one_before_each():
+    targets = ["efficientnet_lite0", "efficientnet_lite1"]
+    first, second = DenoiserSpec(pathlib.Path("a.weights.h5")), DenoiserSpec(pathlib.Path("b.weights.h5"))
+    members, shared = experiments.defended_targets(targets, [first, second])
+    assert [m.denoiser for m in members] == [first, second] and shared is None
+    assert [m.target.name.value for m in members] == targets
+    members, shared = experiments.defended_targets(targets, [first])
+    assert [m.denoiser for m in members] == [None, None] and shared == first
+    members, shared = experiments.defended_targets(targets, [])
+    assert [m.denoiser for m in members] == [None, None] and shared is None
+    with pytest.raises(ValueError, match="3 denoisers for 2 targets"):
+        experiments.defended_targets(targets, [first, second, first])
+    assert experiments._parse_row("per-model=~/a,/b") == ("per-model", [pathlib.Path("~/a").expanduser(),
+                                                                        pathlib.Path("/b")])
+    assert experiments._parse_row("NA=none") == ("NA", [])
 
 
 def test_markdown_table():
