@@ -165,7 +165,8 @@ def evaluate(plan: Sequence[Pair], targets: Sequence[str], denoisers: Sequence[D
     ``denoisers``: none (the undefended targets), one (shared in front of every target) or one per target."""
     from hgd.backend import forward_fn
 
-    model = build_defended_model(*defended_targets(targets, denoisers))
+    members, shared = defended_targets(targets, denoisers)
+    model = build_defended_model(members, shared_denoiser=shared)
     predict = forward_fn(model)
     clean = {pair.image: pair for pair in plan}.values()
     items = [(CLEAN, pair.clean, pair.label0) for pair in clean]

@@ -131,6 +131,17 @@ def test_a_row_puts_one_denoiser_before_all_targets_or_one_before_each():
     assert experiments._parse_row("NA=none") == ("NA", [])
 
 
+def test_identity_denoisers_shared_or_per_target_score_as_the_bare_targets(testsets, dunet_weights):
+    plan = experiments.first_images(plan_test_sets(experiments.read_test_spec(testsets), testsets), 1)
+    targets = ["efficientnet_lite0", "efficientnet_lite1"]
+    identity = DenoiserSpec(dunet_weights["identity"], width=dunet_weights["width"])
+    bare = experiments.evaluate(plan, targets, [], progress=False)
+    assert experiments.evaluate(plan, targets, [identity], progress=False) == bare
+    assert experiments.evaluate(plan, targets, [identity, identity], progress=False) == bare
+    large = DenoiserSpec(dunet_weights["large"], width=dunet_weights["width"])
+    assert experiments.evaluate(plan, targets, [large], progress=False)[CLEAN] < bare[CLEAN]
+
+
 def test_markdown_table():
     row = {c: 50.0 for c in experiments.SUMMARY_COLUMNS}
     lines = markdown_table({"FGD": row}).splitlines()
