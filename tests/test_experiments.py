@@ -200,3 +200,34 @@ def test_add_result_keeps_rows_another_run_wrote_meanwhile(tmp_path: pathlib.Pat
     path.write_text(json.dumps(other))
     rows = experiments.add_result(path, "FGD -> m", {"images": 2, "accuracy": {}})
     assert sorted(rows) == sorted(json.loads(path.read_text())) == ["FGD -> m", "NA -> m", "PGD -> m"]
+
+
+def _table_script(tmp_path: pathlib.Path, **env: str) -> subprocess.CompletedProcess:
+    """scripts/paper_table2.sh with PYTHON=echo: the commands it would run, one per line."""
+    return subprocess.run([str(REPO / "scripts" / "paper_table2.sh"), str(tmp_path)], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHON": "echo", "BUILT_ONLY": "1", **env}, timeout=60)
+
+
+def test_table5_script_holds_the_classes_out_of_the_start_too_and_scores_beside_all_classes(tmp_path):
+    result = _table_script(tmp_path, HOLDOUT="250", ROWS="FGD_FROM_PGD", HOURS="0.4")
+    assert result.returncode == 0, result.stderr
+    start, fine_tune, score = [line for line in result.stdout.splitlines() if " fit " in line or " evaluate " in line]
+    assert "runs/table2_pgd_3epochs_holdout250 " in start and "--holdout-classes 250" in start
+    assert "--max-epochs 3" in start and "--max-hours 2" in start
+    assert "runs/table2_fgd_from_pgd_holdout250 " in fine_tune and "--holdout-classes 250" in fine_tune
+    assert "--init-weights " + str(tmp_path / "runs/table2_pgd_3epochs_holdout250/best.weights.h5") in fine_tune
+    assert f"FGD_FROM_PGD, 750 classes={tmp_path}/runs/table2_fgd_from_pgd_holdout250 " in score
+    assert f"FGD_FROM_PGD, all classes={tmp_path}/runs/table2_fgd_from_pgd " in score
+    assert f"--unseen-classes-of {tmp_path}/runs/table2_fgd_from_pgd_holdout250 " in score
+    assert score.rstrip().endswith("docs/results/table5.json --no-progress") and "HGD shipped" not in score
+    refused = _table_script(tmp_path, HOLDOUT="250", ROWS="FGD_FROM_PGD", INIT="/start.weights.h5")
+    assert refused.returncode == 2 and "INIT was trained on every class" in refused.stderr
+
+
+def test_table2_script_guides_the_ensemble_row_by_all_three_models(tmp_path):
+    result = _table_script(tmp_path, ROWS="FGD_ENSEMBLE_FROM_PGD", INIT="/start.weights.h5", EPOCHS="4")
+    assert result.returncode == 0, result.stderr
+    (fit,) = [line for line in result.stdout.splitlines() if " fit " in line]
+    assert "--models efficientnet_lite0 efficientnet_lite1 efficientnet_lite2 --init-weights /start.weights.h5" in fit
+    assert "--max-epochs 4" in fit and "--holdout-classes" not in fit
+    assert _table_script(tmp_path, ROWS="XGD").returncode == 2
