@@ -19,8 +19,8 @@ A row is ``NAME=none`` (the undefended target), ``NAME=RUN_DIR`` (a ``python -m 
 its ``best.weights.h5`` with the width and layout of its ``config.json``) or ``NAME=CONFIG.json`` (a
 defense config's shared denoiser, e.g. the shipped ``defense/config.json``), shared in front of every
 ``--target`` model (several targets: an ensemble, logits averaged), or ``NAME=RUN_DIR,RUN_DIR,...``: one
-denoiser per target, in ``--target`` order (the per-model structure of the winning NIPS 2017 entry,
-against the shared denoiser's third of its cost). Rows already in ``--json`` are
+denoiser per target, in ``--target`` order (the per-model structure of the winning NIPS 2017 entry;
+a shared denoiser costs a third of its denoising). Rows already in ``--json`` are
 kept, so an interrupted evaluation resumes row by row. ``--unseen-classes-of RUN_DIR`` scores only
 the images of the classes that run held out of training (Table 5: ``fit --holdout-classes``).
 """
