@@ -249,6 +249,42 @@ def test_profile_recipe_runs_end_to_end_on_standins(small_source, tmp_path, monk
     assert logits.shape == (2, 1000) and np.isfinite(logits).all()
 
 
+def test_recipe_warm_start_trains_its_own_run_first_and_starts_the_recipe_from_it(small_source, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setenv(standins.STANDINS_ENV, "1")
+    profile = json.loads(PROFILE.read_text())
+    profile["members"] = profile["members"][:1]
+    profile["members"][0]["denoiser"]["width"] = 0.25
+    profile["training"].update(crop=64, batch_size=2, steps_per_epoch=1, max_epochs=1, validation_pairs=2,
+                               attack_models=[profile["members"][0]["model"]], warm_start={"guidance": "pgd"})
+    config = tmp_path / "defense" / "profiles" / "competition4.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps(profile))
+
+    ((job, state),) = train_defense(config, small_source, tmp_path / "work", progress=False)
+
+    runs = tmp_path / "work" / "runs"
+    start = json.loads((runs / f"{job.name}_warm_start" / "config.json").read_text())
+    recipe = json.loads((runs / job.name / "config.json").read_text())
+    assert (start["guidance"], start["init_weights"]) == ("pgd", None)
+    assert recipe["guidance"] == "fgd"
+    assert recipe["init_weights"] == str(runs / f"{job.name}_warm_start" / "best.weights.h5")
+    assert state.epoch == 1 and load_config(config).missing_weights() == []
+
+
+def test_recipe_refuses_a_warm_start_beside_init_weights(tmp_path):
+    profile = json.loads(PROFILE.read_text())
+    profile["training"].update(warm_start={"guidance": "pgd"}, init_weights="start.weights.h5")
+    config = tmp_path / "competition4.json"
+    config.write_text(json.dumps(profile))
+    with pytest.raises(ValueError, match="'warm_start' and 'init_weights' both give the start"):
+        load_recipe(config)
+    profile["training"] = {"warm_start": {"guidance": "pgd", "models": ["efficientnet_lite0"]}}
+    config.write_text(json.dumps(profile))
+    with pytest.raises(ValueError, match=r"unknown 'warm_start' keys \['models'\]"):
+        load_recipe(config)
+
+
 def test_recipe_refuses_unknown_training_keys(tmp_path):
     profile = json.loads(PROFILE.read_text())
     profile["training"]["epochs"] = 3
