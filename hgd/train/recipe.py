@@ -97,30 +97,32 @@ def load_recipe(config_path: pathlib.Path) -> Recipe:
         guided = [(m.denoiser, (m.target.name.value,)) for m in defense.members if m.denoiser is not None]
     if not guided:
         raise ValueError(f"{config_path}: the defense runs no denoiser; there is nothing to train")
-    warm = raw.get("warm_start")
-    if warm is not None and not isinstance(warm, dict):
-        raise ValueError(f"{config_path}: 'training': 'warm_start' is a dict of fit options, "
-                         f"e.g. {{\"guidance\": \"pgd\", \"max_epochs\": 3}}; got {warm!r}")
-    if warm is not None and "init_weights" in options:
-        raise ValueError(f"{config_path}: 'training': 'warm_start' and 'init_weights' both give the start; keep one")
     try:
+        warm = _warm_start_options(raw.get("warm_start"), options)
         jobs = []
         for spec, models in guided:
             config = FitConfig(models=models, width=spec.width, lateral=spec.lateral, **options)
-            start = None if warm is None else dataclasses.replace(config, **_fit_options(warm))
-            jobs.append(DenoiserJob(spec, config, start))
+            jobs.append(DenoiserJob(spec, config, None if warm is None else dataclasses.replace(config, **warm)))
     except (TypeError, ValueError) as error:
         raise ValueError(f"{config_path}: 'training': {error}") from None
     return Recipe(defense=defense, attack_models=tuple(raw.get("attack_models", members)), jobs=tuple(jobs),
                   attacks_per_image=raw.get("attacks_per_image"), float16_weights=bool(raw.get("float16_weights")))
 
 
-def _fit_options(raw: dict) -> dict:
-    """A ``warm_start`` section's options: fit options the denoiser entry does not fix, no start of its own."""
-    unknown = set(raw) - (RECIPE_KEYS - RECIPE_ONLY_KEYS - {"init_weights"})
+def _warm_start_options(warm: object, options: dict) -> dict | None:
+    """The ``warm_start`` section, checked: fit options the denoiser entry does not fix, and no start of
+    its own; the recipe's own ``init_weights`` would be a second start."""
+    if warm is None:
+        return None
+    if not isinstance(warm, dict):
+        raise ValueError(f"'warm_start' is a dict of fit options, e.g. {{\"guidance\": \"pgd\", \"max_epochs\": 3}}; "
+                         f"got {warm!r}")
+    if "init_weights" in options:
+        raise ValueError("'warm_start' and 'init_weights' both give the start; keep one")
+    unknown = set(warm) - (RECIPE_KEYS - RECIPE_ONLY_KEYS - {"init_weights"})
     if unknown:
         raise ValueError(f"unknown 'warm_start' keys {sorted(unknown)}")
-    return raw
+    return warm
 
 
 def train_defense(config_path: pathlib.Path, source: pathlib.Path, work_dir: pathlib.Path, *,
