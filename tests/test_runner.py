@@ -410,7 +410,7 @@ def test_help_documents_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--attacks-dir", "--targeted-attacks-dir", "--defenses-dir", "--defense", "--attack",
                  "--dataset-dir", "--output-dir", "--batch-size", "--eps", "--time-limit", "--executor", "--gpu",
-                 "--limit", "validate PATH"):
+                 "--limit", "--keep-attacks", "validate PATH"):
         assert flag in text
 
 
@@ -451,6 +451,35 @@ def test_executor_errors_are_errored_pieces_retried_on_resume(tmp_path):
     assert (second.pieces_run, second.pieces_reused) == (1, 1)
     record = second.defense_records["constant", "noop", 0]
     assert record.infra_error is None and record.error is None and len(record.predictions) == 2
+
+
+def test_keep_attacks_scores_a_new_defense_on_the_stored_adversarial_images(tmp_path):
+    """An edited attack normally runs again; with keep_attacks its stored piece (and the defense pieces
+    on it) is reused and counted, so an added defense sees the same images as the earlier ones."""
+    from hgd.runner.harness import Harness, Settings
+    from hgd.runner.local_executor import LocalExecutor
+    from hgd.runner.pieces import load_dataset
+    from hgd.runner.submissions import load_submission
+
+    make_dataset(tmp_path / "data", 2)
+    shutil.copytree(SUBMISSIONS / "noop", tmp_path / "noop")
+
+    def run(keep: bool, *defenses: str):
+        return Harness(dataset=load_dataset(tmp_path / "data"), attacks=[load_submission(tmp_path / "noop")],
+                       defenses=[load_submission(SUBMISSIONS / name) for name in defenses],
+                       executor=LocalExecutor(), output_dir=tmp_path / "out",
+                       settings=Settings(batch_size=2, progress=False, keep_attacks=keep)).run()
+
+    first = run(False, "constant")
+    with (tmp_path / "noop" / "metadata.json").open("a") as file:
+        file.write("\n")  # an edit: another fingerprint
+    kept = run(True, "constant", "pixel")
+    assert (kept.pieces_run, kept.pieces_reused, kept.attacks_kept) == (1, 2, 1)  # only the new defense ran
+    assert kept.attack_records["noop", 0].token == first.attack_records["noop", 0].token
+    assert kept.defense_records["pixel", "noop", 0].attack_token == first.attack_records["noop", 0].token
+    rerun = run(False, "constant", "pixel")
+    assert (rerun.pieces_run, rerun.pieces_reused, rerun.attacks_kept) == (3, 0, 0)
+    assert rerun.attack_records["noop", 0].token != first.attack_records["noop", 0].token
 
 
 def test_docker_executor_without_engine_is_a_clear_error(tmp_path, capsys, monkeypatch):

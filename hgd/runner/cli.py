@@ -120,6 +120,11 @@ def run_parser() -> argparse.ArgumentParser:
     data.add_argument("--output-dir", type=pathlib.Path, default=DEFAULT_OUTPUT, metavar="DIR",
                       help="where results, adversarial images (adv/), finished pieces (pieces/) and logs (logs/) "
                            "go; rerunning with the same folder resumes (default: ./%(default)s)")
+    data.add_argument("--keep-attacks", action="store_true",
+                      help="reuse the finished attack pieces in the output folder even where an attack's folder "
+                           "changed since (normally they run again): new defenses are then scored on the same "
+                           "adversarial images as the earlier ones, as EVAL ran each attack once; the report "
+                           "counts such pieces")
     rules = parser.add_argument_group("competition rules")
     rules.add_argument("--batch-size", type=_positive_int, default=100, metavar="N",
                        help="images per batch, i.e. per run of a submission (default: %(default)s, as EVAL)")
@@ -261,7 +266,7 @@ def run_main(argv: Sequence[str]) -> int:
          f"({executor.name} executor) -> {args.output_dir}")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     settings = Settings(batch_size=args.batch_size, epsilon=args.eps, time_limit=args.time_limit, gpu=args.gpu,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, keep_attacks=args.keep_attacks)
     harness = Harness(dataset=dataset, attacks=attacks, defenses=defenses, executor=executor,
                       output_dir=args.output_dir, settings=settings)
     try:
@@ -294,7 +299,9 @@ def _print_summary(scored, output_dir: pathlib.Path) -> None:
     cost = overhead(scored.outcome)
     timing = (f"; wall {cost['wall_seconds']:.1f} s, harness overhead {cost['harness_overhead_percent']:.1f}%"
               if scored.outcome.pieces_run else "")
-    _say(f"{scored.outcome.pieces_run} piece(s) run, {scored.outcome.pieces_reused} reused; "
+    kept = (f" ({scored.outcome.attacks_kept} attack piece(s) kept from changed attacks)"
+            if scored.outcome.attacks_kept else "")
+    _say(f"{scored.outcome.pieces_run} piece(s) run, {scored.outcome.pieces_reused} reused{kept}; "
          f"{len(scored.problems)} problem(s) logged{timing}")
     _say(f"results: {output_dir / 'report.md'} (also report.html, *.csv) in {output_dir.resolve()}")
 

@@ -73,6 +73,9 @@ class Settings:
         time_limit: seconds per run of a submission on one batch (EVAL: 500).
         gpu: ask the executor for GPUs (and use ``container_gpu``).
         progress: show tqdm progress bars on stderr.
+        keep_attacks: reuse a stored attack piece even where its attack's folder changed since (another
+            fingerprint), so that new defenses are scored on the very adversarial images the earlier
+            defenses saw, as EVAL ran each attack once; the count is reported.
     """
 
     batch_size: int = 100
@@ -80,6 +83,7 @@ class Settings:
     time_limit: float = 500.0
     gpu: bool = False
     progress: bool = True
+    keep_attacks: bool = False
 
 
 @dataclasses.dataclass
@@ -90,6 +94,7 @@ class Outcome:
         attack_records: (attack, batch index) -> record.
         defense_records: (defense, attack, batch index) -> record.
         pieces_run / pieces_reused: pieces run now / taken from an earlier run of the same output folder.
+        attacks_kept: the reused attack pieces whose attack folder has changed since (``keep_attacks``).
         wall_seconds: the harness's own wall time (both phases).
         submission_seconds: the summed run time of the submissions run now (as their executor measured).
     """
@@ -102,6 +107,7 @@ class Outcome:
     defense_records: dict[tuple[str, str, int], DefenseRecord]
     pieces_run: int = 0
     pieces_reused: int = 0
+    attacks_kept: int = 0
     wall_seconds: float = 0.0
     submission_seconds: float = 0.0
 
@@ -159,6 +165,7 @@ class Harness:
                     record = self.store.load_attack(attack.name, batch.index)
                     if self._attack_reusable(record, attack, batch, fingerprints[attack.name]):
                         outcome.pieces_reused += 1
+                        outcome.attacks_kept += record.fingerprint != fingerprints[attack.name]
                     else:
                         record = self.run_attack_piece(attack, batch, fingerprints[attack.name], work)
                         self.store.save_attack(record)
@@ -171,7 +178,8 @@ class Harness:
                          fingerprint: str) -> bool:
         return (record is not None and record.infra_error is None and record.epsilon == batch.epsilon
                 and record.image_ids == list(batch.image_ids) and record.targeted == attack.targeted
-                and record.fingerprint == fingerprint and record.names == batch.attack_names()
+                and (record.fingerprint == fingerprint or self.settings.keep_attacks)
+                and record.names == batch.attack_names()
                 and all((self.adv_dir(attack.name) / f"{i}.png").is_file() for i in record.produced))
 
     def run_attack_piece(self, attack: Attack, batch: ImageBatch, fingerprint: str,

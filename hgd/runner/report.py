@@ -89,7 +89,10 @@ def blocks(results: Results, *, command: str, heatmap: bool) -> list[Block]:
                   f"reused {outcome.pieces_reused} finished one(s)" + (
                       f"; wall {cost['wall_seconds']:.1f} s, of which the submissions ran "
                       f"{cost['submission_seconds']:.1f} s (harness overhead {cost['harness_overhead_percent']:.1f}%)."
-                      if outcome.pieces_run else ".")),
+                      if outcome.pieces_run else ".") + (
+                      f" {outcome.attacks_kept} reused attack piece(s) were made by an earlier version of their "
+                      "attack's folder (`--keep-attacks`): their adversarial images are that version's."
+                      if outcome.attacks_kept else "")),
         Heading("Accuracy matrix"),
         Paragraph("Share of the N images each defense (row) labelled correctly under each attack (column); "
                   "a missing adversarial image or prediction is never correct. Counts: `accuracy_matrix.csv`."),

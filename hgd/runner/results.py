@@ -224,7 +224,7 @@ def write(results: Results, output_dir: pathlib.Path) -> list[pathlib.Path]:
     summary.update(images=results.num_images, batches=len(results.outcome.batches),
                    attacks=attacks, targeted_attacks=targeted, defenses=defenses, defense_aware=ev.defense_aware,
                    pieces_run=results.outcome.pieces_run, pieces_reused=results.outcome.pieces_reused,
-                   problems=len(results.problems))
+                   attacks_kept=results.outcome.attacks_kept, problems=len(results.problems))
     write_json_atomic(output_dir / "run_summary.json", summary)
     out.append(output_dir / "run_summary.json")
     return out
