@@ -11,7 +11,8 @@
 # 2. Test sets: White = FGSM on Lite0 + 4-step I-FGSM on Lite0+1; Black = FGSM, 2-, 4-step I-FGSM on
 #    Lite2; eps 4 and 16 (python -m hgd.experiments).
 # 3. One denoiser per row: PGD (pixel L1, DUNET), DAE (pixel L1, no lateral connections), FGD, LGD,
-#    CGD (guided by Lite0); width 0.5, 128x128 crops, 100-step epochs, at most HOURS hours each.
+#    CGD (guided by Lite0); width 0.5, CROP x CROP crops (default 128), 100-step epochs, at most
+#    HOURS hours each.
 #    FGD_FROM_PGD, LGD_FROM_PGD, CGD_FROM_PGD (not in the paper): that loss fine-tuning the PGD recipe
 #    stopped after 3 epochs (300 steps; trained here once, in runs/table2_pgd_3epochs) or INIT (a
 #    weights file), because FGD from the identity did not move within this budget while PGD did
@@ -24,7 +25,11 @@
 # classes' DEV images only, next to the same row trained on every class (runs/table2_ROW: run the
 # Table 2 rows first) and the undefended target, into docs/results/table5.json.
 #
-# Environment: HOURS (per row, default 0.75), EPOCHS (per row, default: no limit), ROWS (default
+# The cheaper configuration's cost: CROP=299 trains the rows on whole images instead, as
+# runs/table2_ROW_crop299 (with INIT, from the same start as the crop rows), and scores them as
+# "ROW, crop 299" into the same table.
+#
+# Environment: HOURS (per row, default 0.75), CROP, EPOCHS (per row, default: no limit), ROWS (default
 # "PGD DAE FGD LGD CGD", in that order), INIT (the *_FROM_PGD rows' start; not with HOLDOUT), HOLDOUT,
 # IMAGES (score the first N DEV images only; default all 491), BUILT_ONLY=1 (train on the pairs built
 # so far), POOL, DEV, PYTHON. Each step resumes; the steps are independent commands, so two can run
@@ -38,9 +43,14 @@ PY=${PYTHON:-python3}
 HOURS=${HOURS:-0.75}
 ROWS=${ROWS:-PGD DAE FGD LGD CGD}
 PAIRS=$WORK/pairs_lite01_k2
+CROP=${CROP:-128}
 SUFFIX=${HOLDOUT:+_holdout$HOLDOUT}
+[ "$CROP" = 128 ] || SUFFIX+=_crop$CROP
 if [ -n "${HOLDOUT:-}" ] && [ -n "${INIT:-}" ]; then
   echo "INIT was trained on every class: with HOLDOUT the *_FROM_PGD start is trained without them" >&2; exit 2
+fi
+if [ -n "${HOLDOUT:-}" ] && [ "$CROP" != 128 ]; then
+  echo "HOLDOUT scores beside the all-classes rows, trained on 128 crops: CROP would mix two changes" >&2; exit 2
 fi
 
 [ -n "${BUILT_ONLY:-}" ] || "$PY" -m hgd.train data "$POOL" "$PAIRS" --attacks-per-image 2 --no-progress
@@ -49,7 +59,7 @@ rows=(--row NA=none)
 [ -n "${HOLDOUT:-}" ] || rows+=(--row "HGD shipped=$ROOT/defense/config.json")
 train() {  # train RUN_NAME FIT_OPTIONS...: one denoiser on the pairs, resumable
   local run=$1; shift
-  "$PY" -m hgd.train fit "$PAIRS" "$WORK/runs/$run" "$@" --width 0.5 --crop 128 --steps-per-epoch 100 \
+  "$PY" -m hgd.train fit "$PAIRS" "$WORK/runs/$run" "$@" --width 0.5 --crop "$CROP" --steps-per-epoch 100 \
     --validation-pairs 64 --max-hours "$HOURS" ${EPOCHS:+--max-epochs "$EPOCHS"} \
     ${HOLDOUT:+--holdout-classes "$HOLDOUT"} ${BUILT_ONLY:+--built-only} --no-progress
 }
@@ -73,7 +83,7 @@ for row in $ROWS; do
   if [ -n "${HOLDOUT:-}" ]; then
     rows+=(--row "$row, $((1000 - HOLDOUT)) classes=$run$SUFFIX" --row "$row, all classes=$run")
   else
-    rows+=(--row "$row=$run")
+    rows+=(--row "$row${SUFFIX:+, crop $CROP}=$run$SUFFIX")
   fi
 done
 table=table2

@@ -231,3 +231,15 @@ def test_table2_script_guides_the_ensemble_row_by_all_three_models(tmp_path):
     assert "--models efficientnet_lite0 efficientnet_lite1 efficientnet_lite2 --init-weights /start.weights.h5" in fit
     assert "--max-epochs 4" in fit and "--holdout-classes" not in fit
     assert _table_script(tmp_path, ROWS="XGD").returncode == 2
+
+
+def test_table2_script_trains_and_names_whole_image_rows_apart(tmp_path):
+    result = _table_script(tmp_path, ROWS="FGD_FROM_PGD", INIT="/start.weights.h5", CROP="299")
+    assert result.returncode == 0, result.stderr
+    (fit,) = [line for line in result.stdout.splitlines() if " fit " in line]
+    (score,) = [line for line in result.stdout.splitlines() if " evaluate " in line]
+    assert "runs/table2_fgd_from_pgd_crop299 " in fit and "--crop 299 " in fit
+    assert f"FGD_FROM_PGD, crop 299={tmp_path}/runs/table2_fgd_from_pgd_crop299 " in score
+    assert "--crop 128 " in _table_script(tmp_path, ROWS="PGD").stdout
+    refused = _table_script(tmp_path, ROWS="PGD", HOLDOUT="250", CROP="299")
+    assert refused.returncode == 2 and "CROP would mix" in refused.stderr
