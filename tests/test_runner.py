@@ -456,6 +456,7 @@ def test_executor_errors_are_errored_pieces_retried_on_resume(tmp_path):
 def test_keep_attacks_scores_a_new_defense_on_the_stored_adversarial_images(tmp_path):
     """An edited attack normally runs again; with keep_attacks its stored piece (and the defense pieces
     on it) is reused and counted, so an added defense sees the same images as the earlier ones."""
+    from hgd.runner import report, results
     from hgd.runner.harness import Harness, Settings
     from hgd.runner.local_executor import LocalExecutor
     from hgd.runner.pieces import load_dataset
@@ -477,6 +478,8 @@ def test_keep_attacks_scores_a_new_defense_on_the_stored_adversarial_images(tmp_
     assert (kept.pieces_run, kept.pieces_reused, kept.attacks_kept) == (1, 2, 1)  # only the new defense ran
     assert kept.attack_records["noop", 0].token == first.attack_records["noop", 0].token
     assert kept.defense_records["pixel", "noop", 0].attack_token == first.attack_records["noop", 0].token
+    report.write(results.compute(kept, [], {}), tmp_path / "out", command="(test)")
+    assert "1 reused attack piece(s) were made by an earlier version" in (tmp_path / "out" / "report.md").read_text()
     rerun = run(False, "constant", "pixel")
     assert (rerun.pieces_run, rerun.pieces_reused, rerun.attacks_kept) == (3, 0, 0)
     assert rerun.attack_records["noop", 0].token != first.attack_records["noop", 0].token
