@@ -7,8 +7,10 @@ members, a member's own denoiser by its member only, as in the winning NIPS 2017
 install each best checkpoint where the configuration reads it. The shipped Lite defense and the
 four-model competition profile are trained by the same code::
 
-    "training": {"attack_models": ["efficientnet_lite0", "efficientnet_lite1"], "guidance": "fgd",
-                 "crop": 128, "batch_size": 16, "steps_per_epoch": 250, "max_epochs": 60, "max_hours": 4.5}
+    "training": {"attack_models": ["efficientnet_lite0", "efficientnet_lite1"], "attacks_per_image": 2,
+                 "warm_start": {"guidance": "pgd", "max_epochs": 3},
+                 "guidance": "fgd", "crop": 128, "batch_size": 16, "steps_per_epoch": 100,
+                 "validation_pairs": 64, "max_epochs": 4, "max_hours": 2, "float16_weights": true}
 
 Every key is optional: ``attack_models`` defaults to the members, ``attacks_per_image`` to every
 Table 1 attack on every image, ``float16_weights`` (install the weights as float16) to false, the
