@@ -513,6 +513,7 @@ def test_adaptive_profile_trains_the_shipped_denoiser_against_defense_aware_exam
     assert (job.config.adaptive_fraction, job.config.adaptive_epsilon, job.config.adaptive_steps) == (0.5, 4, 4)
     assert job.config.init_weights == str(shipped_job.spec.weights)  # fine-tunes the shipped denoiser
     assert job.warm_start is None  # its start is the shipped denoiser
+    assert adaptive.float16_weights  # installed as float16, like the shipped file
     for field in ("guidance", "models", "width", "lateral", "crop", "batch_size"):
         assert getattr(job.config, field) == getattr(shipped_job.config, field), field
 
