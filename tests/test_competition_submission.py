@@ -272,6 +272,33 @@ def test_recipe_warm_start_trains_its_own_run_first_and_starts_the_recipe_from_i
     assert state.epoch == 1 and load_config(config).missing_weights() == []
 
 
+def test_recipe_fine_tune_goes_on_from_the_recipe_and_is_what_gets_installed(small_source, tmp_path, monkeypatch):
+    """``fine_tune``: a third run from the recipe's best checkpoint with its options replacing the
+    recipe's; its best checkpoint, not the recipe's, is the installed denoiser."""
+    monkeypatch.setenv(standins.STANDINS_ENV, "1")
+    profile = json.loads(PROFILE.read_text())
+    profile["members"] = profile["members"][:1]
+    profile["members"][0]["denoiser"]["width"] = 0.25
+    profile["training"].update(crop=64, batch_size=2, steps_per_epoch=1, max_epochs=1, validation_pairs=2,
+                               attack_models=[profile["members"][0]["model"]], warm_start={"guidance": "pgd"},
+                               fine_tune={"crop": 96, "learning_rate": 1e-4})
+    config = tmp_path / "defense" / "profiles" / "competition4.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps(profile))
+
+    ((job, state),) = train_defense(config, small_source, tmp_path / "work", progress=False)
+
+    runs = tmp_path / "work" / "runs"
+    assert [name for name, _ in job.stages()] == [f"{job.name}_warm_start", job.name, f"{job.name}_fine_tune"]
+    recipe = json.loads((runs / job.name / "config.json").read_text())
+    tune = json.loads((runs / f"{job.name}_fine_tune" / "config.json").read_text())
+    assert (recipe["crop"], tune["crop"], tune["learning_rate"], tune["guidance"]) == (64, 96, 1e-4, "fgd")
+    assert tune["init_weights"] == str(runs / job.name / "best.weights.h5")
+    installed = load_config(config).shared_denoiser or load_config(config).members[0].denoiser
+    assert installed.weights.read_bytes() == (runs / f"{job.name}_fine_tune" / "best.weights.h5").read_bytes()
+    assert state.epoch == 1
+
+
 def test_recipe_refuses_a_warm_start_beside_init_weights(tmp_path):
     profile = json.loads(PROFILE.read_text())
     profile["training"].update(warm_start={"guidance": "pgd"}, init_weights="start.weights.h5")
@@ -282,6 +309,10 @@ def test_recipe_refuses_a_warm_start_beside_init_weights(tmp_path):
     profile["training"] = {"warm_start": {"guidance": "pgd", "models": ["efficientnet_lite0"]}}
     config.write_text(json.dumps(profile))
     with pytest.raises(ValueError, match=r"unknown 'warm_start' keys \['models'\]"):
+        load_recipe(config)
+    profile["training"] = {"fine_tune": {"init_weights": "start.weights.h5"}}
+    config.write_text(json.dumps(profile))
+    with pytest.raises(ValueError, match=r"unknown 'fine_tune' keys \['init_weights'\]"):
         load_recipe(config)
 
 

@@ -10,7 +10,8 @@ four-model competition profile are trained by the same code::
     "training": {"attack_models": ["efficientnet_lite0", "efficientnet_lite1"], "attacks_per_image": 2,
                  "warm_start": {"guidance": "pgd", "max_epochs": 3},
                  "guidance": "fgd", "crop": 128, "batch_size": 16, "steps_per_epoch": 100,
-                 "validation_pairs": 64, "max_epochs": 4, "max_hours": 2, "float16_weights": true}
+                 "validation_pairs": 64, "max_epochs": 4, "max_hours": 2,
+                 "fine_tune": {"crop": 299, "max_epochs": 2}, "float16_weights": true}
 
 Every key is optional: ``attack_models`` defaults to the members, ``attacks_per_image`` to every
 Table 1 attack on every image, ``float16_weights`` (install the weights as float16) to false, the
@@ -18,7 +19,10 @@ rest to :class:`FitConfig`'s defaults (the paper's full-image training). ``warm_
 ``{"guidance": "pgd", "max_epochs": 3}``) trains each denoiser first with those options replacing the
 recipe's, in its own run (``runs/NAME_warm_start``), and starts the recipe's training from that run's
 best checkpoint: on this CPU FGD from the identity did not move in an hour while the pixel loss did,
-and FGD from a 3-epoch PGD start did (``docs/RESULTS.md``).
+and FGD from a 3-epoch PGD start did (``docs/RESULTS.md``). ``fine_tune`` (e.g. ``{"crop": 299,
+"max_epochs": 2}``) goes on from the recipe's best checkpoint with those options, in its own run
+(``runs/NAME_fine_tune``), and that run's best checkpoint is what gets installed: crops are cheap steps,
+but what a denoiser learns on a crop carries over poorly to the whole images it is used on.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ from hgd.train.pairs import PairSpec, build_pairs
 
 log = logging.getLogger("hgd.train.recipe")
 
-RECIPE_ONLY_KEYS = frozenset({"attack_models", "attacks_per_image", "float16_weights", "warm_start"})
+STAGE_KEYS = ("warm_start", "fine_tune")
+RECIPE_ONLY_KEYS = frozenset({"attack_models", "attacks_per_image", "float16_weights", *STAGE_KEYS})
 RECIPE_KEYS = RECIPE_ONLY_KEYS | (frozenset(f.name for f in dataclasses.fields(FitConfig)) - {
     "models", "width", "lateral"})
 """What a ``training`` section may set: the pair set (attack models, attacks drawn per image), whether
@@ -49,16 +54,27 @@ configuration do not already fix."""
 
 @dataclasses.dataclass(frozen=True)
 class DenoiserJob:
-    """One denoiser of a defense to train: where its run lives and where its weights go."""
+    """One denoiser of a defense to train: where its run lives and where its weights go.
+
+    ``warm_start`` runs before ``config`` and ``fine_tune`` after it, each starting from the best
+    checkpoint of the stage before it.
+    """
 
     spec: DenoiserSpec
     config: FitConfig
     warm_start: FitConfig | None = None
+    fine_tune: FitConfig | None = None
 
     @property
     def name(self) -> str:
         """The run's name: the weight file's name without ``.weights.h5`` (e.g. ``fgd_lite_ensemble``)."""
         return self.spec.weights.name.removesuffix(".h5").removesuffix(".weights")
+
+    def stages(self) -> list[tuple[str, FitConfig]]:
+        """The runs to train in order, as (run name, options): the last one's best checkpoint is the result."""
+        named = [(f"{self.name}_warm_start", self.warm_start), (self.name, self.config),
+                 (f"{self.name}_fine_tune", self.fine_tune)]
+        return [(name, config) for name, config in named if config is not None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,31 +116,33 @@ def load_recipe(config_path: pathlib.Path) -> Recipe:
     if not guided:
         raise ValueError(f"{config_path}: the defense runs no denoiser; there is nothing to train")
     try:
-        warm = _warm_start_options(raw.get("warm_start"), options)
+        stages = {key: _stage_options(key, raw.get(key), options) for key in STAGE_KEYS}
         jobs = []
         for spec, models in guided:
             config = FitConfig(models=models, width=spec.width, lateral=spec.lateral, **options)
-            jobs.append(DenoiserJob(spec, config, None if warm is None else dataclasses.replace(config, **warm)))
+            jobs.append(DenoiserJob(spec, config, **{key: None if stage is None else dataclasses.replace(config, **stage)
+                                                     for key, stage in stages.items()}))
     except (TypeError, ValueError) as error:
         raise ValueError(f"{config_path}: 'training': {error}") from None
     return Recipe(defense=defense, attack_models=tuple(raw.get("attack_models", members)), jobs=tuple(jobs),
                   attacks_per_image=raw.get("attacks_per_image"), float16_weights=bool(raw.get("float16_weights")))
 
 
-def _warm_start_options(warm: object, options: dict) -> dict | None:
-    """The ``warm_start`` section, checked: fit options the denoiser entry does not fix, and no start of
-    its own; the recipe's own ``init_weights`` would be a second start."""
-    if warm is None:
+def _stage_options(key: str, stage: object, options: dict) -> dict | None:
+    """A ``warm_start`` or ``fine_tune`` section, checked: fit options the denoiser entry does not fix,
+    and no start of its own (the stage before gives it); the recipe's own ``init_weights`` would be a
+    second start for a warm start."""
+    if stage is None:
         return None
-    if not isinstance(warm, dict):
-        raise ValueError(f"'warm_start' is a dict of fit options, e.g. {{\"guidance\": \"pgd\", \"max_epochs\": 3}}; "
-                         f"got {warm!r}")
-    if "init_weights" in options:
+    if not isinstance(stage, dict):
+        raise ValueError(f"'{key}' is a dict of fit options, e.g. {{\"guidance\": \"pgd\", \"max_epochs\": 3}}; "
+                         f"got {stage!r}")
+    if key == "warm_start" and "init_weights" in options:
         raise ValueError("'warm_start' and 'init_weights' both give the start; keep one")
-    unknown = set(warm) - (RECIPE_KEYS - RECIPE_ONLY_KEYS - {"init_weights"})
+    unknown = set(stage) - (RECIPE_KEYS - RECIPE_ONLY_KEYS - {"init_weights"})
     if unknown:
-        raise ValueError(f"unknown 'warm_start' keys {sorted(unknown)}")
-    return warm
+        raise ValueError(f"unknown '{key}' keys {sorted(unknown)}")
+    return stage
 
 
 def train_defense(config_path: pathlib.Path, source: pathlib.Path, work_dir: pathlib.Path, *,
@@ -146,14 +164,15 @@ def train_defense(config_path: pathlib.Path, source: pathlib.Path, work_dir: pat
         run_dir = work_dir / "runs" / job.name
         log.info("training %s (%s guided by %s) in %s", job.spec.weights.name, job.config.guidance.value,
                  "+".join(job.config.models), run_dir)
-        config = job.config
-        if job.warm_start is not None:
-            start_dir = run_dir.with_name(f"{job.name}_warm_start")
-            log.info("warm start: %s in %s", job.warm_start.guidance.value, start_dir)
-            fit(pairs_dir, start_dir, job.warm_start, verbose="auto" if progress else 2, built_only=built_only)
-            config = dataclasses.replace(config, init_weights=str(start_dir / BEST_WEIGHTS))
-        state = fit(pairs_dir, run_dir, config, verbose="auto" if progress else 2, built_only=built_only)
-        install(run_dir / BEST_WEIGHTS, job.spec.weights, float16=recipe.float16_weights)
+        start = None
+        for name, config in job.stages():
+            stage_dir = run_dir.with_name(name)
+            if start is not None:
+                config = dataclasses.replace(config, init_weights=str(start))
+            log.info("stage %s: %s, crop %s, in %s", name, config.guidance.value, config.crop, stage_dir)
+            state = fit(pairs_dir, stage_dir, config, verbose="auto" if progress else 2, built_only=built_only)
+            start = stage_dir / BEST_WEIGHTS
+        install(start, job.spec.weights, float16=recipe.float16_weights)
         trained.append((job, state))
     return trained
 
