@@ -382,7 +382,8 @@ def test_cli_refuses_unfinished_pairs_with_a_clear_line(tmp_path):
 def test_shipped_defense_recipe_is_one_ensemble_guided_denoiser():
     """defense/config.json's 'training' section: one shared denoiser guided by all three Lite models,
     trained on pairs attacked on Lite0 and Lite1 only (Lite2 stays the unseen model), from a pixel-loss
-    start of 3 epochs (how the shipped weights were made: docs/RESULTS.md), installed float16."""
+    start of 3 epochs, on 128x128 crops and then fine-tuned on whole images (how the shipped weights
+    were made: docs/RESULTS.md), installed float16."""
     recipe = load_recipe(REPO / "defense" / "config.json")
     (job,) = recipe.jobs
     assert recipe.attack_models == (LITE0, "efficientnet_lite1") and recipe.float16_weights
@@ -392,6 +393,8 @@ def test_shipped_defense_recipe_is_one_ensemble_guided_denoiser():
     assert (job.config.steps_per_epoch, job.config.max_epochs, job.config.init_weights) == (100, 4, None)
     assert (job.warm_start.guidance, job.warm_start.max_epochs) == (Guidance.PGD, 3)
     assert dataclasses.replace(job.warm_start, guidance=Guidance.FGD, max_epochs=4) == job.config
+    assert dataclasses.replace(job.fine_tune, crop=128, max_epochs=4) == job.config  # then 2 epochs on whole images
+    assert (job.fine_tune.crop, job.fine_tune.max_epochs) == (299, 2)
 
 
 def test_pixel_profile_recipe_trains_on_the_table2_pair_set_and_installs_float16(tmp_path):
