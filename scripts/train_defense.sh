@@ -9,8 +9,8 @@
 #    (the shipped defense: 2 of the 8 attacks per image, on Lite0 and Lite1; Lite2 stays unseen).
 # 2. Every denoiser of the configuration (the shipped defense: one width-0.5 DUNET, first 3 epochs of
 #    100 steps of the pixel loss on 128x128 crops (its warm_start, runs/NAME_warm_start), then 4 of
-#    the FGD losses of Lite0+1+2 on crops, then 2 more of FGD on whole images (its fine_tune,
-#    runs/NAME_fine_tune); checkpointed every epoch; ~2 h of training on one core).
+#    the FGD losses of Lite0+1+2 on crops, then 3 more of FGD on whole images (its fine_tune,
+#    runs/NAME_fine_tune); checkpointed every epoch; ~2.5 h of training on one core).
 # 3. Each checkpoint with the lowest validation loss goes where the configuration reads it
 #    (defense/weights/), and into the defense-aware attacks' copies of the defense.
 # Environment: HGD_DEFENSE_PROFILE=NAME trains defense/profiles/NAME.json instead (e.g. competition4,

@@ -393,8 +393,8 @@ def test_shipped_defense_recipe_is_one_ensemble_guided_denoiser():
     assert (job.config.steps_per_epoch, job.config.max_epochs, job.config.init_weights) == (100, 4, None)
     assert (job.warm_start.guidance, job.warm_start.max_epochs) == (Guidance.PGD, 3)
     assert dataclasses.replace(job.warm_start, guidance=Guidance.FGD, max_epochs=4) == job.config
-    assert dataclasses.replace(job.fine_tune, crop=128, max_epochs=4) == job.config  # then 2 epochs on whole images
-    assert (job.fine_tune.crop, job.fine_tune.max_epochs) == (299, 2)
+    assert dataclasses.replace(job.fine_tune, crop=128, max_epochs=4) == job.config  # then 3 epochs on whole images
+    assert (job.fine_tune.crop, job.fine_tune.max_epochs) == (299, 3)
 
 
 def test_pixel_profile_recipe_trains_on_the_table2_pair_set_and_installs_float16(tmp_path):

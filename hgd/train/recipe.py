@@ -11,7 +11,7 @@ four-model competition profile are trained by the same code::
                  "warm_start": {"guidance": "pgd", "max_epochs": 3},
                  "guidance": "fgd", "crop": 128, "batch_size": 16, "steps_per_epoch": 100,
                  "validation_pairs": 64, "max_epochs": 4, "max_hours": 2,
-                 "fine_tune": {"crop": 299, "max_epochs": 2}, "float16_weights": true}
+                 "fine_tune": {"crop": 299, "max_epochs": 3}, "float16_weights": true}
 
 Every key is optional: ``attack_models`` defaults to the members, ``attacks_per_image`` to every
 Table 1 attack on every image, ``float16_weights`` (install the weights as float16) to false, the
