@@ -381,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("hgd").setLevel(logging.INFO)
 
     def body() -> int:
+        # Read first: a missing score must not be found only after hours of attacks.
+        score = (None if args.runner_output is None
+                 else read_oblivious_score(args.runner_output, args.defense_dir.resolve().name))
         spec = SecuritySpec(epsilons=tuple(args.epsilons), steps=args.steps, restarts=args.restarts,
                             transfer_steps=args.transfer_steps, queries=args.queries,
                             check_epsilon=args.check_epsilon, limit=args.limit, tolerance=args.tolerance,
@@ -388,8 +391,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         evaluation = Evaluation(args.defense_dir, args.dataset_dir, args.out_dir, spec, args.batch_size,
                                 args.transfer_cache)
         summary = evaluate(evaluation)
-        score = (None if args.runner_output is None
-                 else read_oblivious_score(args.runner_output, args.defense_dir.resolve().name))
         write_report(evaluation, summary, " ".join(["python -m hgd.security", *map(str, argv or sys.argv[1:])]), score)
         suspicious = [name for name, ok, _ in summary["checks"] if not ok]
         print(f"{args.out_dir / REPORT_FILE}: clean {summary['clean']:.3f}, worst case "

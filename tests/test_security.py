@@ -80,6 +80,17 @@ def test_evaluation_runs_resumes_and_reports(defense_dir, small_source, tmp_path
     assert exit_info.value.code == 2  # another evaluation in the same folder is refused
 
 
+def test_a_runner_output_without_the_defense_is_refused_before_any_attack(defense_dir, small_source, tmp_path):
+    runner_output = tmp_path / "runner"
+    runner_output.mkdir()
+    (runner_output / "defense_results.csv").write_text("SubmissionID,Score\nundefended,0.384\ndefense,\n")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        security.main([str(defense_dir), str(small_source), str(out), "--runner-output", str(runner_output)])
+    assert exit_info.value.code == 2 and not out.exists()  # nothing was attacked, nothing written
+    assert security.read_oblivious_score(runner_output, "undefended")[1] == 0.384
+
+
 def test_transfer_examples_are_shared_by_defenses_over_the_same_classifiers(defense_dir, small_source, tmp_path):
     """A second defense over Lite0 reads the first one's transfer examples; an undefended one has no transfer row."""
     spec = SecuritySpec(epsilons=(4,), steps=1, restarts=1, transfer_steps=1, queries=0, limit=2)
