@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from hgd.dunet import build_dunet
+from hgd.dunet import DTYPE_POLICIES, build_dunet
 from hgd.images import IMAGE_SIZE
 from hgd.transforms import Transform, from_config
 from hgd.zoo import Affine, TargetModel, get_model
@@ -44,10 +44,11 @@ class DenoiserSpec:
     weights: pathlib.Path
     width: float = 1.0
     lateral: bool = True
+    dtype_policy: str = "float32"
 
     def build(self) -> keras.Model:
         """Build the denoiser and load its trained weights (which must exist)."""
-        denoiser = build_dunet(width=self.width, lateral=self.lateral)
+        denoiser = build_dunet(width=self.width, lateral=self.lateral, dtype_policy=self.dtype_policy)
         denoiser.load_weights(self.weights)
         return denoiser
 
@@ -116,34 +117,72 @@ def load_config(path: str | pathlib.Path) -> DefenseConfig:
 
         {"transform": {"name": "jpeg", "quality": 75}, "members": [...]}
 
-    ``notes`` (free text) is allowed and ignored.
+    A denoiser entry may add ``"lateral": false`` (the DAE) and ``"dtype_policy": "mixed_bfloat16"`` (its
+    body computed in bfloat16: faster on CPUs with AVX512_BF16 and on GPUs; the same weight file).
+    ``notes`` (free text) is allowed and ignored, ``training`` is the recipe (:mod:`hgd.train.recipe`);
+    any other key, here or in a member or denoiser entry, is refused with the file's name, as is a
+    value of the wrong type.
     """
     path = pathlib.Path(path)
-    raw = json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: the config must be a JSON object")
-    if not raw.get("members"):
-        raise ValueError(f"{path}: 'members' must list at least one target model")
-    members = tuple(
-        Member(target=get_model(entry["model"]), denoiser=_denoiser(entry.get("denoiser"), path.parent))
-        for entry in raw["members"]
-    )
     try:
+        _check_keys(raw, CONFIG_KEYS, "the config")
+        if not isinstance(raw.get("members"), list) or not raw["members"]:
+            raise ValueError("'members' must list at least one target model")
+        members = tuple(_member(entry, path.parent) for entry in raw["members"])
         transform = None if raw.get("transform") is None else from_config(raw["transform"])
-        return DefenseConfig(members=members, batch_size=int(raw.get("batch_size", 32)),
+        batch_size = raw.get("batch_size", 32)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"'batch_size' must be a positive integer, got {batch_size!r}")
+        return DefenseConfig(members=members, batch_size=batch_size,
                              shared_denoiser=_denoiser(raw.get("denoiser"), path.parent), transform=transform)
-    except ValueError as error:
+    except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path}: {error}") from None
 
 
-def _denoiser(entry: dict | None, base: pathlib.Path) -> DenoiserSpec | None:
+CONFIG_KEYS = frozenset({"members", "denoiser", "batch_size", "transform", "training", "notes"})
+"""What a defense configuration may hold (``training`` is read by :mod:`hgd.train.recipe`)."""
+MEMBER_KEYS = frozenset({"model", "denoiser"})
+DENOISER_KEYS = frozenset({"weights", "width", "lateral", "dtype_policy"})
+
+
+def _check_keys(entry: object, known: frozenset[str], where: str) -> None:
+    """Refuse anything but a JSON object with only ``known`` keys: a misspelled key must not be ignored
+    (a misspelled ``denoiser`` would otherwise run the undefended ensemble)."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} must be a JSON object, got {entry!r}")
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+
+
+def _member(entry: object, base: pathlib.Path) -> Member:
+    _check_keys(entry, MEMBER_KEYS, "a 'members' entry")
+    if "model" not in entry:
+        raise ValueError(f"a 'members' entry needs 'model': {entry!r}")
+    return Member(target=get_model(entry["model"]), denoiser=_denoiser(entry.get("denoiser"), base))
+
+
+def _denoiser(entry: object, base: pathlib.Path) -> DenoiserSpec | None:
     if entry is None:
         return None
-    return DenoiserSpec(
-        weights=base / entry["weights"],
-        width=float(entry.get("width", 1.0)),
-        lateral=bool(entry.get("lateral", True)),
-    )
+    _check_keys(entry, DENOISER_KEYS, "a 'denoiser'")
+    if not isinstance(entry.get("weights"), str):
+        raise ValueError(f"a 'denoiser' needs 'weights', a path relative to the config: {entry!r}")
+    width, lateral = entry.get("width", 1.0), entry.get("lateral", True)
+    if not isinstance(width, (int, float)) or isinstance(width, bool) or not width > 0:
+        raise ValueError(f"a denoiser's 'width' must be a positive number, got {width!r}")
+    if not isinstance(lateral, bool):
+        raise ValueError(f"a denoiser's 'lateral' must be true or false, got {lateral!r}")
+    policy = entry.get("dtype_policy", "float32")
+    if policy not in DTYPE_POLICIES:
+        raise ValueError(f"a denoiser's 'dtype_policy' must be one of {list(DTYPE_POLICIES)}, got {policy!r}")
+    return DenoiserSpec(weights=base / entry["weights"], width=float(width), lateral=lateral, dtype_policy=policy)
 
 
 def shared_normalization(members: Sequence[Member]) -> tuple[Affine, Affine]:

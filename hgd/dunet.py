@@ -50,6 +50,9 @@ _MIN_CHANNELS = 8
 _BN_EPSILON = 1e-5
 _BN_MOMENTUM = 0.9
 _DATA_FORMAT = "channels_last"
+DTYPE_POLICIES = ("float32", "mixed_bfloat16")
+"""The precisions a DUNET body may compute in; weights, the output convolution and the residual
+addition stay float32 in both (a bfloat16 output would be rounded to ~1/2 pixel level)."""
 
 Tensor = Any  # a backend tensor (tf.Tensor, jax.Array, ...) at run time
 
@@ -120,7 +123,8 @@ def _scaled(channels: int, width: float) -> int:
 
 
 def _conv_blocks(
-    x: keras.KerasTensor, *, channels: int, blocks: int, first_stride: int, prefix: str
+    x: keras.KerasTensor, *, channels: int, blocks: int, first_stride: int, prefix: str,
+    dtype: str = "float32",
 ) -> keras.KerasTensor:
     """Applies ``blocks`` conv blocks (3x3 conv, no bias -> BatchNorm -> ReLU).
 
@@ -131,6 +135,7 @@ def _conv_blocks(
         first_stride: Stride of the first conv (2 down-samples).
         prefix: Layer name prefix, e.g. ``"enc1"``; layers are named
             ``{prefix}_conv{k}``, ``{prefix}_bn{k}``, ``{prefix}_relu{k}``, k from 1.
+        dtype: The layers' dtype policy (one of :data:`DTYPE_POLICIES`).
 
     Returns:
         The output of the last block.
@@ -144,15 +149,16 @@ def _conv_blocks(
             use_bias=False,
             data_format=_DATA_FORMAT,
             name=f"{prefix}_conv{k}",
+            dtype=dtype,
         )(x)
         x = keras.layers.BatchNormalization(
-            momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=f"{prefix}_bn{k}"
+            momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=f"{prefix}_bn{k}", dtype=dtype
         )(x)
-        x = keras.layers.ReLU(name=f"{prefix}_relu{k}")(x)
+        x = keras.layers.ReLU(name=f"{prefix}_relu{k}", dtype=dtype)(x)
     return x
 
 
-def _encoder(x: keras.KerasTensor, width: float) -> list[keras.KerasTensor]:
+def _encoder(x: keras.KerasTensor, width: float, dtype: str) -> list[keras.KerasTensor]:
     """Runs the encoder; returns the outputs of stages 0..4, finest first."""
     outputs = []
     for stage, (channels, blocks) in enumerate(zip(_ENCODER_CHANNELS, _ENCODER_BLOCKS)):
@@ -162,13 +168,14 @@ def _encoder(x: keras.KerasTensor, width: float) -> list[keras.KerasTensor]:
             blocks=blocks,
             first_stride=1 if stage == 0 else 2,
             prefix=f"enc{stage}",
+            dtype=dtype,
         )
         outputs.append(x)
     return outputs
 
 
 def _decoder(
-    skips: list[keras.KerasTensor], width: float, lateral: bool
+    skips: list[keras.KerasTensor], width: float, lateral: bool, dtype: str
 ) -> keras.KerasTensor:
     """Runs the decoder from the coarsest encoder output back to full resolution.
 
@@ -177,6 +184,7 @@ def _decoder(
         width: Channel multiplier.
         lateral: Whether to concatenate ``[upsampled, skip]`` (DUNET) or to
             continue from the upsampled map alone (DAE).
+        dtype: The layers' dtype policy.
 
     Returns:
         The full-resolution output of decoder stage 0.
@@ -184,15 +192,16 @@ def _decoder(
     x = skips[-1]
     for stage in reversed(range(len(_DECODER_CHANNELS))):
         skip = skips[stage]
-        x = ResizeLike(name=f"dec{stage}_up")(x, skip)
+        x = ResizeLike(name=f"dec{stage}_up", dtype=dtype)(x, skip)
         if lateral:
-            x = keras.layers.Concatenate(axis=-1, name=f"dec{stage}_concat")([x, skip])
+            x = keras.layers.Concatenate(axis=-1, name=f"dec{stage}_concat", dtype=dtype)([x, skip])
         x = _conv_blocks(
             x,
             channels=_scaled(_DECODER_CHANNELS[stage], width),
             blocks=_DECODER_BLOCKS[stage],
             first_stride=1,
             prefix=f"dec{stage}",
+            dtype=dtype,
         )
     return x
 
@@ -203,7 +212,8 @@ def _is_positive_int(value: object) -> bool:
 
 
 def _validate(
-    width: float, lateral: bool, input_shape: tuple[int | None, int | None, int], name: str
+    width: float, lateral: bool, input_shape: tuple[int | None, int | None, int], name: str,
+    dtype_policy: str,
 ) -> None:
     """Raises ``ValueError`` quoting the received value if an argument is invalid."""
     is_number = isinstance(width, (int, float)) and not isinstance(width, bool)
@@ -224,6 +234,8 @@ def _validate(
         )
     if not isinstance(name, str) or not name:
         raise ValueError(f"`name` must be a non-empty string. Received: name={name!r}")
+    if dtype_policy not in DTYPE_POLICIES:
+        raise ValueError(f"`dtype_policy` must be one of {DTYPE_POLICIES}. Received: dtype_policy={dtype_policy!r}")
 
 
 def build_dunet(
@@ -232,6 +244,7 @@ def build_dunet(
     lateral: bool = True,
     input_shape: tuple[int | None, int | None, int] = (None, None, 3),
     name: str = "dunet",
+    dtype_policy: str = "float32",
 ) -> keras.Model:
     """Builds the HGD denoiser: ``x_hat = x + conv1x1(decoder(encoder(x)))``.
 
@@ -251,6 +264,9 @@ def build_dunet(
             may be ``None`` (any size, odd ones included). The output has the
             input's shape.
         name: Model name.
+        dtype_policy: ``"mixed_bfloat16"`` computes the encoder and decoder in bfloat16 (CPUs with
+            AVX512_BF16 and GPUs run them faster); weights and the output stay float32, so weight
+            files are the same for both policies.
 
     Returns:
         An uncompiled functional ``keras.Model`` mapping NHWC inputs in the
@@ -261,9 +277,9 @@ def build_dunet(
     Raises:
         ValueError: If an argument is invalid; the message quotes its value.
     """
-    _validate(width, lateral, input_shape, name)
+    _validate(width, lateral, input_shape, name, dtype_policy)
     inputs = keras.Input(shape=tuple(input_shape), name="input")
-    features = _decoder(_encoder(inputs, width), width, lateral)
+    features = _decoder(_encoder(inputs, width, dtype_policy), width, lateral, dtype_policy)
     correction = keras.layers.Conv2D(
         input_shape[-1],
         1,
@@ -271,6 +287,7 @@ def build_dunet(
         kernel_initializer="zeros",  # starts as the identity: training moves away from "do no harm"
         data_format=_DATA_FORMAT,
         name="out_conv",
+        dtype="float32",
     )(features)
     outputs = keras.layers.Add(name="out_add")([inputs, correction])
     return keras.Model(inputs, outputs, name=name)

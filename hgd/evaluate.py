@@ -29,6 +29,22 @@ def accuracy(predictions: Mapping[str, int], labels: Mapping[str, tuple[int, int
     return sum(predictions.get(image_id) == true for image_id, (true, _) in labels.items()) / len(labels)
 
 
+def score_line(source: pathlib.Path, predictions: Mapping[str, int], labels: Mapping[str, tuple[int, int]]) -> str:
+    """What ``score`` prints: the accuracy over the whole dataset, and how many images had no prediction
+    (each counted wrong, as in the competition) or were predicted but are not in the dataset."""
+    missing = sum(image_id not in predictions for image_id in labels)
+    extra = sum(image_id not in labels for image_id in predictions)
+    line = f"{source}: accuracy {100 * accuracy(predictions, labels):.1f}% on {len(labels)} images"
+    if missing:
+        line += (f"; {missing} of them have no prediction and count as wrong "
+                 f"({100 * accuracy(predictions, {k: v for k, v in labels.items() if k in predictions}):.1f}% "
+                 f"on the {len(labels) - missing} predicted)" if missing < len(labels) else
+                 f"; none of them has a prediction")
+    if extra:
+        line += f"; {extra} predictions name images not in the dataset (ignored)"
+    return line
+
+
 def load_dataset(dataset_dir: pathlib.Path, limit: int | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Images and 0-based labels of a competition-format folder (``images/`` + ``dev_dataset.csv``)."""
     labels = read_dataset_csv(dataset_dir / "dev_dataset.csv")
@@ -105,8 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "score":
         labels = read_dataset_csv(args.dataset_csv)
-        acc = accuracy(read_predictions_csv(args.predictions), labels)
-        print(f"{args.predictions}: accuracy {100 * acc:.1f}% on {len(labels)} images")
+        predictions = read_predictions_csv(args.predictions)
+        print(score_line(args.predictions, predictions, labels))
         return 0
     from hgd.zoo import DEFAULT_ENSEMBLE
 

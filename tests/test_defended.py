@@ -197,6 +197,46 @@ def test_load_config_needs_members(tmp_path, config):
         load_config(_write(tmp_path / "c.json", config))
 
 
+_LITE0 = {"model": "efficientnet_lite0"}
+
+
+@pytest.mark.parametrize("config, quoted", [
+    ({"denoisr": {"weights": "w.h5", "width": 0.5}, "members": [_LITE0]}, "denoisr"),  # would run undefended
+    ({"members": [{"model": "efficientnet_lite0", "denosier": {"weights": "w.h5"}}]}, "denosier"),
+    ({"denoiser": {"weights": "w.h5", "widht": 0.5}, "members": [_LITE0]}, "widht"),
+    ({"members": [_LITE0], "batchsize": 8}, "batchsize"),
+    ({"members": [_LITE0], "batch_size": "8"}, "batch_size"),
+    ({"members": [_LITE0], "batch_size": 0}, "batch_size"),
+    ({"denoiser": {"weights": "w.h5", "width": "0.5"}, "members": [_LITE0]}, "width"),
+    ({"denoiser": {"weights": "w.h5", "lateral": "no"}, "members": [_LITE0]}, "lateral"),
+    ({"denoiser": {"width": 0.5}, "members": [_LITE0]}, "weights"),
+    ({"members": [{"denoiser": {"weights": "w.h5"}}]}, "model"),
+    ({"members": ["efficientnet_lite0"]}, "JSON object"),
+], ids=["denoiser-misspelled", "member-key", "denoiser-key", "top-key", "batch-type", "batch-zero", "width-type",
+        "lateral-type", "no-weights", "no-model", "member-not-object"])
+def test_load_config_refuses_unknown_keys_and_wrong_types_quoting_key_and_file(tmp_path, config, quoted):
+    path = _write(tmp_path / "c.json", config)
+    with pytest.raises(ValueError, match=quoted) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_load_config_refuses_broken_json_naming_the_file(tmp_path):
+    (tmp_path / "c.json").write_text('{"members": [')
+    with pytest.raises(ValueError, match="not valid JSON") as info:
+        load_config(tmp_path / "c.json")
+    assert str(tmp_path / "c.json") in str(info.value)
+
+
+def test_every_shipped_configuration_passes_the_strict_reader():
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    paths = [repo / "defense" / "config.json", *(repo / "defense" / "profiles").glob("*.json"),
+             *(repo / "baselines").glob("*/config.json"), *(repo / "attacks").glob("*/defense/config.json")]
+    assert len(paths) >= 8
+    for path in paths:
+        load_config(path)
+
+
 def test_load_config_unknown_model_lists_known_ones(tmp_path):
     path = _write(tmp_path / "c.json", {"members": [{"model": "efficientnet_lite0"}, {"model": "resnet50"}]})
     with pytest.raises(ValueError, match="resnet50") as info:

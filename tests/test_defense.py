@@ -97,7 +97,7 @@ def runs(mixed_dir, tmp_path_factory):
     * ``mixed``: the undefended baseline on ``mixed_dir``, writing into folders that do not exist yet;
     * ``sample``: the undefended baseline on the sample dataset's images;
     * ``empty``: on an empty folder; ``missing``: on a folder that does not exist;
-    * ``hgd``: the shipped HGD defense on the sample images (only started if its weights exist);
+    * ``hgd``: the shipped HGD defense on the sample images (its trained weights are committed);
     * ``refused``: a copy of the HGD defense without its trained weights.
 
     Returns name -> ``(Launched, output path)``.
@@ -115,8 +115,8 @@ def runs(mixed_dir, tmp_path_factory):
     unweighted = root / "hgd-without-weights"
     shutil.copytree(HGD, unweighted, ignore=shutil.ignore_patterns("weights"))
     plan["refused"] = (unweighted, SAMPLE_IMAGES, root / "refused" / "out" / "result.csv")
-    if not load_config(HGD / "config.json").missing_weights():
-        plan["hgd"] = (HGD, SAMPLE_IMAGES, root / "hgd" / "result.csv")
+    assert not load_config(HGD / "config.json").missing_weights(), "the shipped denoiser's weights are committed"
+    plan["hgd"] = (HGD, SAMPLE_IMAGES, root / "hgd" / "result.csv")
     launched = {}
     try:
         for name, (submission, input_dir, output) in plan.items():
@@ -224,8 +224,6 @@ def test_sample_run_accuracy(sample_run, sample_predictions):
 
 def test_shipped_hgd_defense_keeps_the_undefended_accuracy(runs, sample_predictions):
     """The trained denoiser in front of the same ensemble: at most one sample image lost to it."""
-    if "hgd" not in runs:
-        pytest.skip("defense/weights/ holds no trained denoiser yet")
     run, output = runs["hgd"]
     result = run.result()
     assert result.returncode == 0, result.stderr[-3000:]
@@ -345,3 +343,17 @@ def test_committed_weights_keep_to_the_40_mb_budget():
     blobs = {line.split()[1]: line.split("\t")[1] for line in listed.stdout.splitlines()}
     assert "defense/weights/fgd_lite_ensemble.weights.h5" in blobs.values()
     assert sum((REPO / path).stat().st_size for path in blobs.values()) <= 40 * 1024 * 1024
+
+
+def test_score_says_how_many_images_had_no_prediction(tmp_path):
+    """Scoring predictions for a subset counts the rest wrong, and says so with the subset's own accuracy."""
+    from hgd.evaluate import score_line
+
+    labels = {f"img{i}": (i + 1, 0) for i in range(5)}
+    predictions = {"img0": 1, "img1": 2, "img2": 999, "stray": 4}
+    line = score_line(tmp_path / "out.csv", predictions, labels)
+    assert "accuracy 40.0% on 5 images" in line
+    assert "2 of them have no prediction" in line and "66.7% on the 3 predicted" in line
+    assert "1 predictions name images not in the dataset" in line
+    assert "no prediction" not in score_line(tmp_path / "out.csv", {k: v[0] for k, v in labels.items()}, labels)
+    assert "none of them has a prediction" in score_line(tmp_path / "out.csv", {}, labels)

@@ -193,3 +193,29 @@ def test_invalid_width_raises(width: object) -> None:
 def test_invalid_arguments_raise(kwargs: dict[str, object], quoted: str) -> None:
     with pytest.raises(ValueError, match=re.escape(quoted)):
         build_dunet(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bfloat16_body_reads_the_same_weights_and_keeps_a_float32_output(tmp_path: Path) -> None:
+    """mixed_bfloat16: the same weight file loads; the body's rounding moves the correction only a little,
+    and the output (input + correction) stays float32, so the image itself is not rounded to bfloat16."""
+    rng = np.random.default_rng(0)
+    trained = build_dunet(width=0.125)
+    for w in trained.trainable_weights:
+        w.assign(w + rng.normal(0, 0.05, w.shape).astype("float32"))
+    trained.save_weights(tmp_path / "d.weights.h5")
+    fast = build_dunet(width=0.125, dtype_policy="mixed_bfloat16")
+    fast.load_weights(tmp_path / "d.weights.h5")
+    assert all(w.dtype == "float32" for w in fast.weights)
+    x = rng.uniform(-1, 1, (2, 48, 48, 3)).astype("float32")
+    exact, rounded = np.asarray(trained(x)), np.asarray(fast(x))
+    assert rounded.dtype == np.float32
+    correction = exact - x
+    assert np.abs(correction).mean() > 0.01  # the check below is not vacuous
+    assert np.abs(rounded - exact).mean() < 0.05 * np.abs(correction).mean()
+    # an identity DUNET stays the exact identity: nothing of the input passes through bfloat16
+    np.testing.assert_array_equal(np.asarray(build_dunet(width=0.125, dtype_policy="mixed_bfloat16")(x)), x)
+
+
+def test_unknown_dtype_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="dtype_policy='float16'"):
+        build_dunet(width=0.125, dtype_policy="float16")

@@ -2,7 +2,6 @@
 
 ``attacks/noop`` against ``baselines/undefended`` (three EfficientNet-Lite models, ~25 s per run on
 CPU) on 4 sample images in batches of 2, via ``./run_attacks_and_defenses.sh`` as a user runs it.
-Skipped until ``attacks/noop`` exists.
 """
 
 from __future__ import annotations
@@ -13,12 +12,7 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-pytestmark = pytest.mark.skipif(not (ROOT / "attacks" / "noop" / "metadata.json").is_file(),
-                                reason="attacks/noop does not exist yet")
 
 
 def test_slow_real_noop_attack_against_undefended_baseline(tmp_path):

@@ -525,3 +525,143 @@ def test_install_cli_refuses_a_folder_without_a_best_checkpoint(tmp_path):
     result = subprocess.run([sys.executable, "-m", "hgd.train", "install", str(tmp_path), str(tmp_path / "w.weights.h5")],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "no best.weights.h5" in result.stderr and not (tmp_path / "w.weights.h5").exists()
+
+
+# ------------------------------------------------------------------ training continued across machines
+
+
+def _continuable_defense(folder: pathlib.Path, continue_options: dict | None = None) -> pathlib.Path:
+    """A one-denoiser defense whose recipe has a 'continue' section, and trained-looking weights to go on from."""
+    training = {"attack_models": [LITE0], "attacks_per_image": 1, "crop": 64, "batch_size": 2, "steps_per_epoch": 2,
+                "validation_pairs": 2, "max_epochs": 1}
+    if continue_options is not None:
+        training["continue"] = continue_options
+    config = {"denoiser": {"weights": "weights/d.weights.h5", "width": 0.125}, "members": [{"model": LITE0}],
+              "training": training}
+    (folder / "weights").mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    denoiser = build_dunet(width=0.125)
+    rng = np.random.default_rng(1)
+    for w in denoiser.trainable_weights:  # a denoiser training can still improve on
+        w.assign(w + rng.normal(0, 0.02, w.shape).astype("float32"))
+    denoiser.save_weights(folder / "weights" / "d.weights.h5")
+    return folder / "config.json"
+
+
+def test_continue_section_layers_its_options_over_the_last_stage(tmp_path):
+    config = _continuable_defense(tmp_path, {"max_epochs": 3, "learning_rate": 1e-4})
+    (job,) = load_recipe(config).jobs
+    assert job.continued == dataclasses.replace(job.config, max_epochs=3, learning_rate=1e-4)
+    raw = json.loads(config.read_text())
+    raw["training"]["continue"] = {"init_weights": "x.h5"}  # it starts from the installed weights, nothing else
+    config.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="unknown 'continue' keys"):
+        load_recipe(config)
+
+
+def test_chunks_go_on_from_the_installed_weights_and_append_one_history(small_source, tmp_path):
+    """Two chunks: each starts from the weights the configuration reads, installs its best checkpoint if it beats
+    them (float32: a small file), and appends its epochs to the committed history, the counters going on."""
+    from hgd.train import continued
+
+    config = _continuable_defense(tmp_path / "defense", {"max_epochs": 2})
+    weights = tmp_path / "defense" / "weights" / "d.weights.h5"
+    history_dir = tmp_path / "history"
+    first = continued.continue_training(config, small_source, tmp_path / "work", max_hours=1.0,
+                                        history_dir=history_dir, progress=False)
+    (result,) = first
+    assert result.chunk == 1 and result.state.epoch == 2
+    assert result.installed == (result.state.best_val_loss < result.state.initial_val_loss)
+    run_best = tmp_path / "work" / "runs" / "d_continue1" / "best.weights.h5"
+    if result.installed:
+        assert weights.read_bytes() == run_best.read_bytes()  # float32, as trained
+    rows = continued.read_history(history_dir / "d.csv")
+    assert [(r["chunk"], r["epoch"]) for r in rows] == [("1", "0"), ("1", "1"), ("1", "2")]
+    assert [int(r["steps"]) for r in rows] == [0, 2, 4] and [int(r["images"]) for r in rows] == [0, 4, 8]
+    assert float(rows[0]["val_loss"]) == pytest.approx(result.state.initial_val_loss, abs=1e-5)
+    assert float(rows[2]["cpu_hours"]) > float(rows[1]["cpu_hours"]) > 0
+    assert (history_dir / "d.png").stat().st_size > 0
+
+    (second,) = continued.continue_training(config, small_source, tmp_path / "work", max_hours=1.0,
+                                            history_dir=history_dir, progress=False)
+    assert second.chunk == 2 and (tmp_path / "work" / "runs" / "d_continue2" / "state.json").is_file()
+    start = build_dunet(width=0.125)
+    start.load_weights(tmp_path / "work" / "runs" / "d_continue2" / "last.weights.h5")  # it trained on
+    rows = continued.read_history(history_dir / "d.csv")
+    assert [int(r["steps"]) for r in rows if r["chunk"] == "2"] == [4, 6, 8]
+    # chunk 2 started from what chunk 1 left installed: its starting loss is chunk 1's best (or start)
+    chunk1_left = min(float(r["val_loss"]) for r in rows if r["chunk"] == "1") if result.installed else \
+        float(rows[0]["val_loss"])
+    assert float(rows[3]["val_loss"]) == pytest.approx(chunk1_left, abs=1e-4)
+
+
+def test_a_chunk_installs_its_best_only_if_it_beats_the_start_float32_while_small(tmp_path):
+    from hgd.train import continued
+
+    (tmp_path / "run").mkdir()
+    build_dunet(width=0.125).save_weights(tmp_path / "run" / "best.weights.h5")
+    installed = tmp_path / "installed.weights.h5"
+    installed.write_bytes(b"old")
+    worse = RunState(epoch=2, best_val_loss=0.31, initial_val_loss=0.30)
+    assert not continued._install_if_better(tmp_path / "run", worse, installed)
+    assert installed.read_bytes() == b"old"
+    better = RunState(epoch=2, best_val_loss=0.29, initial_val_loss=0.30)
+    assert continued._install_if_better(tmp_path / "run", better, installed)
+    assert installed.read_bytes() == (tmp_path / "run" / "best.weights.h5").read_bytes()  # float32, unrounded
+    big = continued.FLOAT32_LIMIT_BYTES
+    try:
+        continued.FLOAT32_LIMIT_BYTES = 1000  # a file over the limit is stored float16
+        assert continued._install_if_better(tmp_path / "run", better, installed)
+    finally:
+        continued.FLOAT32_LIMIT_BYTES = big
+    assert installed.stat().st_size < 0.8 * (tmp_path / "run" / "best.weights.h5").stat().st_size
+
+
+def test_continue_refuses_a_recipe_without_its_section_or_weights(small_source, tmp_path):
+    from hgd.train import continued
+
+    config = _continuable_defense(tmp_path / "a")
+    with pytest.raises(ValueError, match="no 'continue' section"):
+        continued.continue_training(config, small_source, tmp_path / "work", max_hours=1.0)
+    config = _continuable_defense(tmp_path / "b", {"max_epochs": 2})
+    (tmp_path / "b" / "weights" / "d.weights.h5").unlink()
+    with pytest.raises(FileNotFoundError, match="nothing to continue from"):
+        continued.continue_training(config, small_source, tmp_path / "work", max_hours=1.0)
+
+
+def test_a_rerun_past_its_limit_trains_no_further_epoch(pairs_dir, tmp_path):
+    """A session killed mid-epoch after its hour limit was reached: rerunning it only reports the state."""
+    run = tmp_path / "run"
+    fit(pairs_dir, run, _tiny(), verbose=0)
+    state = json.loads((run / "state.json").read_text())
+    (run / "state.json").write_text(json.dumps({**state, "finished": "", "hours": 2.0}))  # killed, over the limit
+    history = (run / "history.csv").read_text()
+    state = fit(pairs_dir, run, _tiny(max_epochs=3, max_hours=1.0), verbose=0)
+    assert state.finished.startswith("reached max_") and (run / "history.csv").read_text() == history
+
+
+def _script_commands(script: str, *args: str, **env: str) -> list[str]:
+    """A shell script of scripts/ run with PYTHON=echo: the Python commands it would run, one per line."""
+    result = subprocess.run([str(REPO / "scripts" / script), *args], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "PYTHON": "echo", **env})
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_measure_shipped_scores_the_defense_on_the_kept_attack_pieces(tmp_path):
+    """The after-chunk measurements: iter_target_class alone first, then every oblivious attack against the
+    defense and the undefended baseline reusing the stored attack pieces; the defense's run cost; Table 3."""
+    first, harness, bench = _script_commands("measure_shipped.sh", str(tmp_path))
+    assert "-m hgd.runner" in first and first.count("--attack ") == 1 and "iter_target_class" in first
+    assert "--keep-attacks" in harness and "--defense defense" in harness and "--eps cycle" in harness
+    assert harness.count("--attack ") == 7 and "adaptive" not in harness and "square" not in harness
+    assert str(tmp_path / "harness") in first and str(tmp_path / "harness") in harness
+    assert "bench/defense_run.py" in bench and "--trained" in bench
+    *_, testsets, table3 = _script_commands("measure_shipped.sh", str(tmp_path), TABLE3="1")
+    assert "hgd.experiments testsets" in testsets and "HGD shipped=defense/config.json" in table3
+
+
+def test_continue_training_script_appends_to_the_committed_history(tmp_path):
+    (command, *_) = _script_commands("continue_training.sh", "1.5", str(tmp_path))
+    assert command.startswith("-m hgd.train continue") and str(REPO / "defense" / "config.json") in command
+    assert "--max-hours 1.5" in command and f"--history-dir {REPO / 'docs' / 'results' / 'training'}" in command

@@ -1,11 +1,14 @@
-"""``python -m hgd.train {data,fit,defense,curves}``: build training pairs, train a denoiser, train a whole
-defense (all resume), compare runs' validation curves.
+"""``python -m hgd.train {data,fit,defense,continue,install,curves}``: build training pairs, train a denoiser,
+train a whole defense (all resume), go on training a defense's installed denoisers by one chunk,
+install a run's checkpoint, compare runs' validation curves.
 
 Examples (the data sets are described in ``../shared/docs/datasets.md``)::
 
     python -m hgd.train data ../shared/datasets/imagenet_pool ~/hgd-work/pairs
     python -m hgd.train fit ~/hgd-work/pairs ~/hgd-work/runs/fgd_lite0 --guidance fgd --models efficientnet_lite0
     python -m hgd.train defense defense/config.json ../shared/datasets/imagenet_pool ~/hgd-work
+    python -m hgd.train continue defense/config.json ../shared/datasets/imagenet_pool ~/hgd-work \
+        --max-hours 2 --history-dir docs/results/training
     python -m hgd.train curves FGD=~/hgd-work/runs/fgd_lite0 --out docs/results/training.png
 
 Rerunning a command with the same folders and options goes on where it stopped.
@@ -70,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--init-weights", type=pathlib.Path, default=None,
                      help="start from these denoiser weights (fine-tuning, e.g. defense/weights/...) instead of a "
                           "fresh DUNET")
+    fit.add_argument("--dtype-policy", choices=["float32", "mixed_bfloat16"], default="float32",
+                     help="the DUNET body's precision (weights stay float32; default float32)")
     fit.add_argument("--built-only", action="store_true",
                      help="train on the pairs built so far while `data` goes on (the mix is then not Table 1's)")
     fit.add_argument("--no-progress", action="store_true", help="one log line per epoch instead of a bar")
@@ -82,6 +87,15 @@ def _parser() -> argparse.ArgumentParser:
     defense.add_argument("--built-only", action="store_true",
                          help="train on the pairs built so far instead of finishing them first")
     defense.add_argument("--no-progress", action="store_true")
+    more = commands.add_parser("continue", help="one more chunk of a defense's training from its installed weights "
+                               "(the 'continue' section of its recipe); installs the result if it is better")
+    more.add_argument("config", type=pathlib.Path, help="a defense config.json with a 'training' section")
+    more.add_argument("source", type=pathlib.Path, help="clean labelled images (images/ + labels.csv)")
+    more.add_argument("work_dir", type=pathlib.Path, help="pairs and runs (keep it outside the checkout)")
+    more.add_argument("--max-hours", type=float, required=True, help="train at most this long (checked per epoch)")
+    more.add_argument("--history-dir", type=pathlib.Path, default=None,
+                      help="append the chunk to NAME.csv here and redraw NAME.png (e.g. docs/results/training)")
+    more.add_argument("--no-progress", action="store_true")
     install = commands.add_parser("install", help="copy a run's best checkpoint to where a defense reads it")
     install.add_argument("run_dir", type=pathlib.Path, help="a `fit` run")
     install.add_argument("weights", type=pathlib.Path, help="the weights file a defense config names")
@@ -114,7 +128,8 @@ def _fit(args: argparse.Namespace) -> int:
                        holdout_classes=args.holdout_classes, seed=args.seed,
                        adaptive_fraction=args.adaptive_fraction, adaptive_epsilon=args.adaptive_epsilon,
                        adaptive_steps=args.adaptive_steps, adaptive_loss=args.adaptive_loss,
-                       init_weights=None if args.init_weights is None else str(args.init_weights.resolve()))
+                       init_weights=None if args.init_weights is None else str(args.init_weights.resolve()),
+                       dtype_policy=args.dtype_policy)
     state = fit(args.pairs_dir, args.run_dir, config, verbose=2 if args.no_progress else "auto",
                 built_only=args.built_only)
     print(f"{state.summary()} -> {args.run_dir / BEST_WEIGHTS}")
@@ -128,6 +143,17 @@ def _defense(args: argparse.Namespace) -> int:
                             progress=not args.no_progress)
     for job, state in trained:
         print(f"{job.name}: {state.summary()} -> {job.spec.weights}")
+    return 0
+
+
+def _continue(args: argparse.Namespace) -> int:
+    from hgd.train.continued import continue_training
+
+    for result in continue_training(args.config, args.source, args.work_dir, max_hours=args.max_hours,
+                                    history_dir=args.history_dir, progress=not args.no_progress):
+        outcome = "installed" if result.installed else "not better, not installed"
+        print(f"{result.job.name} chunk {result.chunk}: {result.state.summary()} -> {result.job.spec.weights} "
+              f"({outcome})")
     return 0
 
 
@@ -154,7 +180,7 @@ def _curves(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.getLogger("hgd").setLevel(logging.INFO)
-    run_main(lambda: {"data": _data, "fit": _fit, "defense": _defense, "install": _install,
+    run_main(lambda: {"data": _data, "fit": _fit, "defense": _defense, "continue": _continue, "install": _install,
                       "curves": _curves}[args.command](args))
 
 

@@ -16,7 +16,7 @@ Everything lives in one run folder (outside the checkout)::
     state.json          epoch, learning rate, best validation loss, plateau count, hours spent
     last.weights.h5     the denoiser after the last finished epoch (+ optimizer.npz: Adam's moments)
     best.weights.h5     the denoiser with the lowest validation loss: the result
-    history.csv         one row per epoch
+    history.csv         one row per epoch (wall and process CPU seconds included)
 
 An epoch is ``steps_per_epoch`` batches (default: one pass over the training pairs), so a long
 pass can be cut into checkpointed pieces; successive epochs walk through successive shuffles of
@@ -40,7 +40,7 @@ import keras
 import numpy as np
 
 from hgd.attacks.losses import check_loss
-from hgd.dunet import build_dunet
+from hgd.dunet import DTYPE_POLICIES, build_dunet
 from hgd.images import IMAGE_SIZE, load_image, write_atomically
 from hgd.train.adaptive import Adversary, SyncWeights, build_attacked_model
 from hgd.train.losses import Guidance, guidance_loss
@@ -51,7 +51,7 @@ log = logging.getLogger("hgd.train.fit")
 
 CONFIG_FILE, STATE_FILE, HISTORY_FILE = "config.json", "state.json", "history.csv"
 LAST_WEIGHTS, BEST_WEIGHTS, OPTIMIZER_FILE = "last.weights.h5", "best.weights.h5", "optimizer.npz"
-HISTORY_FIELDS = ("epoch", "learning_rate", "loss", "val_loss", "seconds")
+HISTORY_FIELDS = ("epoch", "learning_rate", "loss", "val_loss", "seconds", "cpu_seconds")
 # Options that may change between the sessions of one run: how long to go on, and where the starting
 # weights were read from (only the first session reads them; a checkout moves between sessions).
 RESUMABLE_CHANGES = ("max_epochs", "max_hours", "init_weights")
@@ -81,6 +81,8 @@ class FitConfig:
         init_weights: start the denoiser from these weights instead of a fresh DUNET (a run without
             a checkpoint yet): fine-tuning a trained denoiser, e.g. defense-aware training of the
             shipped one, spends no epochs relearning what it already does.
+        dtype_policy: the DUNET body's precision (:data:`hgd.dunet.DTYPE_POLICIES`); weights and
+            checkpoints are float32 either way.
     """
 
     guidance: Guidance = Guidance.FGD
@@ -103,6 +105,7 @@ class FitConfig:
     adaptive_steps: int = 4
     adaptive_loss: str = "ce"
     init_weights: str | None = None
+    dtype_policy: str = "float32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "guidance", Guidance(self.guidance))
@@ -121,6 +124,8 @@ class FitConfig:
         if self.adaptive_fraction and not self.models:
             raise ValueError("defense-aware examples (adaptive_fraction > 0) need the target models to attack")
         object.__setattr__(self, "adaptive_loss", check_loss(self.adaptive_loss))
+        if self.dtype_policy not in DTYPE_POLICIES:
+            raise ValueError(f"dtype_policy must be one of {DTYPE_POLICIES}, got {self.dtype_policy!r}")
 
     def to_json(self) -> str:
         return json.dumps({**dataclasses.asdict(self), "guidance": self.guidance.value}, indent=1) + "\n"
@@ -260,7 +265,7 @@ def build_training_model(config: FitConfig) -> DenoiserTraining:
         shared_normalization([Member(t) for t in targets])
     attacked = config.guidance.needs_models or config.adaptive_fraction > 0
     heads = [t.build_from_normalized(None, guide=True) for t in targets] if attacked else []
-    denoiser = build_dunet(width=config.width, lateral=config.lateral)
+    denoiser = build_dunet(width=config.width, lateral=config.lateral, dtype_policy=config.dtype_policy)
     return DenoiserTraining(denoiser, normalize, heads, config.guidance, name=f"{config.guidance.value}_training")
 
 
@@ -311,15 +316,15 @@ class Checkpointer(keras.callbacks.Callback):
     def __init__(self, run_dir: pathlib.Path, config: FitConfig, state: RunState, train: PairBatches) -> None:
         super().__init__()
         self.run_dir, self.config, self.state, self.train = run_dir, config, state, train
-        self._started = 0.0
+        self._started = self._cpu_started = 0.0
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self.train.epoch = epoch
         self.model.optimizer.learning_rate = self.state.learning_rate
-        self._started = time.monotonic()
+        self._started, self._cpu_started = time.monotonic(), time.process_time()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        seconds = time.monotonic() - self._started
+        seconds, cpu_seconds = time.monotonic() - self._started, time.process_time() - self._cpu_started
         state, config = self.state, self.config
         val_loss = float(logs["val_loss"])
         denoiser = self.model.denoiser
@@ -329,7 +334,8 @@ class Checkpointer(keras.callbacks.Callback):
         else:
             state.epochs_without_improvement += 1
         _append_history(self.run_dir / HISTORY_FILE,
-                        [epoch + 1, state.learning_rate, float(logs["loss"]), val_loss, round(seconds, 1)])
+                        [epoch + 1, state.learning_rate, float(logs["loss"]), val_loss, round(seconds, 1),
+                         round(cpu_seconds, 1)])
         log.info("epoch %d: loss %.5f, val_loss %.5f (best %.5f), lr %g, %.0f s", epoch + 1, logs["loss"], val_loss,
                  state.best_val_loss, state.learning_rate, seconds)
         if state.epochs_without_improvement >= config.patience:
@@ -379,6 +385,8 @@ def _load_state(run_dir: pathlib.Path, config: FitConfig) -> RunState:
     state = RunState(**json.loads(path.read_text()))
     if state.finished.startswith("reached max_") and not _still_limited(state, config):
         state.finished = ""  # a raised limit lets a stopped run go on
+    elif not state.finished and _still_limited(state, config):
+        state.finished = f"reached max_epochs={config.max_epochs} or max_hours={config.max_hours} before a killed epoch"
     return state
 
 

@@ -23,6 +23,9 @@ and FGD from a 3-epoch PGD start did (``docs/RESULTS.md``). ``fine_tune`` (e.g. 
 "max_epochs": 2}``) goes on from the recipe's best checkpoint with those options, in its own run
 (``runs/NAME_fine_tune``), and that run's best checkpoint is what gets installed: crops are cheap steps,
 but what a denoiser learns on a crop carries over poorly to the whole images it is used on.
+``continue`` (e.g. ``{"crop": 299, "steps_per_epoch": 50}``) is not part of training from scratch: it
+is how ``python -m hgd.train continue`` goes on from the installed weights, a chunk at a time
+(:mod:`hgd.train.continued`), with those options over the last stage's.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from hgd.train.pairs import PairSpec, build_pairs
 log = logging.getLogger("hgd.train.recipe")
 
 STAGE_KEYS = ("warm_start", "fine_tune")
-RECIPE_ONLY_KEYS = frozenset({"attack_models", "attacks_per_image", "float16_weights", *STAGE_KEYS})
+CONTINUE_KEY = "continue"
+RECIPE_ONLY_KEYS = frozenset({"attack_models", "attacks_per_image", "float16_weights", *STAGE_KEYS, CONTINUE_KEY})
 RECIPE_KEYS = RECIPE_ONLY_KEYS | (frozenset(f.name for f in dataclasses.fields(FitConfig)) - {
     "models", "width", "lateral"})
 """What a ``training`` section may set: the pair set (attack models, attacks drawn per image), whether
@@ -57,13 +61,14 @@ class DenoiserJob:
     """One denoiser of a defense to train: where its run lives and where its weights go.
 
     ``warm_start`` runs before ``config`` and ``fine_tune`` after it, each starting from the best
-    checkpoint of the stage before it.
+    checkpoint of the stage before it; ``continued`` is what later chunks train from the installed weights.
     """
 
     spec: DenoiserSpec
     config: FitConfig
     warm_start: FitConfig | None = None
     fine_tune: FitConfig | None = None
+    continued: FitConfig | None = None
 
     @property
     def name(self) -> str:
@@ -117,11 +122,16 @@ def load_recipe(config_path: pathlib.Path) -> Recipe:
         raise ValueError(f"{config_path}: the defense runs no denoiser; there is nothing to train")
     try:
         stages = {key: _stage_options(key, raw.get(key), options) for key in STAGE_KEYS}
+        continued = _stage_options(CONTINUE_KEY, raw.get(CONTINUE_KEY), options)
         jobs = []
         for spec, models in guided:
             config = FitConfig(models=models, width=spec.width, lateral=spec.lateral, **options)
-            jobs.append(DenoiserJob(spec, config, **{key: None if stage is None else dataclasses.replace(config, **stage)
-                                                     for key, stage in stages.items()}))
+            job = DenoiserJob(spec, config, **{key: None if stage is None else dataclasses.replace(config, **stage)
+                                               for key, stage in stages.items()})
+            if continued is not None:
+                last = job.stages()[-1][1]
+                job = dataclasses.replace(job, continued=dataclasses.replace(last, **continued))
+            jobs.append(job)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{config_path}: 'training': {error}") from None
     return Recipe(defense=defense, attack_models=tuple(raw.get("attack_models", members)), jobs=tuple(jobs),
@@ -137,7 +147,7 @@ def _stage_options(key: str, stage: object, options: dict) -> dict | None:
     if not isinstance(stage, dict):
         raise ValueError(f"'{key}' is a dict of fit options, e.g. {{\"guidance\": \"pgd\", \"max_epochs\": 3}}; "
                          f"got {stage!r}")
-    if key == "warm_start" and "init_weights" in options:
+    if key == "warm_start" and "init_weights" in options:  # ("continue" starts from the installed weights)
         raise ValueError("'warm_start' and 'init_weights' both give the start; keep one")
     unknown = set(stage) - (RECIPE_KEYS - RECIPE_ONLY_KEYS - {"init_weights"})
     if unknown:

@@ -1,0 +1,161 @@
+"""Training that accumulates across machines: each chunk goes on from the committed weights.
+
+A CPU session is a few hours and its work folder does not survive it, so the shipped denoiser is
+trained in chunks (``python -m hgd.train continue``). A chunk
+
+1. rebuilds the recipe's Table 1 pairs (seeded: the same pairs on every machine; resumes),
+2. trains the denoiser from the weights the configuration reads (``defense/weights/...``) with the
+   recipe's ``continue`` options, for at most ``max_hours``, checkpointed every epoch (a killed
+   chunk resumes from its last epoch when rerun),
+3. installs the chunk's best checkpoint over those weights if its validation loss beats theirs
+   (measured by the same chunk on the same validation pairs before its first step), stored float32
+   when the file is at most :data:`FLOAT32_LIMIT_BYTES`, else float16,
+4. appends the chunk's epochs to a history CSV kept beside the results and redraws its plot.
+
+Committing the weights and the history is then all that carries the training to the next machine.
+The shipped checkpoint is chosen by the validation loss on the training pool's validation pairs,
+never by the test images' scores.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import pathlib
+
+from hgd.images import write_atomically
+from hgd.train.fit import BEST_WEIGHTS, HISTORY_FILE, RunState, fit
+from hgd.train.pairs import build_pairs
+from hgd.train.recipe import DenoiserJob, install, load_recipe
+
+log = logging.getLogger("hgd.train.continued")
+
+FLOAT32_LIMIT_BYTES = 12 * 2**20
+"""Installed weights stay float32 (no rounding between chunks) while the file is at most this big."""
+
+HISTORY_FIELDS = ("chunk", "epoch", "steps", "images", "hours", "cpu_hours", "learning_rate", "loss", "val_loss")
+"""The committed history: one row per epoch; ``epoch`` 0 is the chunk's starting weights' validation loss;
+``steps``, ``images``, ``hours`` and ``cpu_hours`` count from the first chunk."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkResult:
+    """What one chunk did to one denoiser."""
+
+    job: DenoiserJob
+    chunk: int
+    state: RunState
+    installed: bool
+
+
+def continue_training(config_path: pathlib.Path, source: pathlib.Path, work_dir: pathlib.Path, *,
+                      max_hours: float, history_dir: pathlib.Path | None = None,
+                      progress: bool = True) -> list[ChunkResult]:
+    """One chunk of ``config_path``'s ``continue`` training for every denoiser it runs (see the module doc).
+
+    ``history_dir`` holds ``NAME.csv`` and ``NAME.png`` per denoiser (e.g. ``docs/results/training``);
+    without it, chunks are numbered from 1 and nothing is appended.
+    """
+    recipe = load_recipe(config_path)
+    missing = [job.name for job in recipe.jobs if job.continued is None]
+    if missing:
+        raise ValueError(f"{config_path}: no 'continue' section in 'training' (denoisers {missing})")
+    absent = [str(job.spec.weights) for job in recipe.jobs if not job.spec.weights.is_file()]
+    if absent:
+        raise FileNotFoundError(f"{config_path}: nothing to continue from: {absent} missing "
+                                "(train the recipe first: python -m hgd.train defense)")
+    pairs_dir = recipe.pairs_dir(work_dir)
+    build_pairs(source, pairs_dir, recipe.pair_spec(source), progress=progress)
+    results = []
+    for job in recipe.jobs:
+        history = None if history_dir is None else history_dir / f"{job.name}.csv"
+        chunk = _next_chunk(history)
+        run_dir = work_dir / "runs" / f"{job.name}_continue{chunk}"
+        config = dataclasses.replace(job.continued, init_weights=str(job.spec.weights.resolve()), max_hours=max_hours)
+        log.info("%s: chunk %d from %s in %s (%s h at most)", job.name, chunk, job.spec.weights, run_dir, max_hours)
+        state = fit(pairs_dir, run_dir, config, verbose="auto" if progress else 2)
+        installed = _install_if_better(run_dir, state, job.spec.weights)
+        if history is not None:
+            _append_chunk(history, chunk, run_dir, state, config.batch_size, config.steps_per_epoch)
+            plot_history(history, history.with_suffix(".png"))
+        results.append(ChunkResult(job, chunk, state, installed))
+    return results
+
+
+def _next_chunk(history: pathlib.Path | None) -> int:
+    if history is None or not history.is_file():
+        return 1
+    return max((int(row["chunk"]) for row in read_history(history)), default=0) + 1
+
+
+def _install_if_better(run_dir: pathlib.Path, state: RunState, weights: pathlib.Path) -> bool:
+    """The chunk's best checkpoint over ``weights`` if it beats them on the validation pairs."""
+    best = run_dir / BEST_WEIGHTS
+    if state.initial_val_loss is None or not best.is_file() or state.best_val_loss >= state.initial_val_loss:
+        log.warning("%s: no epoch beat the starting weights (%s); %s unchanged", run_dir, state.summary(), weights)
+        return False
+    install(best, weights, float16=best.stat().st_size > FLOAT32_LIMIT_BYTES)
+    return True
+
+
+def read_history(path: pathlib.Path) -> list[dict[str, str]]:
+    """The rows of a committed history CSV (checked against :data:`HISTORY_FIELDS`)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != HISTORY_FIELDS:
+            raise ValueError(f"{path}: columns {reader.fieldnames}, expected {list(HISTORY_FIELDS)}")
+        return list(reader)
+
+
+def _append_chunk(path: pathlib.Path, chunk: int, run_dir: pathlib.Path, state: RunState, batch_size: int,
+                  steps_per_epoch: int | None) -> None:
+    """Append the chunk's start and epochs to ``path``, the counters going on from its last row."""
+    if steps_per_epoch is None:
+        raise ValueError("a continued chunk needs steps_per_epoch (its counters count steps)")
+    rows = read_history(path) if path.is_file() else []
+    if any(int(row["chunk"]) == chunk for row in rows):
+        raise ValueError(f"{path}: chunk {chunk} is there already")
+    last = rows[-1] if rows else {"steps": 0, "images": 0, "hours": 0.0, "cpu_hours": 0.0}
+    steps, images = int(last["steps"]), int(last["images"])
+    hours, cpu_hours = float(last["hours"]), float(last["cpu_hours"])
+    new = [[chunk, 0, steps, images, f"{hours:.5f}", f"{cpu_hours:.5f}", "", "", f"{state.initial_val_loss:.5f}"]]
+    with open(run_dir / HISTORY_FILE, newline="") as f:
+        for epoch in csv.DictReader(f):
+            steps += steps_per_epoch
+            images += steps_per_epoch * batch_size
+            hours += float(epoch["seconds"]) / 3600
+            cpu_hours += float(epoch["cpu_seconds"]) / 3600
+            new.append([chunk, int(epoch["epoch"]), steps, images, f"{hours:.5f}", f"{cpu_hours:.5f}",
+                        epoch["learning_rate"], f"{float(epoch['loss']):.5f}", f"{float(epoch['val_loss']):.5f}"])
+
+    def write(f) -> None:
+        writer = csv.writer(f)
+        writer.writerow(HISTORY_FIELDS)
+        writer.writerows([[row[key] for key in HISTORY_FIELDS] for row in rows] + new)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, "w", write)
+
+
+def plot_history(path: pathlib.Path, out: pathlib.Path) -> None:
+    """Validation loss against CPU-hours of training, one colour per chunk (its start marked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    rows = read_history(path)
+    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    for chunk in sorted({int(row["chunk"]) for row in rows}):
+        mine = [row for row in rows if int(row["chunk"]) == chunk]
+        axis.plot([float(r["cpu_hours"]) for r in mine], [float(r["val_loss"]) for r in mine], marker="o",
+                  markevery=[0], label=f"chunk {chunk}")
+    axis.set_xlabel("CPU-hours of training (all chunks)")
+    axis.set_ylabel("validation loss (FGD)")
+    axis.set_title(f"{path.stem}: each chunk starts (marked) from the weights the one before installed",
+                   fontsize=9)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One more chunk of the shipped denoiser's training, from the weights committed in defense/weights/:
+#
+#   scripts/continue_training.sh HOURS [WORK_DIR]     # default WORK_DIR: ~/hgd-work (outside the checkout)
+#
+# Rebuilds the recipe's training pairs if WORK_DIR lacks them (seeded: the same on every machine, ~30 min
+# on one core), trains at most HOURS with the 'continue' options of defense/config.json's recipe
+# (checkpointed every epoch; rerun the same command after a kill to resume the chunk), installs the
+# chunk's best checkpoint if its validation loss beats the committed weights', and appends the chunk to
+# docs/results/training/NAME.csv (+ NAME.png). Commit defense/weights/, attacks/*/defense/weights/ and
+# docs/results/training/ afterwards: that is all the next machine needs to go on.
+# Run it at the lowest priority beside other work: nice -n 19 scripts/continue_training.sh 2
+# Environment: POOL (clean labelled folder, default ../shared/datasets/imagenet_pool); PYTHON.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HOURS=${1:?usage: scripts/continue_training.sh HOURS [WORK_DIR]}
+WORK=${2:-$HOME/hgd-work}
+POOL=${POOL:-$ROOT/../shared/datasets/imagenet_pool}
+PY=${PYTHON:-python3}
+CONFIG=$ROOT/defense/config.json
+
+"$PY" -m hgd.train continue "$CONFIG" "$POOL" "$WORK" --max-hours "$HOURS" \
+    --history-dir "$ROOT/docs/results/training" --no-progress
+# The defense-aware attacks carry copies of the defense: they get the weights defense/config.json reads.
+WEIGHTS=$("$PY" -c 'import sys; from hgd.defended import load_config
+print("\n".join(str(s.weights) for s in load_config(sys.argv[1]).denoisers()))' "$CONFIG")
+for copy in "$ROOT"/attacks/*/defense; do
+  while read -r weights; do
+    if [ -f "$weights" ]; then cp -- "$weights" "$copy/weights/"; fi
+  done <<< "$WEIGHTS"
+done

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The measurements taken after every chunk of the shipped denoiser's training, the same each time
+# (docs/results/training.md prints what they gave):
+#
+#   scripts/measure_shipped.sh [WORK_DIR]       # default WORK_DIR: ~/hgd-work (outside the checkout)
+#
+# 1. The competition harness at EVAL's eps cycle (4/8/12/16) on the DEV images: every shipped
+#    oblivious attack against defense/ and baselines/undefended. Attack pieces already in
+#    WORK_DIR/harness are reused (--keep-attacks), so a new denoiser is scored on the same adversarial
+#    images; iter_target_class runs first and alone, to stay inside the 500 s per batch.
+#    The defense's normalized score and per-attack counts are in WORK_DIR/harness/report.md.
+# 2. bench/defense_run.py --trained: wall time of a 100-image run of defense/ with start-up, peak memory.
+# 3. With TABLE3=1: the Table 3 analog (oblivious White/Black test sets on Lite0, eps 4 and 16; Lite2 is
+#    the black-box model) for the shipped denoiser in front of Lite0, beside undefended Lite0, as the
+#    paper-table rows are scored, into WORK_DIR/table3.json (rows already there are kept: delete the
+#    "HGD shipped" row to rescore new weights).
+# Environment: DEV (competition-format folder, default ../shared/datasets/nips17_dev), PYTHON.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${1:-$HOME/hgd-work}
+DEV=${DEV:-$ROOT/../shared/datasets/nips17_dev}
+PY=${PYTHON:-python3}
+export PYTHON=$PY
+cd "$ROOT"
+
+RUN=(./run_attacks_and_defenses.sh --dataset-dir "$DEV" --output-dir "$WORK/harness" --eps cycle --no-progress)
+"${RUN[@]}" --attack attacks/iter_target_class --defense baselines/undefended
+"${RUN[@]}" --attack attacks/noop --attack attacks/random_noise --attack attacks/fgsm --attack attacks/ifgsm \
+    --attack attacks/mifgsm --attack attacks/step_target_class --attack attacks/iter_target_class \
+    --defense baselines/undefended --defense defense --keep-attacks
+
+"$PY" bench/defense_run.py --images "$DEV/images" --trained
+
+if [ "${TABLE3:-0}" = 1 ]; then
+  "$PY" -m hgd.experiments testsets "$DEV" "$WORK/testsets" --no-progress
+  "$PY" -m hgd.experiments evaluate "$WORK/testsets" --row NA=none --row "HGD shipped=defense/config.json" \
+      --json "$WORK/table3.json" --no-progress
+fi
