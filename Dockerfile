@@ -36,7 +36,7 @@ COPY docker/wheelhouse/project/ /tmp/project/
 # The toolkit, then the default ensemble's (Lite0/1/2) converted weights baked into $HGD_CACHE_DIR
 # (containers run read-only without network: nothing may be converted or downloaded at run time).
 # The competition's four models are never baked: their weights come from `hgd-fetch-weights` on a
-# networked machine, and a derived image copies that cache in (docs/COMPETITION.md).
+# networked machine, and a derived image copies that cache in (docs/guide/competition-models.md).
 # Only the cache is chmod'ed here: touching /opt/venv in this stage would copy all of it into a new layer.
 RUN pip install --no-cache-dir --no-index --no-deps /tmp/project/*.whl \
  && rm -rf /tmp/project \

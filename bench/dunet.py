@@ -1,7 +1,7 @@
 """DUNET forward speed at 299x299, as images/s and as a fraction of the machine's fp32 matmul rate.
 
 Why: the denoiser costs more than the classifiers it protects (~139 GFLOP per image at width
-1.0, ``../shared/docs/hgd-reference.md``), so it sets the defense's speed. FLOPs per image are
+1.0, ``docs/results/benchmarks.md``), so it sets the defense's speed. FLOPs per image are
 counted analytically from the model's Conv2D layers (2 * H_out * W_out * k_h * k_w * C_in * C_out,
 with each layer's actual output shape for a 299 input); BatchNorm, ReLU, the resizes and the
 residual add are left out (a few % at most). The reference rate is a large fp32 matmul run by

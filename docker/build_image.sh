@@ -6,7 +6,7 @@
 #      itself (pip wheel --no-deps .). The deps are downloaded again only when the pins change.
 #   2. base image: $BASE_IMAGE if given; else python:3.11-slim if it is here or can be pulled; else
 #      local/python:3.11-bookworm, made with debootstrap when missing (no registry on CI machines;
-#      shared/docs/ci-docker.md).
+#      docs/guide/competition.md, Sandboxing with Docker).
 #   3. docker build --network none --build-arg BASE_IMAGE=... -t hgd-toolkit:cpu .
 #
 # Usage: docker/build_image.sh [--base-only]

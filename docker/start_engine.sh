@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start a local Docker engine (Debian's dockerd) for CI and development, as described in
-# shared/docs/ci-docker.md. Idempotent: if the engine under /tmp/dockerd already answers, it does
+# docs/guide/competition.md (Sandboxing with Docker). Idempotent: if the engine under /tmp/dockerd already answers, it does
 # nothing but print the DOCKER_HOST line. Needs root (dockerd, apt).
 #
 #   eval "$(docker/start_engine.sh | grep '^export ')"     # or: export DOCKER_HOST=unix:///tmp/dockerd/docker.sock

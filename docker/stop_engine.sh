@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stop the engine started by docker/start_engine.sh: by its pid (never by name), then unmount what
-# it leaves behind (shared/docs/ci-docker.md). Images stay in /tmp/dockerd/root for the next start.
+# it leaves behind (docs/guide/competition.md, Sandboxing with Docker). Images stay in /tmp/dockerd/root for the next start.
 set -euo pipefail
 
 ROOT=${DOCKERD_ROOT:-/tmp/dockerd}

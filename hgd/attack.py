@@ -2,7 +2,7 @@
 
 ``attacks/<name>/run_attack.sh`` are thin wrappers around
 ``python -m hgd.attack --config <their config.json> INPUT_DIR OUTPUT_DIR MAX_EPSILON``. The
-competition contract (``../shared/docs/competition-contract.md``):
+competition contract (``docs/reference/competition-contract.md``):
 
 * every readable image of INPUT_DIR gets a PNG of the same file name in OUTPUT_DIR (created if
   missing), 299x299 RGB uint8, inside the MAX_EPSILON box of the input. MAX_EPSILON is an integer

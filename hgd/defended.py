@@ -1,6 +1,6 @@
 """The defended model: pixels -> normalized 299 space -> denoiser -> each classifier; logits averaged.
 
-This is HGD's deployment structure (``../shared/docs/hgd-reference.md``). Two layouts:
+This is HGD's deployment structure (paper section 5.5; ``docs/ARCHITECTURE.md``). Two layouts:
 
 * **per-model denoisers** (the competition solution): each target model has its own denoiser,
   trained with its own FGD, working in that model's normalized space;

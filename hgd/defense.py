@@ -2,7 +2,7 @@
 
 ``defense/run_defense.sh`` and ``baselines/*/run_defense.sh`` are thin wrappers
 around ``python -m hgd.defense --config <their config.json> INPUT_DIR OUTPUT_FILE``.
-The competition contract (``../shared/docs/competition-contract.md``): one line
+The competition contract (``docs/reference/competition-contract.md``): one line
 per input file, no header, labels 1..1000. A file that cannot be read gets
 label 0 (never correct) and an error line on stderr; the run goes on. The
 output is rewritten atomically after every batch, so a run stopped at the

@@ -5,7 +5,7 @@ prints the accuracy of a defense's output (a missing prediction is wrong, as in
 the competition). ``python -m hgd.evaluate clean --dataset DIR`` prints a
 Markdown table of each target model's clean top-1/top-5, fed the 299 image
 resized in the graph to its native resolution and fed the 299 image directly,
-and of the ensembles; ``docs/MODELS.md`` holds its output.
+and of the ensembles; ``docs/results/models.md`` holds its output.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The paper's evaluation on real images: oblivious test sets and the accuracy of denoised classifiers.
 
-Table 2/3 analog (``../shared/docs/hgd-reference.md``), on a labelled folder (``nips17_dev``):
+Table 2/3 analog (HGD paper, sections 4.1 and 5.2; ``docs/results/paper-tables.md``), on a labelled
+folder (``nips17_dev``):
 
 * **WhiteTestSet**: FGSM on the target model and 4-step I-FGSM on the training ensemble, eps 4 and 16;
 * **BlackTestSet**: FGSM, 2- and 4-step I-FGSM on a model never used in training, eps 4 and 16.
@@ -13,7 +14,7 @@ pairs (:func:`hgd.train.pairs.attack_pairs`), outside the checkout.
     python -m hgd.experiments testsets ../shared/datasets/nips17_dev ~/hgd-work/testsets
     python -m hgd.experiments evaluate ~/hgd-work/testsets --row NA=none --row FGD=~/hgd-work/runs/fgd_lite0 \\
         --json docs/results/table2.json
-    python -m hgd.experiments figures ~/hgd-work/testsets --row PGD=... --row FGD=... --out docs/figures
+    python -m hgd.experiments figures ~/hgd-work/testsets --row PGD=... --row FGD=... --out docs/results/figures
 
 A row is ``NAME=none`` (the undefended target), ``NAME=RUN_DIR`` (a ``python -m hgd.train fit`` run:
 its ``best.weights.h5`` with the width and layout of its ``config.json``) or ``NAME=CONFIG.json`` (a

@@ -1,7 +1,7 @@
 """Pixel I/O: the PNG folder <-> uint8 batches end of the pipeline, and the CSV files.
 
 Everything a defense or an attack reads or writes on disk passes through here, so
-the rules of the competition (see ``docs/competition-contract.md``) live in one
+the rules of the competition (see ``docs/reference/competition-contract.md``) live in one
 place:
 
 * Inputs are 299x299 RGB 8-bit PNGs, but a robust reader must not trust that. Any

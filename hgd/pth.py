@@ -1,7 +1,7 @@
 """Safe reader for legacy (non-zip) PyTorch ``.pth`` state dicts, without torch.
 
 The only offline ImageNet weights this toolkit can reach ship as legacy torch
-files (``../shared/docs/lite-models.md``). ``torch.load`` would unpickle
+files (``docs/results/models.md``). ``torch.load`` would unpickle
 arbitrary code, and torch is not a dependency, so this module re-implements
 the format with an allow-list unpickler that resolves exactly four globals
 (``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2``,

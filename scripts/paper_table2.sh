@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Table 2/3 analog of docs/RESULTS.md as one resumable command: the paper's denoisers guided by
+# The Table 2/3 analog of docs/results/paper-tables.md as one resumable command: the paper's denoisers guided by
 # (and protecting) EfficientNet-Lite0, each trained on the same Table 1 pairs with the same budget,
 # scored on the oblivious White/Black test sets of nips17_dev next to the undefended target and the
 # shipped defense's denoiser.
@@ -16,7 +16,7 @@
 #    FGD_FROM_PGD, LGD_FROM_PGD, CGD_FROM_PGD (not in the paper): that loss fine-tuning the PGD recipe
 #    stopped after 3 epochs (300 steps; trained here once, in runs/table2_pgd_3epochs) or INIT (a
 #    weights file), because FGD from the identity did not move within this budget while PGD did
-#    (docs/RESULTS.md). FGD_ENSEMBLE_FROM_PGD: the same from the same start, guided by the sum of
+#    (docs/results/paper-tables.md). FGD_ENSEMBLE_FROM_PGD: the same from the same start, guided by the sum of
 #    Lite0+1+2's FGD losses (the shared denoiser of the shipped defense's structure).
 # 4. The table: docs/results/table2.json (rows already there are kept), printed as markdown.
 #

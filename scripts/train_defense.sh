@@ -14,7 +14,7 @@
 # 3. Each checkpoint with the lowest validation loss goes where the configuration reads it
 #    (defense/weights/), and into the defense-aware attacks' copies of the defense.
 # Environment: HGD_DEFENSE_PROFILE=NAME trains defense/profiles/NAME.json instead (e.g. competition4,
-# see docs/COMPETITION.md); POOL (clean labelled folder, default ../shared/datasets/imagenet_pool); PYTHON.
+# see docs/guide/competition-models.md); POOL (clean labelled folder, default ../shared/datasets/imagenet_pool); PYTHON.
 set -euo pipefail
 shopt -s nullglob
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

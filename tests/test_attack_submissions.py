@@ -1,7 +1,7 @@
 """The attack submissions (``attacks/*``), run the way the competition runs them.
 
 ``./run_attack.sh INPUT_DIR OUTPUT_DIR MAX_EPSILON`` in a fresh process; then the outputs and
-stderr are checked against the contract (``docs/competition-contract.md``): a same-named 299x299
+stderr are checked against the contract (``docs/reference/competition-contract.md``): a same-named 299x299
 RGB uint8 PNG for each readable input, inside the epsilon box of the (converted) input; an
 ``ERROR`` line per unreadable file; ``target_class.csv`` never taken for an image; a bad
 MAX_EPSILON refused with exit 2. Runs that load models cost seconds each, so the few of them

@@ -1,7 +1,7 @@
 """The defense submission contract, exercised the way the competition runs it.
 
 ``./run_defense.sh INPUT_DIR OUTPUT_FILE`` in a fresh process, then the output and stderr are checked
-(``docs/competition-contract.md``): one ``filename,label`` line per input file, no header, labels
+(``docs/reference/competition-contract.md``): one ``filename,label`` line per input file, no header, labels
 1..1000, label 0 and an ``ERROR`` line for a file that cannot be read. Each run of the undefended
 baseline costs seconds (TensorFlow start-up and three models), so a few runs, started together
 on folders crafted to hold every case, are shared by many tests. A defense with a denoiser is
@@ -16,6 +16,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -357,3 +358,23 @@ def test_score_says_how_many_images_had_no_prediction(tmp_path):
     assert "1 predictions name images not in the dataset" in line
     assert "no prediction" not in score_line(tmp_path / "out.csv", {k: v[0] for k, v in labels.items()}, labels)
     assert "none of them has a prediction" in score_line(tmp_path / "out.csv", {}, labels)
+
+
+def test_demo_runs_the_shipped_defenses_and_goes_on_past_one_that_refuses(tmp_path):
+    """`python -m hgd.demo`, the README's first command: each submission's predictions and accuracy on the
+    sample images; a submission that refuses (here: the HGD defense without its weights) is reported and the
+    demo goes on to the next."""
+    unweighted = tmp_path / "hgd-without-weights"
+    shutil.copytree(HGD, unweighted, ignore=shutil.ignore_patterns("weights"))
+    result = subprocess.run([sys.executable, "-m", "hgd.demo", "--out", str(tmp_path / "out"), "--submissions",
+                             str(unweighted), str(HGD), str(UNDEFENDED)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    blocks = result.stdout.split("== ")[1:]
+    assert [block.splitlines()[0] for block in blocks] == [str(unweighted), "defense", "baselines/undefended"]
+    assert "did not run (exit" in blocks[0]
+    truth = read_dataset_csv(DATASET_CSV)
+    for block, name in zip(blocks[1:], ("defense", "undefended")):
+        predictions = read_predictions_csv(tmp_path / "out" / f"{name}.csv")
+        assert set(predictions) == set(truth)
+        assert f"accuracy: {100 * accuracy(predictions, truth):.1f}% on {len(truth)} images" in block

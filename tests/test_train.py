@@ -383,7 +383,7 @@ def test_shipped_defense_recipe_is_one_ensemble_guided_denoiser():
     """defense/config.json's 'training' section: one shared denoiser guided by all three Lite models,
     trained on pairs attacked on Lite0 and Lite1 only (Lite2 stays the unseen model), from a pixel-loss
     start of 3 epochs, on 128x128 crops and then fine-tuned on whole images (how the shipped weights
-    were made: docs/RESULTS.md), installed float16."""
+    were made: docs/results/harness.md), installed float16."""
     recipe = load_recipe(REPO / "defense" / "config.json")
     (job,) = recipe.jobs
     assert recipe.attack_models == (LITE0, "efficientnet_lite1") and recipe.float16_weights
@@ -665,3 +665,15 @@ def test_continue_training_script_appends_to_the_committed_history(tmp_path):
     (command, *_) = _script_commands("continue_training.sh", "1.5", str(tmp_path))
     assert command.startswith("-m hgd.train continue") and str(REPO / "defense" / "config.json") in command
     assert "--max-hours 1.5" in command and f"--history-dir {REPO / 'docs' / 'results' / 'training'}" in command
+
+
+def test_validation_loss_of_a_checkpoint_is_what_its_run_reported(pairs_dir, tmp_path):
+    """`hgd.train validate` scores any weights on a run's validation pairs: the run's best checkpoint gets the
+    run's best validation loss back, and the bfloat16 policy moves it only a little."""
+    from hgd.train.fit import validation_loss
+
+    state = fit(pairs_dir, tmp_path / "run", _tiny(), verbose=0)
+    best = tmp_path / "run" / "best.weights.h5"
+    assert validation_loss(pairs_dir, best, _tiny()) == pytest.approx(state.best_val_loss, rel=1e-5)
+    rounded = validation_loss(pairs_dir, best, _tiny(dtype_policy="mixed_bfloat16"))
+    assert rounded == pytest.approx(state.best_val_loss, rel=0.05)

@@ -1,7 +1,7 @@
 """The target-model registry contract (``hgd.zoo``), for every registered model, and the weights cache.
 
 Every ``ModelName`` is under test automatically; the architecture numbers come from
-``shared/docs/lite-models.md`` and the publishers' figures, and must be added to ``EXPECTED`` for
+``docs/results/models.md`` and the publishers' figures, and must be added to ``EXPECTED`` for
 a new model. Tests that need a model's weights run for the models whose weights are here
 (``TargetModel.weights_available()``) and are skipped, saying how to fetch them, for the others:
 the competition's four classifiers, whose weights only ``python -m hgd.zoo.fetch`` downloads. To

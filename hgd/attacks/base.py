@@ -6,7 +6,7 @@ Conventions shared by every attack of :mod:`hgd.attacks`:
   0..255, which is what a model of this toolkit takes (``TargetModel.build_classifier``,
   ``hgd.defended.build_defended_model``). ``epsilon`` and step sizes are in pixel units.
 * **The box.** ``lo = clip(x - eps, 0, 255)``, ``hi = clip(x + eps, 0, 255)`` per pixel and
-  channel: the competition's enforcement (``docs/competition-contract.md``). Every iterate is
+  channel: the competition's enforcement (``docs/reference/competition-contract.md``). Every iterate is
   projected onto it, so an attack never leaves it.
 * **Explicit quantization.** The float result is rounded, never rescaled:
   ``clip(rint(x), lo, hi).astype(uint8)`` (:func:`quantize`). The old competition samples min-max

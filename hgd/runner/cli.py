@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import pathlib
@@ -35,8 +36,9 @@ plus report.md / report.html with an accuracy heatmap, rankings, timing and ever
 Every finished work piece is stored under OUTPUT/pieces/: rerunning the same command resumes (finished
 pieces are skipped, all scores recomputed); Ctrl-C loses no finished piece.
 
-With no arguments: every attack in attacks/ against defense/ and every baselines/*/ on sample_data/,
-local executor, into ./competition-output/. To check one submission: %(prog)s validate PATH."""
+With no arguments: every oblivious attack in attacks/ (not the defense-aware ones) against defense/ and
+every baselines/*/ on sample_data/, local executor, into ./competition-output/. To check one submission:
+%(prog)s validate PATH."""
 
 VALIDATE_DESCRIPTION = """\
 Check one submission (a folder or a .zip/.tar/.tar.gz archive, extracted safely) the way the
@@ -102,7 +104,8 @@ def run_parser() -> argparse.ArgumentParser:
     sub = parser.add_argument_group("submissions (each flag may be repeated)")
     sub.add_argument("--attacks-dir", type=pathlib.Path, action="append", default=[], metavar="DIR",
                      help="a folder with one attack submission per subfolder; targeted or not is read from each "
-                          "metadata.json (default, when no attack flag is given: attacks/ of this checkout)")
+                          "metadata.json (default, when no attack flag is given: the oblivious attacks of attacks/ of this "
+                          "checkout; the defense-aware ones belong to `python -m hgd.security`)")
     sub.add_argument("--targeted-attacks-dir", type=pathlib.Path, action="append", default=[], metavar="DIR",
                      help="a folder with one targeted attack submission per subfolder")
     sub.add_argument("--attack", type=pathlib.Path, action="append", default=[], metavar="DIR",
@@ -202,6 +205,11 @@ def _submission_folders(args: argparse.Namespace) -> tuple[list[tuple[pathlib.Pa
 
     if not (args.attacks_dir or args.targeted_attacks_dir or args.attack):
         parent(PROJECT_ROOT / "attacks", None, default=True)
+        aware = [path for path, _ in folders if _declares_defense_aware(path)]
+        folders[:] = [(path, kind) for path, kind in folders if path not in aware]
+        if aware:
+            _say(f"by default only the oblivious attacks run; left out (defense-aware, for `python -m hgd.security` "
+                 f"or --attack): {', '.join(path.name for path in aware)}")
     for path in args.attacks_dir:
         parent(path, None)
     for path in args.targeted_attacks_dir:
@@ -216,6 +224,14 @@ def _submission_folders(args: argparse.Namespace) -> tuple[list[tuple[pathlib.Pa
     for path in args.defense:
         single(path, SubmissionType.DEFENSE)
     return folders, absent
+
+
+def _declares_defense_aware(folder: pathlib.Path) -> bool:
+    """Whether ``folder/metadata.json`` says ``"defense_aware": true`` (unreadable: no; ``discover`` reports it)."""
+    try:
+        return json.loads((folder / "metadata.json").read_text()).get("defense_aware") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def run_main(argv: Sequence[str]) -> int:

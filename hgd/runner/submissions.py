@@ -1,7 +1,7 @@
 """Submission folders: ``metadata.json`` + an entry point, read into Attack / Defense objects.
 
 A submission is a directory with ``metadata.json`` at its root (see
-``competition-contract.md``)::
+``docs/reference/competition-contract.md``)::
 
     {"type": "attack" | "targeted_attack" | "defense",
      "container": "<image for CPU runs>", "container_gpu": "<image for GPU runs>",

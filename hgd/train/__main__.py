@@ -1,8 +1,8 @@
-"""``python -m hgd.train {data,fit,defense,continue,install,curves}``: build training pairs, train a denoiser,
+"""``python -m hgd.train {data,fit,defense,continue,validate,install,curves}``: build training pairs, train a denoiser,
 train a whole defense (all resume), go on training a defense's installed denoisers by one chunk,
-install a run's checkpoint, compare runs' validation curves.
+score any weights on a run's validation pairs, install a run's checkpoint, compare runs' validation curves.
 
-Examples (the data sets are described in ``../shared/docs/datasets.md``)::
+Examples (the data sets are described in ``docs/reference/datasets.md``)::
 
     python -m hgd.train data ../shared/datasets/imagenet_pool ~/hgd-work/pairs
     python -m hgd.train fit ~/hgd-work/pairs ~/hgd-work/runs/fgd_lite0 --guidance fgd --models efficientnet_lite0
@@ -96,6 +96,18 @@ def _parser() -> argparse.ArgumentParser:
     more.add_argument("--history-dir", type=pathlib.Path, default=None,
                       help="append the chunk to NAME.csv here and redraw NAME.png (e.g. docs/results/training)")
     more.add_argument("--no-progress", action="store_true")
+    validate = commands.add_parser("validate", help="the validation loss a run of these options reports, for any "
+                                   "denoiser weights (e.g. a bfloat16-trained checkpoint scored in float32)")
+    validate.add_argument("pairs_dir", type=pathlib.Path, help="a folder made by `data`")
+    validate.add_argument("weights", type=pathlib.Path, help="denoiser weights (.weights.h5)")
+    validate.add_argument("--guidance", choices=[g.value for g in Guidance], default="fgd")
+    validate.add_argument("--models", nargs="+", choices=models, default=["efficientnet_lite0"])
+    validate.add_argument("--width", type=float, default=1.0)
+    validate.add_argument("--dae", action="store_true")
+    validate.add_argument("--validation-pairs", type=int, default=256)
+    validate.add_argument("--batch-size", type=int, default=16)
+    validate.add_argument("--seed", type=int, default=0)
+    validate.add_argument("--dtype-policy", choices=["float32", "mixed_bfloat16"], default="float32")
     install = commands.add_parser("install", help="copy a run's best checkpoint to where a defense reads it")
     install.add_argument("run_dir", type=pathlib.Path, help="a `fit` run")
     install.add_argument("weights", type=pathlib.Path, help="the weights file a defense config names")
@@ -157,6 +169,17 @@ def _continue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from hgd.train.fit import FitConfig, validation_loss
+
+    config = FitConfig(guidance=Guidance(args.guidance), models=tuple(args.models), width=args.width,
+                       lateral=not args.dae, batch_size=args.batch_size, validation_pairs=args.validation_pairs,
+                       seed=args.seed, dtype_policy=args.dtype_policy)
+    print(f"{args.weights}: validation loss {validation_loss(args.pairs_dir, args.weights, config):.5f} "
+          f"({config.guidance.value}, {config.dtype_policy})")
+    return 0
+
+
 def _install(args: argparse.Namespace) -> int:
     from hgd.train.fit import BEST_WEIGHTS
     from hgd.train.recipe import install
@@ -180,7 +203,8 @@ def _curves(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.getLogger("hgd").setLevel(logging.INFO)
-    run_main(lambda: {"data": _data, "fit": _fit, "defense": _defense, "continue": _continue, "install": _install,
+    run_main(lambda: {"data": _data, "fit": _fit, "defense": _defense, "continue": _continue, "validate": _validate,
+                      "install": _install,
                       "curves": _curves}[args.command](args))
 
 

@@ -2,11 +2,11 @@
 
 Only the denoiser trains; the target models are frozen and run in inference mode (their
 BatchNorm uses its ImageNet statistics), and gradients flow through them into the denoiser.
-The recipe (paper section 4; ``../shared/docs/hgd-reference.md``): Adam at ``learning_rate``
+The recipe (paper section 4.2): Adam at ``learning_rate``
 until the validation loss stops improving for ``patience`` epochs, then ``final_learning_rate``
 until it stops again; the checkpoint with the lowest validation loss is the result.
 
-Cheaper than the paper on purpose, both measured in ``docs/RESULTS.md``: a width multiplier for
+Cheaper than the paper on purpose, both measured in ``docs/results/paper-tables.md``: a width multiplier for
 the DUNET and random square crops of the 299 images for training (the same crop and horizontal
 flip for both images of a pair; validation always on the full 299 images, as deployed).
 
@@ -308,6 +308,20 @@ def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, ve
         state.finished = f"reached max_epochs={config.max_epochs}"
         _save_state(run_dir, state)
     return state
+
+
+def validation_loss(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitConfig) -> float:
+    """The loss of ``config`` for the denoiser ``weights`` on the validation pairs a run of ``config`` scores.
+
+    What ``fit`` reports as ``val_loss``, for any checkpoint: e.g. one trained in ``mixed_bfloat16`` scored in
+    ``float32`` (``config.dtype_policy``), so runs validated under different policies compare on one scale.
+    """
+    _, val_pairs = _split(pairs_dir, config, built_only=False)
+    model = build_training_model(config)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    model.denoiser.load_weights(weights)
+    validation = PairBatches(val_pairs, config.batch_size, crop=None, shuffle=False, seed=config.seed)
+    return float(model.evaluate(validation, verbose=0))
 
 
 class Checkpointer(keras.callbacks.Callback):

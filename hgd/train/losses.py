@@ -1,4 +1,4 @@
-"""The denoiser's training losses (paper section 3.2; ``../shared/docs/hgd-reference.md``).
+"""The denoiser's training losses (paper section 3.2).
 
 * PGD, pixel guided: ``mean |x_hat - x|`` in the normalized image space.
 * FGD, feature guided: ``mean |f(x_hat) - f(x)|`` on the guide layer (the topmost conv feature

@@ -70,7 +70,7 @@ def read_labelled_folder(folder: pathlib.Path) -> list[LabelledImage]:
         labels = read_dataset_csv(folder / "dev_dataset.csv")
         found = [LabelledImage(images_dir / f"{image_id}.png", true - 1) for image_id, (true, _) in labels.items()]
     else:
-        raise FileNotFoundError(f"{folder}: neither labels.csv nor dev_dataset.csv (see ../shared/docs/datasets.md)")
+        raise FileNotFoundError(f"{folder}: neither labels.csv nor dev_dataset.csv (see docs/reference/datasets.md)")
     missing = [str(image.path) for image in found if not image.path.is_file()]
     if missing:
         raise FileNotFoundError(f"{folder}: {len(missing)} labelled images are missing, e.g. {missing[0]}")

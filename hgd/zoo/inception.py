@@ -1,7 +1,7 @@
 """The competition's ens-adv Inception v3 and Inception-ResNet-v2, as TF-Slim defines them.
 
 Two of the four classifiers the winning NIPS 2017 defense protected
-(``../shared/docs/hgd-reference.md``), with weights from Tramer et al.'s ensemble adversarial
+(HGD paper, section 5.5), with weights from Tramer et al.'s ensemble adversarial
 training, published as TF-Slim checkpoints of 1001 classes. The builders follow
 ``tensorflow/models`` ``research/slim/nets/inception_v3.py`` and ``inception_resnet_v2.py``
 layer for layer, naming every layer after its slim scope (:mod:`hgd.zoo.slim`), so

@@ -1,7 +1,7 @@
 """The competition's ResNet152 and ResNeXt101-64x4d, run at 299x299 with global average pooling.
 
 Two of the four classifiers the winning NIPS 2017 defense protected
-(``../shared/docs/hgd-reference.md``); both guide layers are the last stage's output,
+(HGD paper, section 5.5); both guide layers are the last stage's output,
 ``conv5_block3_out`` (10x10x2048 at 299x299), and both return 1000 logits (``predictions``).
 
 - ResNet152 is Keras applications' own model and weight file
