@@ -2,9 +2,12 @@
 
 Why: a submission is judged as a process: how long ``run_defense.sh INPUT_DIR OUTPUT_FILE``
 takes from launch to exit on a folder of images, and its peak memory (the project's goal:
-<= 4 GiB). Measured for (a) ``baselines/undefended`` and (b) the HGD defense with the
-denoisers that ``defense/config.json`` names. Peak memory is the child's max RSS, read with
-``os.wait4`` from this parent process (the shell ``exec``s python, so it is python's).
+<= 4 GiB). Measured for (a) ``baselines/undefended``, (b) the HGD defense with the
+denoisers that ``defense/config.json`` names and, with ``--which ... hgd-bf16``, (c) the same with
+its denoisers computed in ``mixed_bfloat16`` (then the share of (c)'s labels equal to (b)'s is
+printed: the bfloat16 lever is only worth taking where it changes no label). Peak memory is the
+child's max RSS, read with ``os.wait4`` from this parent process (the shell ``exec``s python, so it
+is python's).
 
 Both submission folders are copied to a temporary folder and the copies are run (so
 ``--batch-size`` can override their config.json). The trained denoiser weights may not exist
@@ -31,13 +34,20 @@ UNTRAINED_WARNING = ("WARNING: (b) HGD RUNS WITH RANDOMLY INITIALISED, UNTRAINED
                      "IT MEASURES COST (TIME, MEMORY) ONLY; ITS PREDICTIONS ARE MEANINGLESS.")
 
 
-def submission_copy(source: pathlib.Path, workdir: pathlib.Path, batch_size: int | None) -> pathlib.Path:
-    """``source`` (a submission folder) copied under ``workdir``, its config's batch size overridden."""
-    copy = workdir / source.relative_to(REPO)
+def submission_copy(source: pathlib.Path, workdir: pathlib.Path, batch_size: int | None,
+                    dtype_policy: str | None = None) -> pathlib.Path:
+    """``source`` (a submission folder) copied under ``workdir`` (a folder per ``dtype_policy``), its config's
+    batch size and its denoisers' dtype policy overridden where given."""
+    copy = workdir / (dtype_policy or "as-configured") / source.relative_to(REPO)
     shutil.copytree(source, copy)
+    config = json.loads((copy / "config.json").read_text())
     if batch_size:
-        config = json.loads((copy / "config.json").read_text())
-        (copy / "config.json").write_text(json.dumps({**config, "batch_size": batch_size}, indent=1))
+        config["batch_size"] = batch_size
+    if dtype_policy:
+        for entry in [config, *config["members"]]:
+            if entry.get("denoiser"):
+                entry["denoiser"]["dtype_policy"] = dtype_policy
+    (copy / "config.json").write_text(json.dumps(config, indent=1))
     return copy
 
 
@@ -75,7 +85,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=pathlib.Path, default=DEFAULT_IMAGES, help="PNG folder (first --n files)")
     parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--which", nargs="+", choices=["undefended", "hgd"], default=["undefended", "hgd"])
+    parser.add_argument("--which", nargs="+", choices=["undefended", "hgd", "hgd-bf16"], default=["undefended", "hgd"],
+                        help="hgd-bf16: the HGD defense with its denoisers computed in mixed_bfloat16 (with hgd: "
+                             "how many of its labels equal the float32 run's is printed)")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each, alternating; medians are reported")
     parser.add_argument("--trained", action="store_true", help="use defense/'s real (trained) weights")
     parser.add_argument("--batch-size", type=int, default=None, help="override both configs' batch_size")
@@ -89,20 +101,24 @@ def main() -> None:
         if "undefended" in args.which:
             copy = submission_copy(REPO / "baselines" / "undefended", tmp, args.batch_size)
             scripts["(a) baselines/undefended"] = copy / "run_defense.sh"
-        if "hgd" in args.which:
-            copy = submission_copy(REPO / "defense", tmp, args.batch_size)
-            if not args.trained:
-                log(UNTRAINED_WARNING)
-                write_random_weights(copy)
-            scripts["(b) HGD, defense/config.json" + ("" if args.trained else " -- UNTRAINED weights, cost only")] = (
-                copy / "run_defense.sh")
+        untrained = "" if args.trained else " -- UNTRAINED weights, cost only"
+        for which, policy, label in (("hgd", None, "(b) HGD, defense/config.json"),
+                                     ("hgd-bf16", "mixed_bfloat16", "(c) HGD, denoiser in mixed_bfloat16")):
+            if which in args.which:
+                copy = submission_copy(REPO / "defense", tmp, args.batch_size, policy)
+                if not args.trained:
+                    log(UNTRAINED_WARNING)
+                    write_random_weights(copy)
+                scripts[label + untrained] = copy / "run_defense.sh"
         results: dict[str, list[tuple[float, float, int, int]]] = {name: [] for name in scripts}
+        outputs = {name: tmp / f"result{i}.csv" for i, name in enumerate(scripts)}
         for r in range(args.rounds):
             for name in scripts if r % 2 == 0 else reversed(scripts):
                 log(f"round {r + 1}/{args.rounds}: {name}")
-                results[name].append(run_once(scripts[name], images, tmp / "result.csv"))
+                results[name].append(run_once(scripts[name], images, outputs[name]))
                 wall, peak, code, lines = results[name][-1]
                 log(f"  {wall:.1f} s, peak RSS {peak:.2f} GiB, exit {code}, {lines} prediction lines")
+        agreement = _label_agreement([outputs[name] for name in scripts if name.startswith(("(b)", "(c)"))])
 
     rows = []
     for name, runs in results.items():
@@ -115,6 +131,18 @@ def main() -> None:
     print(f"Median wall time of {args.rounds} run(s) each (launch to exit, start-up included), {batch}; peak = "
           f"max RSS of the process over all runs. Goal: peak <= 4 GiB.\n")
     print(table(["submission", "images", "wall s", "img/s", "peak RSS GiB", "exit / lines"], rows))
+    if agreement:
+        print(f"\nLabels of (c) equal to (b)'s on {agreement[0]} of {agreement[1]} images.")
+
+
+def _label_agreement(outputs: list[pathlib.Path]) -> tuple[int, int] | None:
+    """(equal labels, images) of the float32 and bfloat16 HGD runs' last outputs, when both ran."""
+    from hgd.images import read_predictions_csv
+
+    if len(outputs) != 2 or not all(path.is_file() for path in outputs):
+        return None
+    full, rounded = (read_predictions_csv(path) for path in outputs)
+    return sum(rounded.get(image) == label for image, label in full.items()), len(full)
 
 
 if __name__ == "__main__":

@@ -311,6 +311,10 @@ def _check_curves(run: pathlib.Path, state: RunState) -> None:
     assert row.startswith("| FGD | fgd | 4 |") and row.endswith(f"| {curve.best:.3f} |")
     curves.plot({"FGD": curve}, run / "curves.png")
     assert (run / "curves.png").stat().st_size > 10_000
+    assert curve.x("steps") == [0, 2, 4] and len(curve.x("cpu-hours")) == 3
+    assert 0 < curve.x("cpu-hours")[1] < curve.x("cpu-hours")[2]  # from the history's cpu_seconds, summed
+    curves.plot({"FGD": curve}, run / "cpu.png", x="cpu-hours")
+    assert (run / "cpu.png").stat().st_size > 10_000
 
 
 def test_fit_can_start_from_trained_weights(pairs_dir, tmp_path):

@@ -115,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     curves = commands.add_parser("curves", help="table and plot of runs' validation loss relative to their start")
     curves.add_argument("runs", nargs="+", type=named_path, help="NAME=RUN_DIR of `fit` runs")
     curves.add_argument("--out", type=pathlib.Path, required=True, help="the plot (PNG)")
+    curves.add_argument("--x", choices=["steps", "cpu-hours"], default="steps",
+                        help="the plot's x axis (cpu-hours: runs recorded since the history has cpu_seconds)")
     return parser
 
 
@@ -195,7 +197,7 @@ def _curves(args: argparse.Namespace) -> int:
     from hgd.train import curves
 
     runs = {name: curves.read_run(folder) for name, folder in args.runs}
-    curves.plot(runs, args.out)
+    curves.plot(runs, args.out, x=args.x)
     print(curves.markdown_table(runs))
     return 0
 

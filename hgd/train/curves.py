@@ -6,13 +6,14 @@ the identity for a fresh DUNET), it reads the same for every row: below 1, train
 share of the error the identity leaves; above 1, the denoiser is worse than doing nothing.
 
     python -m hgd.train curves PGD=~/hgd-work/runs/table2_pgd FGD=~/hgd-work/runs/table2_fgd \\
-        --out docs/results/table2_training.png
+        --out docs/results/table2_training.png [--x cpu-hours]
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import pathlib
 from collections.abc import Mapping
@@ -29,6 +30,15 @@ class RunCurve:
     initial: float
     val_loss: tuple[float, ...]
     hours: float
+    cpu_hours: tuple[float, ...] | None = None  # after each epoch, from the start; None: not recorded
+
+    def x(self, axis: str) -> list[float]:
+        """The plot's x values, from the start (0) to the last epoch: training ``steps`` or ``cpu-hours``."""
+        if axis == "steps":
+            return [self.steps_per_epoch * i for i in range(len(self.val_loss) + 1)]
+        if self.cpu_hours is None:
+            raise ValueError("this run's history has no cpu_seconds (it predates them): plot against steps")
+        return [0.0, *self.cpu_hours]
 
     @property
     def relative(self) -> tuple[float, ...]:
@@ -49,11 +59,15 @@ def read_run(run_dir: pathlib.Path) -> RunCurve:
     if not history.is_file():
         raise FileNotFoundError(f"{run_dir}: no {HISTORY_FILE} yet (has the run finished an epoch?)")
     with open(history, newline="") as f:
-        losses = tuple(float(row["val_loss"]) for row in csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    losses = tuple(float(row["val_loss"]) for row in rows)
+    cpu_hours = None
+    if rows and all(row.get("cpu_seconds") for row in rows):
+        cpu_hours = tuple(itertools.accumulate(float(row["cpu_seconds"]) / 3600 for row in rows))
     if config.get("steps_per_epoch") is None:
         raise ValueError(f"{run_dir}: epochs of one pass over the pairs; the plot needs steps_per_epoch")
     return RunCurve(config["guidance"], int(config["steps_per_epoch"]), float(state["initial_val_loss"]), losses,
-                    float(state["hours"]))
+                    float(state["hours"]), cpu_hours)
 
 
 def markdown_table(curves: Mapping[str, RunCurve]) -> str:
@@ -67,8 +81,12 @@ def markdown_table(curves: Mapping[str, RunCurve]) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: Mapping[str, RunCurve], path: pathlib.Path) -> None:
-    """Relative validation loss against training steps, one line per run; 1 = the starting denoiser."""
+def plot(curves: Mapping[str, RunCurve], path: pathlib.Path, x: str = "steps") -> None:
+    """Relative validation loss against training ``steps`` or ``cpu-hours``, one line per run; 1 = the start.
+
+    Per CPU-hour is how options that change a step's cost (width, dtype policy, batch) compare; relative
+    to each run's own start, runs validated under different dtype policies compare on one scale.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,10 +94,9 @@ def plot(curves: Mapping[str, RunCurve], path: pathlib.Path) -> None:
 
     figure, axis = plt.subplots(figsize=(6.4, 4.0))
     for name, c in curves.items():
-        steps = [c.steps_per_epoch * (i + 1) for i in range(len(c.val_loss))]
-        axis.plot([0, *steps], [1.0, *c.relative], marker="o", label=f"{name} ({c.guidance})")
+        axis.plot(c.x(x), [1.0, *c.relative], marker="o", label=f"{name} ({c.guidance})")
     axis.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-    axis.set_xlabel("training steps (batches)")
+    axis.set_xlabel("training steps (batches)" if x == "steps" else "CPU-hours of training (process CPU time)")
     axis.set_ylabel("validation loss / starting denoiser's")
     axis.set_title("below 1: better than the starting denoiser (a fresh DUNET: the identity)", fontsize=10)
     axis.legend()
