@@ -35,11 +35,12 @@ def score_line(source: pathlib.Path, predictions: Mapping[str, int], labels: Map
     missing = sum(image_id not in predictions for image_id in labels)
     extra = sum(image_id not in labels for image_id in predictions)
     line = f"{source}: accuracy {100 * accuracy(predictions, labels):.1f}% on {len(labels)} images"
-    if missing:
+    if missing == len(labels):
+        line += "; none of them has a prediction"
+    elif missing:
+        predicted = {image_id: label for image_id, label in labels.items() if image_id in predictions}
         line += (f"; {missing} of them have no prediction and count as wrong "
-                 f"({100 * accuracy(predictions, {k: v for k, v in labels.items() if k in predictions}):.1f}% "
-                 f"on the {len(labels) - missing} predicted)" if missing < len(labels) else
-                 f"; none of them has a prediction")
+                 f"({100 * accuracy(predictions, predicted):.1f}% on the {len(predicted)} predicted)")
     if extra:
         line += f"; {extra} predictions name images not in the dataset (ignored)"
     return line

@@ -394,8 +394,8 @@ def _collect(pending: _Pending, size: int) -> Batch:
 # --------------------------------------------------------------------------- write
 
 
-def save_png(path: StrPath, image: np.ndarray) -> None:
-    """Writes a ``(H, W, 3)`` uint8 array as an RGB PNG, atomically.
+def save_png(path: StrPath, image: np.ndarray, *, compress_level: int = 6) -> None:
+    """Writes a ``(H, W, 3)`` uint8 array as an RGB PNG, atomically (the one PNG writer).
 
     Refuses anything else instead of converting it: rescaling a float image
     to 0..255 (what the competition's old samples did by accident) changes
@@ -404,6 +404,8 @@ def save_png(path: StrPath, image: np.ndarray) -> None:
     Args:
         path: Destination file; its folder must exist.
         image: The pixels.
+        compress_level: zlib level, 0..9 (lossless at every level; 1 encodes several times faster than
+            Pillow's default 6 for files ~10% larger: the runner's choice for adversarial images).
 
     Raises:
         ValueError: ``image`` is not a uint8 array of shape ``(H, W, 3)``.
@@ -414,27 +416,35 @@ def save_png(path: StrPath, image: np.ndarray) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(f"save_png needs shape (H, W, 3), got {image.shape}")
     picture = Image.fromarray(np.ascontiguousarray(image))
-    write_atomically(pathlib.Path(path), "wb", lambda f: picture.save(f, format="PNG"))
+    write_atomically(pathlib.Path(path), "wb", lambda f: picture.save(f, format="PNG", compress_level=compress_level))
 
 
-def write_atomically(path: pathlib.Path, mode: str, write: Callable[[IO[Any]], None]) -> None:
-    """Writes through a temporary file in the same folder, then renames it (the runner's files too).
+def replace_atomically(path: pathlib.Path, write: Callable[[pathlib.Path], None], *, suffix: str = ".tmp") -> None:
+    """Writes ``path`` as ``write(temporary)`` into a temporary file of the same folder, then renames it.
 
-    ``os.replace`` is atomic on one file system, so readers see either the old
-    file or the complete new one, even if the writer is killed midway. The
-    temporary file is created with ``open`` (not ``tempfile``) so the result
-    gets the usual umask-based permissions rather than 0600.
+    The one rule for every file the toolkit must never leave half-written (checkpoints, caches, state,
+    predictions): ``os.replace`` is atomic on one file system, so readers see either the old file or
+    the complete new one, even if the writer is killed midway; a failed write leaves no temporary file.
+    ``suffix`` ends the temporary name, for writers that insist on one (Keras: ``.weights.h5``). The
+    file gets the usual umask-based permissions (``tempfile`` would make it 0600).
     """
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
     try:
-        newline = "" if "b" not in mode else None
-        encoding = "utf-8" if "b" not in mode else None
-        with open(temporary, mode, newline=newline, encoding=encoding) as f:
-            write(f)
+        write(temporary)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def write_atomically(path: pathlib.Path, mode: str, write: Callable[[IO[Any]], None]) -> None:
+    """:func:`replace_atomically` for a writer of an open file (``mode``: ``"w"`` text, ``"wb"`` bytes)."""
+    def to_file(temporary: pathlib.Path) -> None:
+        binary = "b" in mode
+        with open(temporary, mode, newline=None if binary else "", encoding=None if binary else "utf-8") as f:
+            write(f)
+
+    replace_atomically(path, to_file)
 
 
 # ----------------------------------------------------------------------------- CSV

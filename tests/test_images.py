@@ -568,3 +568,25 @@ def test_write_predictions_csv_empty(tmp_path):
 def test_module_has_no_deep_learning_import():
     source = Path(images.__file__).read_text()
     assert "import keras" not in source and "tensorflow" not in source
+
+
+def test_replace_atomically_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    """The one atomic-write rule: the temporary name ends as asked (Keras insists on ``.weights.h5``), a
+    failing writer leaves the old file and no temporary file behind."""
+    from hgd.images import replace_atomically
+
+    target = tmp_path / "d.weights.h5"
+    target.write_bytes(b"old")
+    seen = []
+
+    def fail(temporary):
+        seen.append(temporary)
+        temporary.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_atomically(target, fail, suffix=".weights.h5")
+    assert seen[0].name.endswith(".weights.h5") and seen[0].parent == tmp_path
+    assert target.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [target]
+    replace_atomically(target, lambda temporary: temporary.write_bytes(b"new"), suffix=".weights.h5")
+    assert target.read_bytes() == b"new" and sorted(tmp_path.iterdir()) == [target]

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import logging
 import os
 import pathlib
@@ -42,14 +41,12 @@ import uuid
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from hgd.attacks.base import Box
-from hgd.images import NUM_LABELS, ImageError, load_image, read_predictions_csv
+from hgd.images import NUM_LABELS, ImageError, load_image, read_predictions_csv, save_png
 from hgd.runner.executors import Executor, RunResult
-from hgd.runner.files import (force_rmtree, make_read_only, make_world_writable, write_bytes_atomic,
-                              write_text_atomic)
+from hgd.runner.files import force_rmtree, make_read_only, make_world_writable, write_text_atomic
 from hgd.runner.pieces import (AttackRecord, Dataset, DefenseRecord, ImageBatch, PieceStore, adv_batch_id,
                                make_batches)
 from hgd.runner.submissions import DEFENSE_OUTPUT_FILE, Attack, Defense
@@ -337,9 +334,8 @@ def save_adversarial_png(path: pathlib.Path, image: np.ndarray) -> None:
     zlib level 1 instead of Pillow's default 6: the pixels are the same, files are ~10% larger and
     encoding is several times faster, which is most of the harness's own time per attack piece.
     """
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image), "RGB").save(buffer, format="PNG", compress_level=1)
-    write_bytes_atomic(path, buffer.getvalue())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(path, image, compress_level=1)
 
 
 def enforce_epsilon(output_dir: pathlib.Path, names: dict[str, str], dataset: Dataset, epsilon: int,

@@ -31,7 +31,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import pathlib
 import time
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ import numpy as np
 
 from hgd.attacks.losses import check_loss
 from hgd.dunet import DTYPE_POLICIES, build_dunet
-from hgd.images import IMAGE_SIZE, load_image, write_atomically
+from hgd.images import IMAGE_SIZE, load_image, replace_atomically, write_atomically
 from hgd.train.adaptive import Adversary, SyncWeights, build_attacked_model
 from hgd.train.losses import Guidance, guidance_loss
 from hgd.train.pairs import TRAIN, VALIDATION, Pair, read_pairs
@@ -413,9 +412,7 @@ def _save_state(run_dir: pathlib.Path, state: RunState) -> None:
 
 
 def _save_weights(model: keras.Model, path: pathlib.Path) -> None:
-    partial = path.with_name(f".partial-{path.name}")
-    model.save_weights(partial)
-    os.replace(partial, path)
+    replace_atomically(path, model.save_weights, suffix=".weights.h5")
 
 
 def _save_optimizer(optimizer: keras.optimizers.Optimizer, path: pathlib.Path) -> None:

@@ -26,11 +26,11 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 from collections.abc import Callable, Iterator
 
 import keras
 
+from hgd.images import replace_atomically, write_atomically
 from hgd.zoo.efficientnet_lite import LiteVariant, build_efficientnet_lite, convert_weights
 
 CACHE_ENV = "HGD_CACHE_DIR"
@@ -88,15 +88,8 @@ def load_or_convert(variant: LiteVariant, directory: pathlib.Path | None = None)
 def store_weights(model: keras.Model, target: pathlib.Path) -> None:
     """Save ``model``'s weights at ``target`` atomically (temporary file + rename); raises ``OSError``."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".weights.h5")
-    os.close(fd)
-    try:
-        model.save_weights(tmp, overwrite=True)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a cache baked as root from a non-root container user
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # umask permissions, not tempfile's 0600, which would hide a cache baked as root from a non-root container user
+    replace_atomically(target, lambda tmp: model.save_weights(tmp, overwrite=True), suffix=".weights.h5")
 
 
 # ----------------------------------------------------------------------------- hashes and the ledger
@@ -154,16 +147,8 @@ def record(section: str, key: str, entry: dict, directory: pathlib.Path | None =
     with _locked(directory):
         ledger = read_ledger(directory)
         ledger[section][key] = entry
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{LEDGER_FILE}.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(ledger, f, indent=1, sort_keys=True)
-                f.write("\n")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, ledger_path(directory))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomically(ledger_path(directory), "w",
+                         lambda f: f.write(json.dumps(ledger, indent=1, sort_keys=True) + "\n"))
 
 
 # ----------------------------------------------------------------------------- fetched models
