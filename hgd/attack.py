@@ -234,10 +234,7 @@ def build_model(config: AttackConfig):
     defense_path = defense_config_path(config)
     if defense_path is not None:
         defense = load_config(defense_path)
-        missing = defense.missing_weights()
-        if missing:
-            raise ValueError(f"the defense to attack names denoiser weights that do not exist: "
-                             f"{', '.join(map(str, missing))}")
+        defense.require_weights()
         return defense_model(defense, eot_draws=config.model.get("eot_draws", DEFAULT_EOT_DRAWS))
     names = [m["model"] if isinstance(m, dict) else m for m in config.model["members"]]
     return build_defended_model([Member(get_model(name)) for name in names])
@@ -335,15 +332,13 @@ def _refusal(config: AttackConfig, config_path: pathlib.Path) -> str | None:
     defense_path = defense_config_path(config)
     if defense_path is None:
         return None
-    from hgd.defended import load_config
+    from hgd.defended import MissingWeights, load_config
 
-    missing = load_config(defense_path).missing_weights()
-    if not missing:
-        return None
-    return (f"REFUSED: {config_path} attacks the defense {defense_path}, which names trained denoiser weights "
-            f"that do not exist: {', '.join(map(str, missing))}.\nAn attack on an untrained denoiser measures "
-            "nothing. Train the denoisers (HGD training pipeline) and put their weights where that config "
-            "names them (for a submission: copy defense/weights/ into its own defense/ folder).")
+    try:
+        load_config(defense_path).require_weights()
+    except MissingWeights as refusal:
+        return f"REFUSED: {config_path} attacks a defense that cannot run: {refusal}"
+    return None
 
 
 def _log_loss_curve(attack: Any, names: list[str]) -> None:

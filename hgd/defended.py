@@ -61,6 +61,12 @@ class Member:
     denoiser: DenoiserSpec | None = None
 
 
+class MissingWeights(FileNotFoundError):
+    """A defense names trained denoiser weights that do not exist: it must not run, be attacked, evaluated
+    or packaged with an untrained denoiser (which would measure nothing). The one refusal: its message
+    names the configuration and every missing file."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DefenseConfig:
     """A defense: its members (the ensemble), an optional shared denoiser, the batch size it classifies with,
@@ -70,6 +76,7 @@ class DefenseConfig:
     batch_size: int = 32
     shared_denoiser: DenoiserSpec | None = None
     transform: Transform | None = None
+    source: pathlib.Path | None = None  # the config.json read, for messages
 
     def __post_init__(self) -> None:
         if self.shared_denoiser is not None:
@@ -85,6 +92,17 @@ class DefenseConfig:
     def missing_weights(self) -> list[pathlib.Path]:
         """Denoiser weight files the config names that do not exist."""
         return [spec.weights for spec in self.denoisers() if not spec.weights.is_file()]
+
+    def require_weights(self) -> None:
+        """Raise :class:`MissingWeights` unless every denoiser weight file the config names exists."""
+        missing = self.missing_weights()
+        if missing:
+            raise MissingWeights(
+                f"{self.source or 'the defense'} names trained denoiser weights that do not exist: "
+                f"{', '.join(map(str, missing))}. HGD must not run, be attacked or be packaged with an untrained "
+                "denoiser: train them (python -m hgd.train defense CONFIG POOL WORK_DIR; for a submission that "
+                "carries a copy of the defense, copy defense/weights/ into its own defense/ folder), or use the "
+                "undefended baseline (baselines/undefended).")
 
     def build(self, image_size: int | None = IMAGE_SIZE) -> keras.Model:
         """Pixels -> averaged logits: :func:`build_defended_model` for this configuration.
@@ -140,7 +158,8 @@ def load_config(path: str | pathlib.Path) -> DefenseConfig:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"'batch_size' must be a positive integer, got {batch_size!r}")
         return DefenseConfig(members=members, batch_size=batch_size,
-                             shared_denoiser=_denoiser(raw.get("denoiser"), path.parent), transform=transform)
+                             shared_denoiser=_denoiser(raw.get("denoiser"), path.parent), transform=transform,
+                             source=path)
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path}: {error}") from None
 

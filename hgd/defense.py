@@ -51,17 +51,13 @@ def _rows(batch: Batch, labels: Sequence[int]) -> list[tuple[str, int]]:
 def classify_folder(config_path: pathlib.Path, input_dir: pathlib.Path, output_file: pathlib.Path,
                     batch_size: int | None = None) -> int:
     """Run the defense described by ``config_path``; returns the process exit code."""
-    from hgd.defended import load_config  # deferred: keras start-up is not needed to print --help
+    from hgd.defended import MissingWeights, load_config  # deferred: keras start-up is not needed for --help
 
     config = load_config(config_path)
-    missing = config.missing_weights()
-    if missing:
-        print(
-            f"REFUSED: {config_path} names trained denoiser weights that do not exist: "
-            f"{', '.join(map(str, missing))}.\nHGD must not run an untrained denoiser. Train them with the "
-            "HGD training pipeline, or use the undefended baseline (baselines/undefended).",
-            file=sys.stderr,
-        )
+    try:
+        config.require_weights()
+    except MissingWeights as refusal:
+        print(f"REFUSED: {refusal}", file=sys.stderr)
         return EXIT_REFUSED
     files = list_input_files(input_dir)
     batch_size = batch_size or config.batch_size

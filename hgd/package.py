@@ -34,10 +34,7 @@ def package_defense(config_path: pathlib.Path, out_dir: pathlib.Path) -> list[pa
     from hgd.defended import load_config  # deferred: keras start-up is not needed to print --help
 
     config = load_config(config_path)
-    missing = config.missing_weights()
-    if missing:
-        raise FileNotFoundError(f"{config_path}: denoiser weights missing: {', '.join(map(str, missing))}; "
-                                "train them first (python -m hgd.train defense)")
+    config.require_weights()
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir} is not empty; package into a new folder")
     root = submission_root(config_path)

@@ -118,9 +118,7 @@ class Evaluation:
         from hgd.evaluate import load_dataset
 
         config = load_config(defense_dir / "config.json")
-        missing = config.missing_weights()
-        if missing:
-            raise FileNotFoundError(f"{defense_dir}: denoiser weights missing: {', '.join(map(str, missing))}")
+        config.require_weights()
         self.spec, self.batch_size, self.out_dir = spec, batch_size, out_dir
         self.ids, self.images, self.labels = load_dataset(dataset_dir, spec.limit)
         self.attacked = defense_model(config)  # EOT over a random transform

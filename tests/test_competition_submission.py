@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 
-from hgd.defended import load_config
+from hgd.defended import MissingWeights, load_config
 from hgd.images import read_predictions_csv
 from hgd.package import package_defense
 from hgd.train.recipe import load_recipe, train_defense
@@ -206,7 +206,7 @@ def test_packaged_profile_runs_without_the_environment(submission_copy, two_imag
 
 
 def test_packaging_refuses_missing_weights(tmp_path):
-    with pytest.raises(FileNotFoundError, match="denoiser weights missing"):
+    with pytest.raises(MissingWeights, match="names trained denoiser weights that do not exist"):
         package_defense(PROFILE, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
