@@ -68,7 +68,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hgd.entry import EXIT_REFUSED, run_main
-from hgd.images import NUM_LABELS, iter_batches, list_input_files, save_png
+from hgd.images import NUM_LABELS, iter_batches, list_input_files, save_png, to_label0
 
 TARGET_CLASS_CSV = "target_class.csv"
 DEFAULT_BATCH_SIZE = 16
@@ -270,7 +270,7 @@ def read_targets(path: pathlib.Path) -> dict[str, int]:
                 log.warning("%s, line %d: not <ImageId>.png,<target 1..%d>: %r; ignored", path.name, number,
                             NUM_LABELS, ",".join(row))
                 continue
-            targets[_stem(row[0].strip())] = target - 1
+            targets[_stem(row[0].strip())] = to_label0(target)
     return targets
 
 

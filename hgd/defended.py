@@ -32,7 +32,7 @@ import keras
 import numpy as np
 
 from hgd.dunet import DTYPE_POLICIES, build_dunet
-from hgd.images import IMAGE_SIZE
+from hgd.images import IMAGE_SIZE, to_competition_label
 from hgd.transforms import Transform, from_config
 from hgd.zoo import Affine, TargetModel, get_model
 
@@ -246,4 +246,4 @@ def build_defended_model(members: Sequence[Member], image_size: int | None = IMA
 
 def competition_labels(logits: np.ndarray) -> np.ndarray:
     """1000-class, 0-based logits -> competition labels 1..1000 (TF-Slim order; 0 is background)."""
-    return np.argmax(logits, axis=-1) + 1
+    return to_competition_label(np.argmax(logits, axis=-1))

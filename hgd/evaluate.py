@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from hgd.images import iter_batches, read_dataset_csv, read_predictions_csv
+from hgd.images import iter_batches, read_dataset_csv, read_predictions_csv, to_label0
 
 
 def accuracy(predictions: Mapping[str, int], labels: Mapping[str, tuple[int, int]]) -> float:
@@ -56,7 +56,7 @@ def load_dataset(dataset_dir: pathlib.Path, limit: int | None = None) -> tuple[l
     if failed:
         raise ValueError(f"{dataset_dir}: unreadable images {failed[:5]}")
     images = np.concatenate([b.images for b in batches])
-    return ids, images, np.array([labels[i][0] - 1 for i in ids])
+    return ids, images, to_label0(np.array([labels[i][0] for i in ids]))
 
 
 def model_logits(model, images: np.ndarray, batch_size: int, desc: str) -> np.ndarray:

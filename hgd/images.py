@@ -45,6 +45,17 @@ IMAGE_SIZE = 299
 NUM_LABELS = 1000
 """Labels are 1..NUM_LABELS (TF-Slim order; 0 is the unused background class)."""
 
+
+def to_label0(label):
+    """The one label convention, read side: a competition label 1..1000 (CSV files, ``TrueLabel``,
+    ``TargetClass``) -> the standard 0-based ImageNet class the models' logits index (int or array)."""
+    return label - 1
+
+
+def to_competition_label(label0):
+    """The one label convention, write side: a 0-based ImageNet class -> the competition's 1..1000."""
+    return label0 + 1
+
 logger = logging.getLogger(__name__)
 
 StrPath = str | os.PathLike[str]

@@ -590,3 +590,14 @@ def test_replace_atomically_keeps_the_old_file_when_the_writer_fails(tmp_path):
     assert target.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [target]
     replace_atomically(target, lambda temporary: temporary.write_bytes(b"new"), suffix=".weights.h5")
     assert target.read_bytes() == b"new" and sorted(tmp_path.iterdir()) == [target]
+
+
+def test_the_label_convention_round_trips_and_matches_the_competition_files():
+    """Competition labels 1..1000 <-> 0-based ImageNet classes, one rule for ints and arrays."""
+    from hgd.images import to_competition_label, to_label0
+
+    assert to_label0(1) == 0 and to_competition_label(999) == 1000
+    classes = np.arange(1000)
+    np.testing.assert_array_equal(to_label0(to_competition_label(classes)), classes)
+    labels = read_dataset_csv(Path(__file__).resolve().parents[1] / "sample_data" / "dev_dataset.csv")
+    assert all(0 <= to_label0(true) < 1000 for true, _ in labels.values())

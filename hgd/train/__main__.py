@@ -81,17 +81,13 @@ def _parser() -> argparse.ArgumentParser:
 
     defense = commands.add_parser("defense", help="train every denoiser of a defense configuration by its "
                                   "'training' recipe and install the weights where the configuration reads them")
-    defense.add_argument("config", type=pathlib.Path, help="a defense config.json (or profile) with a 'training' section")
-    defense.add_argument("source", type=pathlib.Path, help="clean labelled images (images/ + labels.csv)")
-    defense.add_argument("work_dir", type=pathlib.Path, help="pairs and runs (keep it outside the checkout)")
+    _recipe_arguments(defense)
     defense.add_argument("--built-only", action="store_true",
                          help="train on the pairs built so far instead of finishing them first")
     defense.add_argument("--no-progress", action="store_true")
     more = commands.add_parser("continue", help="one more chunk of a defense's training from its installed weights "
                                "(the 'continue' section of its recipe); installs the result if it is better")
-    more.add_argument("config", type=pathlib.Path, help="a defense config.json with a 'training' section")
-    more.add_argument("source", type=pathlib.Path, help="clean labelled images (images/ + labels.csv)")
-    more.add_argument("work_dir", type=pathlib.Path, help="pairs and runs (keep it outside the checkout)")
+    _recipe_arguments(more)
     more.add_argument("--max-hours", type=float, required=True, help="train at most this long (checked per epoch)")
     more.add_argument("--history-dir", type=pathlib.Path, default=None,
                       help="append the chunk to NAME.csv here and redraw NAME.png (e.g. docs/results/training)")
@@ -118,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
     curves.add_argument("--x", choices=["steps", "cpu-hours"], default="steps",
                         help="the plot's x axis (cpu-hours: runs recorded since the history has cpu_seconds)")
     return parser
+
+
+def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every recipe command reads: the defense configuration, the clean images, the work folder."""
+    parser.add_argument("config", type=pathlib.Path, help="a defense config.json (or profile) with a 'training' section")
+    parser.add_argument("source", type=pathlib.Path, help="clean labelled images (images/ + labels.csv)")
+    parser.add_argument("work_dir", type=pathlib.Path, help="pairs and runs (keep it outside the checkout)")
 
 
 def _data(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from hgd.images import load_image, read_dataset_csv, save_png, write_atomically
+from hgd.images import load_image, read_dataset_csv, save_png, to_label0, write_atomically
 from hgd.zoo import ModelName
 
 log = logging.getLogger("hgd.train.pairs")
@@ -68,7 +68,7 @@ def read_labelled_folder(folder: pathlib.Path) -> list[LabelledImage]:
             found = [LabelledImage(images_dir / row["filename"], int(row["label0"])) for row in csv.DictReader(f)]
     elif (folder / "dev_dataset.csv").is_file():
         labels = read_dataset_csv(folder / "dev_dataset.csv")
-        found = [LabelledImage(images_dir / f"{image_id}.png", true - 1) for image_id, (true, _) in labels.items()]
+        found = [LabelledImage(images_dir / f"{image_id}.png", to_label0(true)) for image_id, (true, _) in labels.items()]
     else:
         raise FileNotFoundError(f"{folder}: neither labels.csv nor dev_dataset.csv (see docs/reference/datasets.md)")
     missing = [str(image.path) for image in found if not image.path.is_file()]
