@@ -586,9 +586,13 @@ def test_chunks_go_on_from_the_installed_weights_and_append_one_history(small_so
     assert float(rows[2]["cpu_hours"]) > float(rows[1]["cpu_hours"]) > 0
     assert (history_dir / "d.png").stat().st_size > 0
 
+    history = history_dir / "d.csv"  # as if chunk 1 had lowered the rate in its last epoch
+    history.write_text(history.read_text().replace(f",{rows[-1]['learning_rate']},", ",0.0005,"))
     (second,) = continued.continue_training(config, small_source, tmp_path / "work", max_hours=1.0,
                                             history_dir=history_dir, progress=False)
     assert second.chunk == 2 and (tmp_path / "work" / "runs" / "d_continue2" / "state.json").is_file()
+    chunk2 = json.loads((tmp_path / "work" / "runs" / "d_continue2" / "config.json").read_text())
+    assert chunk2["learning_rate"] == 0.0005  # the schedule goes on from chunk 1's last rate
     start = build_dunet(width=0.125)
     start.load_weights(tmp_path / "work" / "runs" / "d_continue2" / "last.weights.h5")  # it trained on
     rows = continued.read_history(history_dir / "d.csv")

@@ -6,7 +6,8 @@ trained in chunks (``python -m hgd.train continue``). A chunk
 1. rebuilds the recipe's Table 1 pairs (seeded: the same pairs on every machine; resumes),
 2. trains the denoiser from the weights the configuration reads (``defense/weights/...``) with the
    recipe's ``continue`` options, for at most ``max_hours``, checkpointed every epoch (a killed
-   chunk resumes from its last epoch when rerun),
+   chunk resumes from its last epoch when rerun), at the learning rate the last chunk ended with
+   (a fresh Adam: its state is not committed),
 3. installs the chunk's best checkpoint over those weights if its validation loss beats theirs
    (measured by the same chunk on the same validation pairs before its first step), stored float32
    when the file is at most :data:`FLOAT32_LIMIT_BYTES`, else float16,
@@ -72,7 +73,8 @@ def continue_training(config_path: pathlib.Path, source: pathlib.Path, work_dir:
         history = None if history_dir is None else history_dir / f"{job.name}.csv"
         chunk = _next_chunk(history)
         run_dir = work_dir / "runs" / f"{job.name}_continue{chunk}"
-        config = dataclasses.replace(job.continued, init_weights=str(job.spec.weights.resolve()), max_hours=max_hours)
+        config = dataclasses.replace(job.continued, init_weights=str(job.spec.weights.resolve()), max_hours=max_hours,
+                                     learning_rate=_last_learning_rate(history) or job.continued.learning_rate)
         log.info("%s: chunk %d from %s in %s (%s h at most)", job.name, chunk, job.spec.weights, run_dir, max_hours)
         state = fit(pairs_dir, run_dir, config, verbose="auto" if progress else 2)
         installed = _install_if_better(run_dir, state, job.spec.weights)
@@ -87,6 +89,15 @@ def _next_chunk(history: pathlib.Path | None) -> int:
     if history is None or not history.is_file():
         return 1
     return max((int(row["chunk"]) for row in read_history(history)), default=0) + 1
+
+
+def _last_learning_rate(history: pathlib.Path | None) -> float | None:
+    """The rate the last chunk's last epoch trained at: the schedule spans chunks (a chunk that had already
+    lowered the rate to its final value goes on there, rather than relearn at the first rate)."""
+    if history is None or not history.is_file():
+        return None
+    rates = [float(row["learning_rate"]) for row in read_history(history) if row["learning_rate"]]
+    return rates[-1] if rates else None
 
 
 def _install_if_better(run_dir: pathlib.Path, state: RunState, weights: pathlib.Path) -> bool:
