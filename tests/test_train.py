@@ -633,7 +633,7 @@ def test_continue_refuses_a_recipe_without_its_section_or_weights(small_source, 
         continued.continue_training(config, small_source, tmp_path / "work", max_hours=1.0)
     config = _continuable_defense(tmp_path / "b", {"max_epochs": 2})
     (tmp_path / "b" / "weights" / "d.weights.h5").unlink()
-    with pytest.raises(FileNotFoundError, match="nothing to continue from"):
+    with pytest.raises(FileNotFoundError, match="names trained denoiser weights that do not exist"):
         continued.continue_training(config, small_source, tmp_path / "work", max_hours=1.0)
 
 

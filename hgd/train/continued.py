@@ -62,10 +62,7 @@ def continue_training(config_path: pathlib.Path, source: pathlib.Path, work_dir:
     missing = [job.name for job in recipe.jobs if job.continued is None]
     if missing:
         raise ValueError(f"{config_path}: no 'continue' section in 'training' (denoisers {missing})")
-    absent = [str(job.spec.weights) for job in recipe.jobs if not job.spec.weights.is_file()]
-    if absent:
-        raise FileNotFoundError(f"{config_path}: nothing to continue from: {absent} missing "
-                                "(train the recipe first: python -m hgd.train defense)")
+    recipe.defense.require_weights()  # nothing to continue from: train the recipe first (hgd.train defense)
     pairs_dir = recipe.pairs_dir(work_dir)
     build_pairs(source, pairs_dir, recipe.pair_spec(source), progress=progress)
     results = []
