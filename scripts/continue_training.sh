@@ -21,11 +21,4 @@ CONFIG=$ROOT/defense/config.json
 
 "$PY" -m hgd.train continue "$CONFIG" "$POOL" "$WORK" --max-hours "$HOURS" \
     --history-dir "$ROOT/docs/results/training" --no-progress
-# The defense-aware attacks carry copies of the defense: they get the weights defense/config.json reads.
-WEIGHTS=$("$PY" -c 'import sys; from hgd.defended import load_config
-print("\n".join(str(s.weights) for s in load_config(sys.argv[1]).denoisers()))' "$CONFIG")
-for copy in "$ROOT"/attacks/*/defense; do
-  while read -r weights; do
-    if [ -f "$weights" ]; then cp -- "$weights" "$copy/weights/"; fi
-  done <<< "$WEIGHTS"
-done
+PYTHON=$PY "$ROOT/scripts/copy_defense_weights.sh"

@@ -28,12 +28,5 @@ fi
 
 "$PY" -m hgd.train defense "$CONFIG" "$POOL" "$WORK" --no-progress
 if [ -z "${HGD_DEFENSE_PROFILE:-}" ]; then
-  # The defense-aware attacks' copies get the weights defense/config.json reads, and only those
-  # (defense/weights/ also keeps the profiles' denoisers, e.g. the adversarially trained one).
-  WEIGHTS=$("$PY" -c 'import sys; from hgd.defended import load_config
-print("\n".join(str(s.weights) for s in load_config(sys.argv[1]).denoisers()))' "$CONFIG")
-  for copy in "$ROOT"/attacks/*/defense; do
-    mkdir -p "$copy/weights"
-    while read -r weights; do cp "$weights" "$copy/weights/"; done <<< "$WEIGHTS"
-  done
+  PYTHON=$PY "$ROOT/scripts/copy_defense_weights.sh"   # into the defense-aware attacks' copies
 fi

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import pathlib
@@ -14,7 +13,7 @@ from collections.abc import Sequence
 from hgd.attack import parse_epsilon
 from hgd.runner.executors import Executor
 from hgd.runner.pieces import EVAL_EPSILONS, DatasetError, load_dataset, make_batches
-from hgd.runner.submissions import SubmissionType, subfolders
+from hgd.runner.submissions import SubmissionError, SubmissionType, load_submission, subfolders
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
 """The checkout this package lives in: the shipped submissions and ``sample_data/`` are found here."""
@@ -227,10 +226,10 @@ def _submission_folders(args: argparse.Namespace) -> tuple[list[tuple[pathlib.Pa
 
 
 def _declares_defense_aware(folder: pathlib.Path) -> bool:
-    """Whether ``folder/metadata.json`` says ``"defense_aware": true`` (unreadable: no; ``discover`` reports it)."""
+    """Whether the submission in ``folder`` is a defense-aware attack (unusable: no; ``discover`` reports it)."""
     try:
-        return json.loads((folder / "metadata.json").read_text()).get("defense_aware") is True
-    except (OSError, ValueError, AttributeError):
+        return load_submission(folder).defense_aware
+    except SubmissionError:
         return False
 
 

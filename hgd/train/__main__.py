@@ -48,22 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     fit = commands.add_parser("fit", help="train a denoiser on pairs (resumes in RUN_DIR)")
     fit.add_argument("pairs_dir", type=pathlib.Path, help="a folder made by `data`")
     fit.add_argument("run_dir", type=pathlib.Path, help="checkpoints, state and history (outside the checkout)")
-    fit.add_argument("--guidance", choices=[g.value for g in Guidance], default="fgd", help="the loss (default fgd)")
-    fit.add_argument("--models", nargs="+", choices=models, default=["efficientnet_lite0"],
-                     help="guiding target models; several sum their losses (default: Lite0)")
-    fit.add_argument("--width", type=float, default=1.0, help="DUNET width multiplier (default 1.0, the paper's)")
-    fit.add_argument("--dae", action="store_true", help="no lateral connections: the paper's DAE baseline")
+    _run_arguments(fit, models)
     fit.add_argument("--crop", type=int, default=None, help="train on random crops of this side (default: 299)")
-    fit.add_argument("--batch-size", type=int, default=16)
     fit.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the pairs")
-    fit.add_argument("--validation-pairs", type=int, default=256, help="validation pairs scored per epoch")
     fit.add_argument("--max-epochs", type=int, default=30)
     fit.add_argument("--max-hours", type=float, default=None, help="stop after this many hours of training")
     fit.add_argument("--learning-rate", type=float, default=1e-3)
     fit.add_argument("--final-learning-rate", type=float, default=1e-4)
     fit.add_argument("--patience", type=int, default=2, help="epochs without improvement before lowering the rate")
     fit.add_argument("--holdout-classes", type=int, default=0, help="classes kept out of training (Table 5)")
-    fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--adaptive-fraction", type=float, default=0.0,
                      help="share of every batch attacked afresh by PGD through the current denoiser (defense-aware "
                           "adversarial training of the denoiser; default 0: the paper's oblivious pairs only)")
@@ -73,8 +66,6 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--init-weights", type=pathlib.Path, default=None,
                      help="start from these denoiser weights (fine-tuning, e.g. defense/weights/...) instead of a "
                           "fresh DUNET")
-    fit.add_argument("--dtype-policy", choices=["float32", "mixed_bfloat16"], default="float32",
-                     help="the DUNET body's precision (weights stay float32; default float32)")
     fit.add_argument("--built-only", action="store_true",
                      help="train on the pairs built so far while `data` goes on (the mix is then not Table 1's)")
     fit.add_argument("--no-progress", action="store_true", help="one log line per epoch instead of a bar")
@@ -96,14 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "denoiser weights (e.g. a bfloat16-trained checkpoint scored in float32)")
     validate.add_argument("pairs_dir", type=pathlib.Path, help="a folder made by `data`")
     validate.add_argument("weights", type=pathlib.Path, help="denoiser weights (.weights.h5)")
-    validate.add_argument("--guidance", choices=[g.value for g in Guidance], default="fgd")
-    validate.add_argument("--models", nargs="+", choices=models, default=["efficientnet_lite0"])
-    validate.add_argument("--width", type=float, default=1.0)
-    validate.add_argument("--dae", action="store_true")
-    validate.add_argument("--validation-pairs", type=int, default=256)
-    validate.add_argument("--batch-size", type=int, default=16)
-    validate.add_argument("--seed", type=int, default=0)
-    validate.add_argument("--dtype-policy", choices=["float32", "mixed_bfloat16"], default="float32")
+    _run_arguments(validate, models)
     install = commands.add_parser("install", help="copy a run's best checkpoint to where a defense reads it")
     install.add_argument("run_dir", type=pathlib.Path, help="a `fit` run")
     install.add_argument("weights", type=pathlib.Path, help="the weights file a defense config names")
@@ -114,6 +98,20 @@ def _parser() -> argparse.ArgumentParser:
     curves.add_argument("--x", choices=["steps", "cpu-hours"], default="steps",
                         help="the plot's x axis (cpu-hours: runs recorded since the history has cpu_seconds)")
     return parser
+
+
+def _run_arguments(parser: argparse.ArgumentParser, models: list[str]) -> None:
+    """The options that decide a run's network, loss and validation pairs (``fit`` and ``validate``)."""
+    parser.add_argument("--guidance", choices=[g.value for g in Guidance], default="fgd", help="the loss (default fgd)")
+    parser.add_argument("--models", nargs="+", choices=models, default=["efficientnet_lite0"],
+                        help="guiding target models; several sum their losses (default: Lite0)")
+    parser.add_argument("--width", type=float, default=1.0, help="DUNET width multiplier (default 1.0, the paper's)")
+    parser.add_argument("--dae", action="store_true", help="no lateral connections: the paper's DAE baseline")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--validation-pairs", type=int, default=256, help="validation pairs scored per epoch")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype-policy", choices=["float32", "mixed_bfloat16"], default="float32",
+                        help="the DUNET body's precision (weights stay float32; default float32)")
 
 
 def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
