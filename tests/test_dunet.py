@@ -198,6 +198,7 @@ def test_invalid_arguments_raise(kwargs: dict[str, object], quoted: str) -> None
 def test_bfloat16_body_reads_the_same_weights_and_keeps_a_float32_output(tmp_path: Path) -> None:
     """mixed_bfloat16: the same weight file loads; the body's rounding moves the correction only a little,
     and the output (input + correction) stays float32, so the image itself is not rounded to bfloat16."""
+    keras.utils.set_random_seed(0)  # the initial weights too: the size of the correction depends on them
     rng = np.random.default_rng(0)
     trained = build_dunet(width=0.125)
     for w in trained.trainable_weights:
@@ -210,7 +211,7 @@ def test_bfloat16_body_reads_the_same_weights_and_keeps_a_float32_output(tmp_pat
     exact, rounded = np.asarray(trained(x)), np.asarray(fast(x))
     assert rounded.dtype == np.float32
     correction = exact - x
-    assert np.abs(correction).mean() > 0.01  # the check below is not vacuous
+    assert np.abs(correction).mean() > 0.005  # the check below is not vacuous (0.013 with these seeds)
     assert np.abs(rounded - exact).mean() < 0.05 * np.abs(correction).mean()
     # an identity DUNET stays the exact identity: nothing of the input passes through bfloat16
     np.testing.assert_array_equal(np.asarray(build_dunet(width=0.125, dtype_policy="mixed_bfloat16")(x)), x)
