@@ -19,6 +19,6 @@ POOL=${POOL:-$ROOT/../shared/datasets/imagenet_pool}
 PY=${PYTHON:-python3}
 CONFIG=$ROOT/defense/config.json
 
-"$PY" -m hgd.train continue "$CONFIG" "$POOL" "$WORK" --max-hours "$HOURS" \
+"$PY" -m hgd.cli.train continue "$CONFIG" "$POOL" "$WORK" --max-hours "$HOURS" \
     --history-dir "$ROOT/docs/results/training" --no-progress
 PYTHON=$PY "$ROOT/scripts/copy_defense_weights.sh"

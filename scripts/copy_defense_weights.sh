@@ -6,7 +6,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
-WEIGHTS=$("$PY" -c 'import sys; from hgd.defended import load_config
+WEIGHTS=$("$PY" -c 'import sys; from hgd.defenses.defended import load_config
 print("\n".join(str(s.weights) for s in load_config(sys.argv[1]).denoisers()))' "$ROOT/defense/config.json")
 for copy in "$ROOT"/attacks/*/defense; do
   mkdir -p "$copy/weights"

@@ -26,7 +26,7 @@ if [ -n "${HGD_DEFENSE_PROFILE:-}" ]; then
   CONFIG=$ROOT/defense/profiles/$HGD_DEFENSE_PROFILE.json
 fi
 
-"$PY" -m hgd.train defense "$CONFIG" "$POOL" "$WORK" --no-progress
+"$PY" -m hgd.cli.train defense "$CONFIG" "$POOL" "$WORK" --no-progress
 if [ -z "${HGD_DEFENSE_PROFILE:-}" ]; then
   PYTHON=$PY "$ROOT/scripts/copy_defense_weights.sh"   # into the defense-aware attacks' copies
 fi

@@ -38,7 +38,7 @@ def dunet_weights(tmp_path_factory):
     import keras
     import numpy as np
 
-    from hgd.dunet import build_dunet
+    from hgd.defenses.dunet import build_dunet
 
     folder = tmp_path_factory.mktemp("dunet-weights")
     width = 0.25

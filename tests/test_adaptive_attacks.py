@@ -24,7 +24,7 @@ import pytest
 from hgd import attacks
 from hgd.attacks import BPDA, EOT, KerasModel, Model, losses
 from hgd.runner.submissions import load_submission
-from hgd.transforms import BitDepthReduction, GaussianNoise, JPEGCompression
+from hgd.defenses.transforms import BitDepthReduction, GaussianNoise, JPEGCompression
 from submission_process import Launched, run_submission
 from test_attacks import NUM_CLASSES, cross_entropy, in_box, logits_of, tiny_images, tiny_model
 
@@ -350,8 +350,9 @@ def test_square_works_through_a_non_differentiable_transform(model, images):
 
 
 def test_square_lowers_lite0_accuracy_on_sample_images():
-    from hgd.defended import Member, build_defended_model
-    from hgd.images import load_image, read_dataset_csv
+    from hgd.defenses.defended import Member, build_defended_model
+    from hgd.io.competition_csv import read_dataset_csv
+    from hgd.io.images import load_image
     from hgd.zoo import get_model
 
     dataset = read_dataset_csv(REPO / "sample_data" / "dev_dataset.csv")
@@ -376,7 +377,7 @@ import keras
 import numpy as np
 import test_attacks as t
 from hgd import attacks
-from hgd.transforms import BitDepthReduction
+from hgd.defenses.transforms import BitDepthReduction
 model, images = t.tiny_model(), t.tiny_images()
 pgd = attacks.PGD(steps=4, seed=0, loss="margin", restarts=2, record_loss=True)
 adv = pgd(attacks.BPDA(model, BitDepthReduction(bits=5)), images, epsilon=8)
@@ -404,8 +405,8 @@ def test_adaptive_attacks_on_jax_match_tensorflow(model, images, tmp_path):
 
 
 def test_adaptive_submissions_are_defense_aware_and_self_contained():
-    from hgd.attack import defense_config_path, load_attack_config
-    from hgd.defended import load_config
+    from hgd.attacks.config import defense_config_path, load_attack_config
+    from hgd.defenses.defended import load_config
 
     shipped = json.loads((REPO / "defense" / "config.json").read_text())
     for name in ADAPTIVE:
@@ -429,7 +430,7 @@ def test_adaptive_submissions_are_defense_aware_and_self_contained():
 
 
 def test_oblivious_submissions_are_not_marked_defense_aware():
-    from hgd.attack import defense_config_path, load_attack_config
+    from hgd.attacks.config import defense_config_path, load_attack_config
 
     for folder in sorted(p for p in ATTACKS.iterdir() if (p / "metadata.json").is_file()):
         aware = defense_config_path(load_attack_config(folder / "config.json")) is not None
@@ -439,8 +440,9 @@ def test_oblivious_submissions_are_not_marked_defense_aware():
 def test_defense_aware_submissions_refuse_without_trained_weights(tmp_path):
     """Copies without the trained weights: adaptive_pgd run as the competition runs it (exit 2, REFUSED,
     nothing written); the other two in-process."""
-    from hgd.attack import _refusal, defense_config_path, load_attack_config
-    from hgd.defended import load_config
+    from hgd.attacks.config import defense_config_path, load_attack_config, require_defense_weights
+    from hgd.defenses import MissingWeights
+    from hgd.defenses.defended import load_config
 
     copies = {}
     for name in ADAPTIVE:
@@ -448,8 +450,8 @@ def test_defense_aware_submissions_refuse_without_trained_weights(tmp_path):
         shutil.copytree(ATTACKS / name, copies[name], ignore=shutil.ignore_patterns("weights"))
     for other in ADAPTIVE[1:]:
         config_path = copies[other] / "config.json"
-        refusal = _refusal(load_attack_config(config_path), config_path)
-        assert refusal is not None and refusal.startswith("REFUSED")
+        with pytest.raises(MissingWeights, match="attacks a defense that cannot run"):
+            require_defense_weights(load_attack_config(config_path), config_path)
     name = ADAPTIVE[0]
     missing = load_config(defense_config_path(load_attack_config(copies[name] / "config.json"))).missing_weights()
     assert missing
@@ -520,14 +522,14 @@ def e2e(tmp_path_factory, dunet_weights):
 
 
 def _defended_logits(folder: pathlib.Path, images: np.ndarray) -> np.ndarray:
-    from hgd.defended import load_config
+    from hgd.defenses.defended import load_config
 
     defense = load_config(folder / "defense" / "config.json")
     return logits_of(defense.build(), defense.preprocess(images))
 
 
 def _read(folder: pathlib.Path, names) -> np.ndarray:
-    from hgd.images import load_image
+    from hgd.io.images import load_image
 
     return np.stack([load_image(folder / f"{name}.png")[0] for name in names])
 

@@ -303,8 +303,9 @@ def test_each_image_is_attacked_independently_of_its_batch(model, images):
 
 @pytest.fixture(scope="module")
 def lite0_and_samples():
-    from hgd.defended import Member, build_defended_model
-    from hgd.images import iter_batches, read_dataset_csv
+    from hgd.defenses.defended import Member, build_defended_model
+    from hgd.io.competition_csv import read_dataset_csv
+    from hgd.io.images import iter_batches
     from hgd.zoo import get_model
 
     dataset = read_dataset_csv(REPO / "sample_data" / "dev_dataset.csv")

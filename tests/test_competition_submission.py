@@ -18,9 +18,9 @@ import keras
 import numpy as np
 import pytest
 
-from hgd.defended import MissingWeights, load_config
-from hgd.images import read_predictions_csv
-from hgd.package import package_defense
+from hgd.defenses.defended import MissingWeights, load_config
+from hgd.io.competition_csv import read_predictions_csv
+from hgd.defenses.packaging import package_defense
 from hgd.train.recipe import load_recipe, train_defense
 from hgd.zoo import COMPETITION_ENSEMBLE, ModelName, get_model, standins
 from submission_process import Launched
@@ -129,7 +129,7 @@ def test_profile_runs_end_to_end_on_standins(submission_copy, two_images, tmp_pa
 
         failed = unfetched.result()
         assert failed.returncode == 2
-        assert "python -m hgd.zoo.fetch ens3_adv_inception_v3" in failed.stderr
+        assert "python -m hgd.cli.fetch ens3_adv_inception_v3" in failed.stderr
 
         refused = unknown.result()
         assert refused.returncode == 2 and "known: competition4" in refused.stderr
@@ -179,7 +179,7 @@ def test_attacks_on_the_four_models_on_standins(submission_copy, two_images, tmp
 
 
 def test_packaged_profile_runs_without_the_environment(submission_copy, two_images, tmp_path):
-    """``python -m hgd.package defense/profiles/competition4.json OUT``: a folder whose run_defense.sh runs
+    """``python -m hgd.cli.package defense/profiles/competition4.json OUT``: a folder whose run_defense.sh runs
     the four-model ensemble with no HGD_DEFENSE_PROFILE, carrying exactly the profile's weights."""
     out = tmp_path / "competition4"
     package_defense(submission_copy / "profiles" / PROFILE.name, out)
@@ -225,7 +225,7 @@ def test_profile_recipe_trains_one_fgd_per_model():
 
 
 def test_profile_recipe_runs_end_to_end_on_standins(small_source, tmp_path, monkeypatch):
-    """``python -m hgd.train defense``: Table 1 pairs on the four models, four denoisers trained, installed
+    """``python -m hgd.cli.train defense``: Table 1 pairs on the four models, four denoisers trained, installed
     where the profile reads them, and the profile then classifies with them (stand-ins, one tiny step each)."""
     monkeypatch.setenv(standins.STANDINS_ENV, "1")
     profile = json.loads(PROFILE.read_text())

@@ -15,7 +15,7 @@ can be a plain classifier or the whole defended model (denoisers + classifiers),
 :class:`Model` (:mod:`hgd.attacks.models`): a defense with a transform that is not differentiable
 goes through :class:`BPDA`, one that is random through :class:`EOT` as well::
 
-    from hgd.transforms import JPEGCompression
+    from hgd.defenses.transforms import JPEGCompression
     adv = attacks.PGD(steps=100, alpha=1, loss="margin", restarts=2)(
         attacks.BPDA(keras_model, JPEGCompression(quality=75)), images, epsilon=16)
     adv = attacks.SquareAttack(queries=1000)(keras_model, images, epsilon=16)   # gradient-free

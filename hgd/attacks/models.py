@@ -9,7 +9,7 @@ attack is given is taken for a Keras model and wrapped in a :class:`KerasModel` 
   denoisers + classifiers). Gradients come from the model's compiled objective
   (:mod:`hgd.attacks._compiled`), on TensorFlow or JAX.
 * :class:`BPDA` — a model behind a transform that is not differentiable (JPEG, bit-depth
-  reduction: :mod:`hgd.transforms`). Forward: ``model(transform(x))``, exactly what the defense
+  reduction: :mod:`hgd.defenses.transforms`). Forward: ``model(transform(x))``, exactly what the defense
   computes. Backward (Athalye et al. 2018's Backward Pass Differentiable Approximation): the
   gradient of the model at the transformed input, i.e. the transform's Jacobian replaced by the
   identity; or, given a differentiable ``approximation`` ``g ~ transform``, that gradient pulled
@@ -33,7 +33,7 @@ import numpy as np
 from hgd.attacks import losses
 
 Transform = Callable[[np.ndarray], np.ndarray]
-"""uint8 images (N, H, W, 3) -> uint8 images of the same shape (e.g. an :class:`hgd.transforms.Transform`)."""
+"""uint8 images (N, H, W, 3) -> uint8 images of the same shape (e.g. an :class:`hgd.defenses.transforms.Transform`)."""
 
 
 class Model(abc.ABC):
@@ -114,7 +114,7 @@ class BPDA(Model):
 
     Args:
         model: the model after the transform (a :class:`Model` or a Keras model).
-        transform: uint8 images -> uint8 images (e.g. :class:`hgd.transforms.JPEGCompression`).
+        transform: uint8 images -> uint8 images (e.g. :class:`hgd.defenses.transforms.JPEGCompression`).
         approximation: the backward pass's differentiable stand-in; ``None`` (default): the identity.
     """
 

@@ -8,7 +8,7 @@ One attack piece (EVAL's worker, ``run_attack_work``):
 2. the attack runs with the batch's epsilon under the time limit;
 3. the harness enforces the rules on each expected output: a missing, corrupt or
    non-regular file counts as missing (the attack earns nothing for it), a
-   wrong size is bicubic-resized to 299x299 (by :func:`hgd.images.load_image`),
+   wrong size is bicubic-resized to 299x299 (by :func:`hgd.io.images.load_image`),
    alpha is dropped, files with other names are ignored, and every pixel is
    projected into the box ``clip(adv, clip(x - eps, 0, 255), clip(x + eps, 0, 255))``
    around the clean uint8 image ``x``; the result is saved as
@@ -16,7 +16,7 @@ One attack piece (EVAL's worker, ``run_attack_work``):
 
 One defense piece (``run_defense_work``): a fresh input folder with the adversarial
 images of one attack's one batch, named ``ADVBATCH012_IMG000123.png``; the defense
-writes ``result.csv``; it is parsed with :func:`hgd.images.read_predictions_csv`
+writes ``result.csv``; it is parsed with :func:`hgd.io.competition_csv.read_predictions_csv`
 (rows without an integer label are skipped; names that were not given are
 ignored) and mapped back to ImageIds. A batch without a readable ``result.csv``
 is *errored*; a defense that crashed or hit the time limit after writing one
@@ -44,10 +44,14 @@ import numpy as np
 from tqdm import tqdm
 
 from hgd.attacks.base import Box
-from hgd.images import NUM_LABELS, ImageError, load_image, read_predictions_csv, save_png
+from hgd.io.competition_csv import read_predictions_csv
+from hgd.io.images import ImageError, load_image, save_png
+from hgd.io.labels import NUM_LABELS
 from hgd.runner.executors import Executor, RunResult
-from hgd.runner.files import force_rmtree, make_read_only, make_world_writable, write_text_atomic
-from hgd.runner.pieces import (AttackRecord, Dataset, DefenseRecord, ImageBatch, PieceStore, adv_batch_id,
+from hgd.io.files import write_text_atomic
+from hgd.runner.workdirs import force_rmtree, make_read_only, make_world_writable
+from hgd.io.datasets import Dataset
+from hgd.runner.pieces import (AttackRecord, DefenseRecord, ImageBatch, PieceStore, adv_batch_id,
                                make_batches)
 from hgd.runner.submissions import DEFENSE_OUTPUT_FILE, Attack, Defense
 

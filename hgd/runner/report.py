@@ -15,7 +15,7 @@ import io
 import pathlib
 from collections.abc import Sequence
 
-from hgd.runner.files import write_bytes_atomic, write_text_atomic
+from hgd.io.files import write_bytes_atomic, write_text_atomic
 from hgd.runner.results import ATTACK, DEFENSE, TARGETED_ATTACK, Results, overhead
 from hgd.runner.scoring import WorstCase, ranking
 

@@ -29,9 +29,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hgd.images import IMAGE_SIZE, NUM_LABELS, ImageError, load_image, read_predictions_csv, save_png
+from hgd.io.competition_csv import read_predictions_csv
+from hgd.io.images import IMAGE_SIZE, ImageError, load_image, save_png
+from hgd.io.labels import NUM_LABELS
 from hgd.runner.executors import Executor
-from hgd.runner.files import force_rmtree
+from hgd.runner.workdirs import force_rmtree
 from hgd.runner.pieces import EVAL_EPSILONS
 from hgd.runner.submissions import (DEFENSE_OUTPUT_FILE, Attack, Defense, SubmissionError, SubmissionType,
                                     check_entry_point, read_metadata)

@@ -2,7 +2,7 @@
 
 The toolkit's only network access, and only when run explicitly::
 
-    python -m hgd.zoo.fetch [MODEL ...] [--cache-dir DIR] [--source-dir DIR] [--force]
+    python -m hgd.cli.fetch [MODEL ...] [--cache-dir DIR] [--source-dir DIR] [--force]
     hgd-fetch-weights ...                      # the same, as a console script
 
 Nothing here runs on import, and building a model never downloads: without fetched weights
@@ -39,7 +39,6 @@ when the command runs again (``--force`` converts again).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import hashlib
@@ -51,12 +50,10 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
-from collections.abc import Sequence
 
 import keras
 from tqdm import tqdm
 
-from hgd.entry import run_main
 from hgd.zoo import ARCHITECTURES, COMPETITION_ENSEMBLE, ModelName, cache, inception, resnet, slim
 from hgd.zoo.cache import HashMismatch
 
@@ -64,7 +61,7 @@ DOWNLOADS = "downloads"
 TIMEOUT_S = 60
 CHUNK = 1 << 20
 
-log = logging.getLogger("hgd.zoo.fetch")
+log = logging.getLogger(__name__)
 
 
 class ConversionError(ValueError):
@@ -320,10 +317,8 @@ def fetch(name: ModelName | str, *, directory: pathlib.Path | None = None, sourc
     return Fetched(name, "converted", weights, hashes["sha256"], recorded["origin"] if recorded else origin)
 
 
-# ----------------------------------------------------------------------------- command line
-
-
-def _status(directory: pathlib.Path) -> str:
+def cache_status(directory: pathlib.Path) -> str:
+    """Each fetchable model's URL, checks and whether ``directory`` holds it converted."""
     ledger = cache.read_ledger(directory)
     lines = [f"cache: {directory}"]
     for name, source in SOURCES.items():
@@ -332,56 +327,3 @@ def _status(directory: pathlib.Path) -> str:
         lines += [f"{name.value}: {done}", f"  url: {source.url}", f"  publisher's check: {source.publisher_check()}",
                   f"  recorded SHA-256: {recorded}"]
     return "\n".join(lines)
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m hgd.zoo.fetch",
-        description="Download the competition classifiers' public weights, verify them (publisher's hash, "
-                    "else the SHA-256 recorded at the first download), convert them to Keras and cache them.")
-    parser.add_argument("models", nargs="*", metavar="MODEL",
-                        help=f"models to fetch (default: all four): {', '.join(m.value for m in SOURCES)}")
-    parser.add_argument("--cache-dir", type=pathlib.Path, default=None,
-                        help=f"the cache (default ${cache.CACHE_ENV}, else ~/.cache/hgd-toolkit); the toolkit "
-                             f"reads ${cache.CACHE_ENV}, so point it here too")
-    parser.add_argument("--source-dir", type=pathlib.Path, default=None,
-                        help="take the published files from this folder (named as in the URLs) instead of "
-                             "downloading them")
-    parser.add_argument("--force", action="store_true", help="convert again even if already cached")
-    parser.add_argument("--discard-downloads", action="store_true",
-                        help="delete downloaded files after conversion (default: keep them in <cache>/downloads)")
-    parser.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds without data before giving up")
-    parser.add_argument("--list", action="store_true", help="show each model's URL, checks and cache state; fetch nothing")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point (``hgd-fetch-weights``): exit 0 if every model is available, 1 if one failed."""
-    args = parse_args(argv)
-
-    def body() -> int:
-        directory = args.cache_dir or cache.cache_dir()
-        if args.list:
-            print(_status(directory))
-            return 0
-        fetchable = [m.value for m in SOURCES]
-        unknown = [m for m in args.models if m not in fetchable]
-        if unknown:
-            raise ValueError(f"no published weights to fetch for {unknown}; fetchable: {fetchable}")
-        failed = 0
-        for model in args.models or fetchable:
-            try:
-                done = fetch(model, directory=directory, source_dir=args.source_dir, force=args.force,
-                             keep_download=not args.discard_downloads, timeout=args.timeout)
-            except (OSError, ValueError) as exc:  # hash mismatch, conversion, missing file, network
-                print(f"ERROR: {model}: {exc}", file=sys.stderr)
-                failed += 1
-                continue
-            print(f"{model}: {done.action} {done.weights} (source SHA-256 {done.source_sha256}, {done.origin})")
-        return 1 if failed else 0
-
-    run_main(body)
-
-
-if __name__ == "__main__":
-    main()

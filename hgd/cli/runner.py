@@ -1,4 +1,4 @@
-"""Command line: ``python -m hgd.runner [run options]`` and ``python -m hgd.runner validate PATH``."""
+"""Command line: ``python -m hgd.cli.runner [run options]`` and ``python -m hgd.cli.runner validate PATH``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from hgd.attack import parse_epsilon
+from hgd.cli.run_attack import parse_epsilon
 from hgd.runner.executors import Executor
-from hgd.runner.pieces import EVAL_EPSILONS, DatasetError, load_dataset, make_batches
+from hgd.io.datasets import DatasetError, read_dataset
+from hgd.runner.pieces import EVAL_EPSILONS, make_batches
 from hgd.runner.submissions import SubmissionError, SubmissionType, load_submission, subfolders
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -77,7 +78,7 @@ def _positive_float(text: str) -> float:
 
 
 def _prog() -> str:
-    return os.environ.get("HGD_RUNNER_PROG", "python -m hgd.runner")
+    return os.environ.get("HGD_RUNNER_PROG", "python -m hgd.cli.runner")
 
 
 def _executor_options(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +105,7 @@ def run_parser() -> argparse.ArgumentParser:
     sub.add_argument("--attacks-dir", type=pathlib.Path, action="append", default=[], metavar="DIR",
                      help="a folder with one attack submission per subfolder; targeted or not is read from each "
                           "metadata.json (default, when no attack flag is given: the oblivious attacks of attacks/ of this "
-                          "checkout; the defense-aware ones belong to `python -m hgd.security`)")
+                          "checkout; the defense-aware ones belong to `python -m hgd.cli.security`)")
     sub.add_argument("--targeted-attacks-dir", type=pathlib.Path, action="append", default=[], metavar="DIR",
                      help="a folder with one targeted attack submission per subfolder")
     sub.add_argument("--attack", type=pathlib.Path, action="append", default=[], metavar="DIR",
@@ -207,7 +208,7 @@ def _submission_folders(args: argparse.Namespace) -> tuple[list[tuple[pathlib.Pa
         aware = [path for path, _ in folders if _declares_defense_aware(path)]
         folders[:] = [(path, kind) for path, kind in folders if path not in aware]
         if aware:
-            _say(f"by default only the oblivious attacks run; left out (defense-aware, for `python -m hgd.security` "
+            _say(f"by default only the oblivious attacks run; left out (defense-aware, for `python -m hgd.cli.security` "
                  f"or --attack): {', '.join(path.name for path in aware)}")
     for path in args.attacks_dir:
         parent(path, None)
@@ -234,7 +235,7 @@ def _declares_defense_aware(folder: pathlib.Path) -> bool:
 
 
 def run_main(argv: Sequence[str]) -> int:
-    """``python -m hgd.runner [run options]``; returns the exit status."""
+    """``python -m hgd.cli.runner [run options]``; returns the exit status."""
     from hgd.runner import report, results
     from hgd.runner.harness import Harness, Settings
     from hgd.runner.results import Problem
@@ -243,7 +244,7 @@ def run_main(argv: Sequence[str]) -> int:
     args = run_parser().parse_args(argv)
     command = " ".join([_prog(), *map(shlex.quote, argv)])
     try:
-        dataset = load_dataset(args.dataset_dir, args.limit)
+        dataset = read_dataset(args.dataset_dir, args.limit).competition_format()
     except DatasetError as error:
         _error(f"dataset: {error}")
         return 2
@@ -322,7 +323,7 @@ def _print_summary(scored, output_dir: pathlib.Path) -> None:
 
 
 def validate_main(argv: Sequence[str]) -> int:
-    """``python -m hgd.runner validate PATH``; returns 0 (valid) or 1 (invalid), 2 for usage errors."""
+    """``python -m hgd.cli.runner validate PATH``; returns 0 (valid) or 1 (invalid), 2 for usage errors."""
     from hgd.runner.validate import validate
 
     args = validate_parser().parse_args(argv)
@@ -348,3 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["run"]:
         argv = argv[1:]
     return run_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,7 +3,7 @@
 A small vocabulary (one idea each), named by :class:`TransformName` so a ``config.json`` string and
 Python code take one path::
 
-    from hgd import transforms
+    from hgd.defenses import transforms
     jpeg = transforms.JPEGCompression(quality=75)
     cleaned = jpeg(images)                                   # uint8 (N, H, W, 3) -> uint8, same shape
     transforms.from_config({"name": "bit_depth", "bits": 4})  # -> BitDepthReduction(bits=4)
@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from hgd.images import check_images
+from hgd.io.images import check_images
 
 
 class TransformName(str, enum.Enum):

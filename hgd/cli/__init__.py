@@ -1,8 +1,10 @@
-"""What every submission entry point shares: logging on stderr and bad input as one clear line.
+"""The command-line modules (``python -m hgd.cli.NAME``): each parses arguments and calls the library;
+nothing imports from them. This module holds what every command shares: logging on stderr and bad input as one clear line.
 
 A competition submission is judged by its exit status and its outputs; a traceback helps nobody.
 Bad input that stops the whole run (a missing folder, a malformed config) becomes ``ERROR: ...``
-on stderr and exit status 2; per-file problems never get here (they are reported and skipped).
+on stderr and exit status 2, a defense that must not run (:class:`hgd.defenses.MissingWeights`)
+``REFUSED: ...`` and exit status 2; per-file problems never get here (they are reported and skipped).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from hgd.defenses import MissingWeights
+
 EXIT_REFUSED = 2
 
 
@@ -22,6 +26,9 @@ def run_main(body: Callable[[], int]) -> NoReturn:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         code = body()
+    except MissingWeights as refusal:
+        print(f"REFUSED: {refusal}", file=sys.stderr)
+        code = EXIT_REFUSED
     except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         code = EXIT_REFUSED
@@ -34,3 +41,14 @@ def named_path(text: str) -> tuple[str, pathlib.Path]:
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
     return name, pathlib.Path(path).expanduser()
+
+
+def parse_epsilon(text: str) -> int:
+    """MAX_EPSILON from a command line: an integer number of pixel levels, 0..255 (also the runner's --eps)."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"must be an integer number of pixel levels in 0..255, got {text!r}")
+    return value

@@ -1,6 +1,6 @@
-"""``python -m hgd.security_compare NAME=OUT_DIR ... --out DIR``: several security evaluations side by side.
+"""Several security evaluations side by side (``python -m hgd.cli.security_compare NAME=OUT_DIR ... --out DIR``).
 
-Each ``OUT_DIR`` is a finished (or partly finished) ``python -m hgd.security`` run. The comparison
+Each ``OUT_DIR`` is a finished (or partly finished) ``python -m hgd.cli.security`` run. The comparison
 is one markdown table (``comparison.md``: clean accuracy, the competition's oblivious score where a
 runner output has one, defense-aware PGD per epsilon, the worst case over every attack, and the
 checks each evaluation flags) and one plot (``comparison.png``: worst-case accuracy vs epsilon per
@@ -9,16 +9,12 @@ defense). Runs must share their images, or the rows would not be comparable; tha
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import pathlib
-import sys
-from collections.abc import Sequence
 
-from hgd.entry import named_path, run_main
-from hgd.images import write_atomically
-from hgd.security import RESULTS_FILE, SecuritySpec, read_oblivious_score, summarize
+from hgd.io.files import write_atomically
+from hgd.evaluation.security import RESULTS_FILE, SecuritySpec, read_oblivious_score, summarize
 
 TABLE_FILE, PLOT_FILE = "comparison.md", "comparison.png"
 
@@ -90,17 +86,3 @@ def compare(named: dict[str, pathlib.Path], out: pathlib.Path, runner_output: pa
     write_atomically(out / TABLE_FILE, "w", lambda f: f.write(table))
     plot(rows, out / PLOT_FILE)
     return table
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hgd.security_compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=named_path, help="NAME=OUT_DIR of a python -m hgd.security run")
-    parser.add_argument("--out", type=pathlib.Path, required=True, help="where comparison.md and .png go")
-    parser.add_argument("--runner-output", type=pathlib.Path, default=None,
-                        help="a runner output folder: the defenses' normalized (oblivious) scores")
-    args = parser.parse_args(argv)
-    run_main(lambda: print(compare(dict(args.runs), args.out, args.runner_output)) or 0)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,16 +1,12 @@
-"""Evaluation commands: score a predictions file, and measure clean top-1 of the zoo.
+"""Clean scoring: the accuracy of a defense's predictions file, and the zoo's clean top-1/top-5.
 
-``python -m hgd.evaluate score --predictions OUT.csv --dataset-csv dev_dataset.csv``
-prints the accuracy of a defense's output (a missing prediction is wrong, as in
-the competition). ``python -m hgd.evaluate clean --dataset DIR`` prints a
-Markdown table of each target model's clean top-1/top-5, fed the 299 image
-resized in the graph to its native resolution and fed the 299 image directly,
-and of the ensembles; ``docs/results/models.md`` holds its output.
+A missing prediction is wrong, as in the competition; :func:`score_line` also says how many there
+were. :func:`clean_table` feeds each target model the 299 image resized in the graph to its native
+resolution and the 299 image directly, and scores the ensembles (``docs/results/models.md``).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import pathlib
 import sys
@@ -19,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from hgd.images import iter_batches, read_dataset_csv, read_predictions_csv, to_label0
+from hgd.io.datasets import load_pixels, read_dataset
 
 
 def accuracy(predictions: Mapping[str, int], labels: Mapping[str, tuple[int, int]]) -> float:
@@ -46,19 +42,6 @@ def score_line(source: pathlib.Path, predictions: Mapping[str, int], labels: Map
     return line
 
 
-def load_dataset(dataset_dir: pathlib.Path, limit: int | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Images and 0-based labels of a competition-format folder (``images/`` + ``dev_dataset.csv``)."""
-    labels = read_dataset_csv(dataset_dir / "dev_dataset.csv")
-    ids = sorted(labels)[:limit]
-    files = [dataset_dir / "images" / f"{i}.png" for i in ids]
-    batches = list(iter_batches(files, batch_size=64))
-    failed = [name for b in batches for name, _ in b.failed]
-    if failed:
-        raise ValueError(f"{dataset_dir}: unreadable images {failed[:5]}")
-    images = np.concatenate([b.images for b in batches])
-    return ids, images, to_label0(np.array([labels[i][0] for i in ids]))
-
-
 def model_logits(model, images: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
     """Logits of a pixels->logits Keras model over uint8 images, batched, with progress."""
     from hgd.backend import forward_fn
@@ -81,7 +64,7 @@ def clean_table(dataset_dir: pathlib.Path, model_names: Sequence[str], batch_siz
     """Markdown table: clean top-1/top-5 of each model in both input modes, and of the ensembles."""
     from hgd.zoo import get_model
 
-    _, images, labels = load_dataset(dataset_dir, limit)
+    _, images, labels = load_pixels(read_dataset(dataset_dir, limit))
     targets = [get_model(name) for name in model_names]
     modes = {"native": lambda t: dataclasses.replace(t, input_resolution=t.native_resolution),
              "direct 299": lambda t: dataclasses.replace(t, input_resolution=None)}
@@ -102,35 +85,3 @@ def clean_table(dataset_dir: pathlib.Path, model_names: Sequence[str], batch_siz
         used = "yes" if chosen.get(name) == mode or mode == "registry's choice" else ""
         lines.append(f"| {name} | {mode} | {100 * topk(lg, labels, 1):.1f} | {100 * topk(lg, labels, 5):.1f} | {used} |")
     return "\n".join(lines)
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m hgd.evaluate", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    score = sub.add_parser("score", help="accuracy of a defense's predictions CSV")
-    score.add_argument("--predictions", type=pathlib.Path, required=True)
-    score.add_argument("--dataset-csv", type=pathlib.Path, required=True)
-    clean = sub.add_parser("clean", help="clean top-1/top-5 of target models on a competition-format folder")
-    clean.add_argument("--dataset", type=pathlib.Path, required=True, help="folder with images/ and dev_dataset.csv")
-    clean.add_argument("--models", nargs="+", default=None, help="model ids (default: the default ensemble)")
-    clean.add_argument("--batch-size", type=int, default=32)
-    clean.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by ImageId)")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.command == "score":
-        labels = read_dataset_csv(args.dataset_csv)
-        predictions = read_predictions_csv(args.predictions)
-        print(score_line(args.predictions, predictions, labels))
-        return 0
-    from hgd.zoo import DEFAULT_ENSEMBLE
-
-    models = args.models or [m.value for m in DEFAULT_ENSEMBLE]
-    print(clean_table(args.dataset, models, args.batch_size, args.limit))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,11 @@
-"""``python -m hgd.package CONFIG OUT_DIR``: a defense configuration as a self-contained submission folder.
+"""A defense configuration as a self-contained submission folder (``python -m hgd.cli.package CONFIG OUT_DIR``).
 
 A profile such as ``defense/profiles/competition4.json`` runs from the repository's ``defense/`` with
 ``HGD_DEFENSE_PROFILE``; the competition wanted one folder (zipped) whose entry point needs no
 environment. Packaging writes that folder: the entry point and metadata of the submission the
 configuration belongs to, the configuration as ``config.json``, and exactly the denoiser weights it
 names, under ``weights/``. Missing weights are refused (nothing half-packaged), and the result runs
-with ``./run_defense.sh INPUT_DIR OUTPUT_FILE`` alone (``python -m hgd.runner validate`` checks it).
+with ``./run_defense.sh INPUT_DIR OUTPUT_FILE`` alone (``python -m hgd.cli.runner validate`` checks it).
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
-import sys
-
-from hgd.entry import run_main
 
 ENTRY_FILES = ("run_defense.sh", "metadata.json")
 
@@ -31,7 +28,7 @@ def submission_root(config_path: pathlib.Path) -> pathlib.Path:
 
 def package_defense(config_path: pathlib.Path, out_dir: pathlib.Path) -> list[pathlib.Path]:
     """Write the submission folder ``out_dir`` for ``config_path``; returns the files written."""
-    from hgd.defended import load_config  # deferred: keras start-up is not needed to print --help
+    from hgd.defenses.defended import load_config  # deferred: keras start-up is not needed to print --help
 
     config = load_config(config_path)
     config.require_weights()
@@ -61,25 +58,3 @@ def _point_at_weights(raw: dict) -> None:
     for entry in entries:
         if entry is not None:
             entry["weights"] = f"weights/{pathlib.PurePath(entry['weights']).name}"
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m hgd.package", description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", type=pathlib.Path, help="a defense config.json or profile")
-    parser.add_argument("out_dir", type=pathlib.Path, help="the submission folder to write (new or empty)")
-    args = parser.parse_args(argv)
-
-    def body() -> int:
-        written = package_defense(args.config, args.out_dir)
-        size = sum(path.stat().st_size for path in written)
-        print(f"packaged {args.config} -> {args.out_dir} ({len(written)} files, {size / 2**20:.1f} MiB); "
-              f"run it with {args.out_dir / 'run_defense.sh'} INPUT_DIR OUTPUT_FILE")
-        return 0
-
-    run_main(body)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,7 +1,7 @@
-"""The defense entry point: classify a folder of images, write ``filename,label`` lines.
+"""What a defense submission does: classify a folder of images, write ``filename,label`` lines.
 
-``defense/run_defense.sh`` and ``baselines/*/run_defense.sh`` are thin wrappers
-around ``python -m hgd.defense --config <their config.json> INPUT_DIR OUTPUT_FILE``.
+``defense/run_defense.sh`` and ``baselines/*/run_defense.sh`` run :func:`classify_folder` through
+``python -m hgd.cli.run_defense --config <their config.json> INPUT_DIR OUTPUT_FILE``.
 The competition contract (``docs/reference/competition-contract.md``): one line
 per input file, no header, labels 1..1000. A file that cannot be read gets
 label 0 (never correct) and an error line on stderr; the run goes on. The
@@ -11,7 +11,6 @@ time limit keeps every finished batch and never leaves a half-written line.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import pathlib
 import sys
@@ -20,24 +19,12 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from hgd.entry import EXIT_REFUSED, run_main
-from hgd.images import Batch, iter_batches, list_input_files, write_predictions_csv
+from hgd.io.competition_csv import write_predictions_csv
+from hgd.io.images import Batch, iter_batches, list_input_files
 
 UNREADABLE_LABEL = 0
 
-log = logging.getLogger("hgd.defense")
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m hgd.defense",
-        description="Classify every file in INPUT_DIR and write competition-format predictions.",
-    )
-    parser.add_argument("input_dir", type=pathlib.Path, help="folder of 299x299 RGB PNGs")
-    parser.add_argument("output_file", type=pathlib.Path, help="CSV to write: filename,label (labels 1..1000)")
-    parser.add_argument("--config", type=pathlib.Path, required=True, help="the submission's config.json")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: config)")
-    return parser.parse_args(argv)
+log = logging.getLogger(__name__)
 
 
 def _rows(batch: Batch, labels: Sequence[int]) -> list[tuple[str, int]]:
@@ -50,15 +37,14 @@ def _rows(batch: Batch, labels: Sequence[int]) -> list[tuple[str, int]]:
 
 def classify_folder(config_path: pathlib.Path, input_dir: pathlib.Path, output_file: pathlib.Path,
                     batch_size: int | None = None) -> int:
-    """Run the defense described by ``config_path``; returns the process exit code."""
-    from hgd.defended import MissingWeights, load_config  # deferred: keras start-up is not needed for --help
+    """Run the defense described by ``config_path``; returns how many predictions it wrote.
+
+    Raises :class:`hgd.defenses.MissingWeights` before reading any image when the defense's denoiser
+    weights do not exist."""
+    from hgd.defenses.defended import load_config
 
     config = load_config(config_path)
-    try:
-        config.require_weights()
-    except MissingWeights as refusal:
-        print(f"REFUSED: {refusal}", file=sys.stderr)
-        return EXIT_REFUSED
+    config.require_weights()
     files = list_input_files(input_dir)
     batch_size = batch_size or config.batch_size
     rows: list[tuple[str, int]] = []
@@ -66,12 +52,12 @@ def classify_folder(config_path: pathlib.Path, input_dir: pathlib.Path, output_f
     if files:
         rows = _classify(config, files, batch_size, output_file)
     print(f"wrote {len(rows)} predictions to {output_file}", file=sys.stderr)
-    return 0
+    return len(rows)
 
 
 def _classify(config, files: list[pathlib.Path], batch_size: int, output_file: pathlib.Path) -> list[tuple[str, int]]:
     from hgd.backend import forward_fn
-    from hgd.defended import competition_labels
+    from hgd.defenses.defended import competition_labels
 
     start = time.perf_counter()
     predict = forward_fn(config.build())
@@ -87,12 +73,3 @@ def _classify(config, files: list[pathlib.Path], batch_size: int, output_file: p
             write_predictions_csv(output_file, rows)
             progress.update(len(batch.names) + len(batch.failed))
     return rows
-
-
-def run(argv: Sequence[str] | None = None) -> None:
-    """Console entry point."""
-    args = parse_args(argv)
-    run_main(lambda: classify_folder(args.config, args.input_dir, args.output_file, args.batch_size))
-
-if __name__ == "__main__":
-    run()

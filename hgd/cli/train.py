@@ -1,15 +1,15 @@
-"""``python -m hgd.train {data,fit,defense,continue,validate,install,curves}``: build training pairs, train a denoiser,
+"""``python -m hgd.cli.train {data,fit,defense,continue,validate,install,curves}``: build training pairs, train a denoiser,
 train a whole defense (all resume), go on training a defense's installed denoisers by one chunk,
 score any weights on a run's validation pairs, install a run's checkpoint, compare runs' validation curves.
 
 Examples (the data sets are described in ``docs/reference/datasets.md``)::
 
-    python -m hgd.train data ../shared/datasets/imagenet_pool ~/hgd-work/pairs
-    python -m hgd.train fit ~/hgd-work/pairs ~/hgd-work/runs/fgd_lite0 --guidance fgd --models efficientnet_lite0
-    python -m hgd.train defense defense/config.json ../shared/datasets/imagenet_pool ~/hgd-work
-    python -m hgd.train continue defense/config.json ../shared/datasets/imagenet_pool ~/hgd-work \
+    python -m hgd.cli.train data ../shared/datasets/imagenet_pool ~/hgd-work/pairs
+    python -m hgd.cli.train fit ~/hgd-work/pairs ~/hgd-work/runs/fgd_lite0 --guidance fgd --models efficientnet_lite0
+    python -m hgd.cli.train defense defense/config.json ../shared/datasets/imagenet_pool ~/hgd-work
+    python -m hgd.cli.train continue defense/config.json ../shared/datasets/imagenet_pool ~/hgd-work \
         --max-hours 2 --history-dir docs/results/training
-    python -m hgd.train curves FGD=~/hgd-work/runs/fgd_lite0 --out docs/results/training.png
+    python -m hgd.cli.train curves FGD=~/hgd-work/runs/fgd_lite0 --out docs/results/training.png
 
 Rerunning a command with the same folders and options goes on where it stopped.
 """
@@ -21,13 +21,13 @@ import logging
 import pathlib
 import sys
 
-from hgd.entry import named_path, run_main
+from hgd.cli import named_path, run_main
 from hgd.train.losses import Guidance
 from hgd.zoo import ModelName
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hgd.train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m hgd.cli.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     models = [m.value for m in ModelName]

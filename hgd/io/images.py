@@ -1,4 +1,4 @@
-"""Pixel I/O: the PNG folder <-> uint8 batches end of the pipeline, and the CSV files.
+"""Pixel I/O: the PNG folder <-> uint8 batches end of the pipeline.
 
 Everything a defense or an attack reads or writes on disk passes through here, so
 the rules of the competition (see ``docs/reference/competition-contract.md``) live in one
@@ -12,10 +12,8 @@ place:
   caller can still account for it (a defense must write one line per input file).
 * Outputs are written as exact uint8 PNGs and never rescaled: the old samples'
   float ``imsave`` min-max stretched images and silently broke attacks, so
-  quantization is the caller's explicit job. Files are written atomically, so an
+  quantization is the caller's explicit job. Files are written atomically (:mod:`hgd.io.files`), so an
   attack or defense killed at the time limit never leaves a half-written file.
-* The CSV readers follow the competition's parsers (columns by name for the
-  dataset; lenient ``filename,label`` rows for defense outputs).
 
 This module is pure numpy + Pillow on purpose: it is imported by data tooling and
 by the harness, which must not pay for (or depend on) a deep-learning framework.
@@ -25,36 +23,22 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import csv
 import dataclasses
 import itertools
 import logging
 import operator
 import os
 import pathlib
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import IO, Any
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from hgd.io.files import write_atomically
+
 IMAGE_SIZE = 299
 """Side of the competition's square input images, in pixels."""
-
-NUM_LABELS = 1000
-"""Labels are 1..NUM_LABELS (TF-Slim order; 0 is the unused background class)."""
-
-
-def to_label0(label):
-    """The one label convention, read side: a competition label 1..1000 (CSV files, ``TrueLabel``,
-    ``TargetClass``) -> the standard 0-based ImageNet class the models' logits index (int or array)."""
-    return label - 1
-
-
-def to_competition_label(label0):
-    """The one label convention, write side: a 0-based ImageNet class -> the competition's 1..1000."""
-    return label0 + 1
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +59,6 @@ _PNG16_COLOUR_RAWMODES = {
 # 16-bit grey + alpha has no such pair; its 4 bytes per pixel (Lhi Llo Ahi Alo)
 # are read verbatim as 8-bit RGBA instead.
 _PNG16_LA_RAWMODE = "LA;16B"
-
-_DATASET_COLUMNS = ("ImageId", "TrueLabel", "TargetClass")
-_PREDICTION_SUFFIXES = (".png", ".jpg")
-
 
 class ImageError(Exception):
     """An input file that cannot be read as an image.
@@ -321,7 +301,7 @@ def iter_batches(
     images overlaps with the model's work on the current ones. Unreadable files
     count towards ``batch_size`` and are reported in :attr:`Batch.failed`, so
     batch boundaries depend only on the file list. Warnings and failures are
-    logged on the ``hgd.images`` logger, one line per file.
+    logged on the ``hgd.io.images`` logger, one line per file.
 
     Args:
         files: The input files, e.g. from :func:`list_input_files`.
@@ -428,150 +408,3 @@ def save_png(path: StrPath, image: np.ndarray, *, compress_level: int = 6) -> No
         raise ValueError(f"save_png needs shape (H, W, 3), got {image.shape}")
     picture = Image.fromarray(np.ascontiguousarray(image))
     write_atomically(pathlib.Path(path), "wb", lambda f: picture.save(f, format="PNG", compress_level=compress_level))
-
-
-def replace_atomically(path: pathlib.Path, write: Callable[[pathlib.Path], None], *, suffix: str = ".tmp") -> None:
-    """Writes ``path`` as ``write(temporary)`` into a temporary file of the same folder, then renames it.
-
-    The one rule for every file the toolkit must never leave half-written (checkpoints, caches, state,
-    predictions): ``os.replace`` is atomic on one file system, so readers see either the old file or
-    the complete new one, even if the writer is killed midway; a failed write leaves no temporary file.
-    ``suffix`` ends the temporary name, for writers that insist on one (Keras: ``.weights.h5``). The
-    file gets the usual umask-based permissions (``tempfile`` would make it 0600).
-    """
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def write_atomically(path: pathlib.Path, mode: str, write: Callable[[IO[Any]], None]) -> None:
-    """:func:`replace_atomically` for a writer of an open file (``mode``: ``"w"`` text, ``"wb"`` bytes)."""
-    def to_file(temporary: pathlib.Path) -> None:
-        binary = "b" in mode
-        with open(temporary, mode, newline=None if binary else "", encoding=None if binary else "utf-8") as f:
-            write(f)
-
-    replace_atomically(path, to_file)
-
-
-# ----------------------------------------------------------------------------- CSV
-
-
-def read_dataset_csv(path: StrPath) -> dict[str, tuple[int, int]]:
-    """Reads the competition's dataset CSV: ImageId -> (TrueLabel, TargetClass).
-
-    Columns are found by name, like the organizers' code, so extra or
-    reordered columns are fine. This is ground truth, so unlike the
-    predictions reader it is strict: any malformed row is an error.
-
-    Args:
-        path: The CSV, with the header
-            ``ImageId,URL,x1,y1,x2,y2,TrueLabel,TargetClass,...``.
-
-    Returns:
-        Labels (1..1000) by ImageId, in file order.
-
-    Raises:
-        ValueError: A required column is missing from the header, or a row
-            lacks a value, has a non-integer or out-of-range label, or repeats
-            an ImageId; the message gives the line number.
-    """
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in _DATASET_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: header lacks column(s) {', '.join(missing)}")
-        labels: dict[str, tuple[int, int]] = {}
-        for row in reader:
-            where = f"{path}, line {reader.line_num}"
-            image_id, labels_of_row = _parse_dataset_row(row, where)
-            if image_id in labels:
-                raise ValueError(f"{where}: ImageId {image_id!r} appears twice")
-            labels[image_id] = labels_of_row
-    return labels
-
-
-def _parse_dataset_row(row: dict[str, str | None], where: str) -> tuple[str, tuple[int, int]]:
-    """Validates one dataset row; ``where`` names the file and line for errors."""
-    values = {column: row.get(column) for column in _DATASET_COLUMNS}
-    absent = [column for column, value in values.items() if not (value or "").strip()]
-    if absent:
-        raise ValueError(f"{where}: missing value for {', '.join(absent)}")
-    true_label = _parse_label(values["TrueLabel"], "TrueLabel", where)
-    target_class = _parse_label(values["TargetClass"], "TargetClass", where)
-    return str(values["ImageId"]).strip(), (true_label, target_class)
-
-
-def _parse_label(text: str | None, column: str, where: str) -> int:
-    """Parses a 1..1000 label, explaining what is wrong with a bad one."""
-    try:
-        label = int(str(text))
-    except ValueError:
-        raise ValueError(f"{where}: {column} {text!r} is not an integer") from None
-    if not 1 <= label <= NUM_LABELS:
-        raise ValueError(f"{where}: {column} {label} is outside 1..{NUM_LABELS}")
-    return label
-
-
-def read_predictions_csv(path: StrPath) -> dict[str, int]:
-    """Reads a defense's ``filename,label`` output the way the competition did.
-
-    Lenient on purpose, like the organizers' parser: a defense's output is
-    scored, not validated. Rows whose second field is not an integer are
-    skipped (so a header is harmless), a ``.png`` / ``.jpg`` suffix is
-    stripped from the name, extra columns are ignored, and when a name
-    repeats the last row wins. Undecodable bytes are replaced, not fatal.
-
-    Args:
-        path: The defense's result file.
-
-    Returns:
-        Label by image name without the suffix (e.g. ``"IMG000123"``).
-    """
-    predictions: dict[str, int] = {}
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        for row in csv.reader(f):
-            if len(row) < 2:
-                continue
-            try:
-                label = int(row[1])
-            except ValueError:
-                continue
-            predictions[_strip_image_suffix(row[0])] = label
-    return predictions
-
-
-def _strip_image_suffix(filename: str) -> str:
-    """Drops ``.png`` / ``.jpg`` (case-sensitive, like the original parser)."""
-    if filename.endswith(_PREDICTION_SUFFIXES):
-        return filename[: filename.rfind(".")]
-    return filename
-
-
-def write_predictions_csv(path: StrPath, rows: Iterable[tuple[str, int]]) -> None:
-    """Writes a defense's output: ``filename,label`` lines, no header, atomically.
-
-    Parent folders are created (``/output_data`` may not exist outside the
-    container), and the file appears complete or not at all, so a defense
-    killed at the time limit never leaves a half-written last line.
-
-    Args:
-        path: The result file, e.g. ``/output_data/result.csv``.
-        rows: ``(filename, label)`` pairs; filenames with commas or quotes are
-            quoted by the csv module.
-
-    Raises:
-        TypeError: A label is not an integer (numpy integers are fine).
-    """
-    path = pathlib.Path(path)
-    lines = [(str(name), operator.index(label)) for name, label in rows]
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(f: IO[Any]) -> None:
-        csv.writer(f, lineterminator="\n").writerows(lines)
-
-    write_atomically(path, "w", write)

@@ -1,4 +1,4 @@
-"""``python -m hgd.security DEFENSE_DIR DATASET_DIR OUT_DIR``: how robust a defense is, honestly.
+"""How robust a defense is, honestly (``python -m hgd.cli.security DEFENSE_DIR DATASET_DIR OUT_DIR``).
 
 The competition scored defenses against attacks that never saw them. This evaluation attacks the
 defense itself, as an adaptive attacker would (Athalye & Carlini 2018 broke HGD this way), and sets
@@ -26,21 +26,19 @@ batch), ``security.md`` (tables and checks), ``curves.png``, ``loss_curve.png``,
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import logging
 import pathlib
-import sys
-from collections.abc import Sequence
 
 import numpy as np
 
-from hgd.entry import run_main
-from hgd.images import write_atomically
+from hgd.attacks.factory import make_attack
+from hgd.io.datasets import load_pixels, read_dataset
+from hgd.io.files import write_atomically
 
-log = logging.getLogger("hgd.security")
+log = logging.getLogger(__name__)
 
 RESULTS_FILE, REPORT_FILE = "results.json", "security.md"
 CURVES_FILE, LOSS_CURVE_FILE, PER_EXAMPLE_FILE = "curves.png", "loss_curve.png", "per_example.csv"
@@ -87,12 +85,10 @@ class SecuritySpec:
 
     def attack(self, kind: str, epsilon: int, *, stronger: bool = False, record_loss: bool = False):
         """The attack object of ``kind`` at ``epsilon`` (``stronger``: the convergence check's PGD)."""
-        from hgd import attacks
-
         if kind == "fgsm":
-            return attacks.FGSM()
+            return make_attack("fgsm")
         if kind == "square":
-            return attacks.SquareAttack(queries=self.queries, loss="margin", seed=self.seed)
+            return make_attack("square", queries=self.queries, loss="margin", seed=self.seed)
         if kind == "transfer":
             steps, restarts = self.transfer_steps, 1
         else:
@@ -100,7 +96,7 @@ class SecuritySpec:
         # Through the defense, an image stops at its first saved success (what the evaluation counts;
         # a broken defense then costs a few steps per image, not 100). The transfer attack runs every
         # step on the surrogate: barely fooling the surrogate would transfer worse.
-        return attacks.PGD(steps=steps, alpha=2.5 * epsilon / steps, seed=self.seed, loss="margin",
+        return make_attack("pgd", steps=steps, alpha=2.5 * epsilon / steps, seed=self.seed, loss="margin",
                            restarts=restarts, record_loss=record_loss, early_stop=kind == "pgd")
 
 
@@ -113,14 +109,13 @@ class Evaluation:
 
     def __init__(self, defense_dir: pathlib.Path, dataset_dir: pathlib.Path, out_dir: pathlib.Path,
                  spec: SecuritySpec, batch_size: int, transfer_cache: pathlib.Path | None = None) -> None:
-        from hgd.attack import defense_model
-        from hgd.defended import Member, build_defended_model, load_config
-        from hgd.evaluate import load_dataset
+        from hgd.attacks.config import defense_model
+        from hgd.defenses.defended import Member, build_defended_model, load_config
 
         config = load_config(defense_dir / "config.json")
         config.require_weights()
         self.spec, self.batch_size, self.out_dir = spec, batch_size, out_dir
-        self.ids, self.images, self.labels = load_dataset(dataset_dir, spec.limit)
+        self.ids, self.images, self.labels = load_pixels(read_dataset(dataset_dir, spec.limit))
         self.attacked = defense_model(config)  # EOT over a random transform
         random = config.transform is not None and config.transform.random
         # What scores the images: one draw of a random transform, as the submission classifies.
@@ -352,52 +347,3 @@ def read_oblivious_score(runner_output: pathlib.Path, name: str) -> tuple[str, f
             if row["SubmissionID"] == name and row["Score"]:
                 return str(path), float(row["Score"])
     raise ValueError(f"{path}: no score for the defense {name!r}")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hgd.security", description=__doc__.split("\n\n")[0])
-    parser.add_argument("defense_dir", type=pathlib.Path, help="a defense submission folder (its config.json)")
-    parser.add_argument("dataset_dir", type=pathlib.Path, help="images/ + dev_dataset.csv")
-    parser.add_argument("out_dir", type=pathlib.Path, help="results (rerun the same command to resume)")
-    defaults = SecuritySpec()
-    parser.add_argument("--epsilons", type=int, nargs="+", default=list(defaults.epsilons))
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--restarts", type=int, default=defaults.restarts)
-    parser.add_argument("--transfer-steps", type=int, default=defaults.transfer_steps)
-    parser.add_argument("--queries", type=int, default=defaults.queries, help="Square attack budget (0: none)")
-    parser.add_argument("--check-epsilon", type=int, default=defaults.check_epsilon)
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
-    parser.add_argument("--tolerance", type=float, default=defaults.tolerance)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--transfer-cache", type=pathlib.Path, default=None,
-                        help="keep the transfer examples here, shared by evaluations of defenses over the same "
-                             "classifiers (they do not depend on the defense)")
-    parser.add_argument("--runner-output", type=pathlib.Path, default=None,
-                        help="a runner output folder: its normalized (oblivious) score for this defense goes beside")
-    args = parser.parse_args(argv)
-    logging.getLogger("hgd").setLevel(logging.INFO)
-
-    def body() -> int:
-        # Read first: a missing score must not be found only after hours of attacks.
-        score = (None if args.runner_output is None
-                 else read_oblivious_score(args.runner_output, args.defense_dir.resolve().name))
-        spec = SecuritySpec(epsilons=tuple(args.epsilons), steps=args.steps, restarts=args.restarts,
-                            transfer_steps=args.transfer_steps, queries=args.queries,
-                            check_epsilon=args.check_epsilon, limit=args.limit, tolerance=args.tolerance,
-                            seed=args.seed)
-        evaluation = Evaluation(args.defense_dir, args.dataset_dir, args.out_dir, spec, args.batch_size,
-                                args.transfer_cache)
-        summary = evaluate(evaluation)
-        write_report(evaluation, summary, " ".join(["python -m hgd.security", *map(str, argv or sys.argv[1:])]), score)
-        suspicious = [name for name, ok, _ in summary["checks"] if not ok]
-        print(f"{args.out_dir / REPORT_FILE}: clean {summary['clean']:.3f}, worst case "
-              + ", ".join(f"eps {e} {v:.3f}" for e, v in summary["worst"].items())
-              + (f"; SUSPICIOUS: {'; '.join(suspicious)}" if suspicious else "; every sanity check passed"))
-        return 0
-
-    run_main(body)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -14,7 +14,7 @@ them; averaging has the same argmax and keeps the scale of one model's logits). 
 is one Keras model from pixels to logits, so attacks back-propagate through denoisers and
 classifiers. A member without a denoiser is the plain classifier (the undefended baseline).
 
-A defense may also name an input transformation (:mod:`hgd.transforms`: JPEG re-compression,
+A defense may also name an input transformation (:mod:`hgd.defenses.transforms`: JPEG re-compression,
 bit-depth reduction, ...), applied to the uint8 images before that model. It is not part of the
 Keras graph (none of them is differentiable): :attr:`DefenseConfig.transform` runs first,
 :meth:`DefenseConfig.build` is what comes after it. An attack that knows the defense wraps the two
@@ -31,10 +31,12 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from hgd.dunet import DTYPE_POLICIES, build_dunet
-from hgd.images import IMAGE_SIZE, to_competition_label
-from hgd.transforms import Transform, from_config
+from hgd.defenses.dunet import DTYPE_POLICIES, build_dunet
+from hgd.io.images import IMAGE_SIZE
+
+from hgd.defenses.transforms import Transform, from_config
 from hgd.zoo import Affine, TargetModel, get_model
+from hgd.defenses import MissingWeights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +61,6 @@ class Member:
 
     target: TargetModel
     denoiser: DenoiserSpec | None = None
-
-
-class MissingWeights(FileNotFoundError):
-    """A defense names trained denoiser weights that do not exist: it must not run, be attacked, evaluated
-    or packaged with an untrained denoiser (which would measure nothing). The one refusal: its message
-    names the configuration and every missing file."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +96,7 @@ class DefenseConfig:
             raise MissingWeights(
                 f"{self.source or 'the defense'} names trained denoiser weights that do not exist: "
                 f"{', '.join(map(str, missing))}. HGD must not run, be attacked or be packaged with an untrained "
-                "denoiser: train them (python -m hgd.train defense CONFIG POOL WORK_DIR; for a submission that "
+                "denoiser: train them (python -m hgd.cli.train defense CONFIG POOL WORK_DIR; for a submission that "
                 "carries a copy of the defense, copy defense/weights/ into its own defense/ folder), or use the "
                 "undefended baseline (baselines/undefended).")
 
@@ -131,7 +127,7 @@ def load_config(path: str | pathlib.Path) -> DefenseConfig:
         {"denoiser": {"weights": "weights/fgd_ensemble.weights.h5", "width": 0.5},
          "members": [{"model": "efficientnet_lite0"}, ...]}
 
-    Either may add an input transformation (:func:`hgd.transforms.from_config`), applied first::
+    Either may add an input transformation (:func:`hgd.defenses.transforms.from_config`), applied first::
 
         {"transform": {"name": "jpeg", "quality": 75}, "members": [...]}
 
@@ -242,8 +238,3 @@ def build_defended_model(members: Sequence[Member], image_size: int | None = IMA
         logits = [m.target.build_from_normalized(image_size)(denoised) for m in members]
     averaged = logits[0] if len(logits) == 1 else keras.layers.Average(name="ensemble_logits")(logits)
     return keras.Model(pixels, averaged, name="defended_model")
-
-
-def competition_labels(logits: np.ndarray) -> np.ndarray:
-    """1000-class, 0-based logits -> competition labels 1..1000 (TF-Slim order; 0 is background)."""
-    return to_competition_label(np.argmax(logits, axis=-1))
