@@ -71,3 +71,14 @@ def small_source(tmp_path_factory) -> pathlib.Path:
         shutil.copy(SAMPLE / "images" / f"{line.split(',')[0]}.png", folder / "images")
     (folder / "dev_dataset.csv").write_text("\n".join(kept) + "\n")
     return folder
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``docker`` and ``jax`` markers by one rule each (``slow`` is written on the tests themselves):
+    every test of a ``test_docker*`` module needs a Docker engine; a test whose name or parameters say
+    ``jax`` runs the JAX backend in a subprocess."""
+    for item in items:
+        if item.path.name.startswith("test_docker"):
+            item.add_marker(pytest.mark.docker)
+        if "jax" in item.name:
+            item.add_marker(pytest.mark.jax)

@@ -10,7 +10,6 @@ of Lite0, with few steps.
 
 from __future__ import annotations
 
-import filecmp
 import json
 import os
 import pathlib
@@ -404,22 +403,18 @@ def test_adaptive_attacks_on_jax_match_tensorflow(model, images, tmp_path):
 # ------------------------------------------------------------------------------------------ submissions
 
 
-def test_adaptive_submissions_are_defense_aware_and_self_contained():
+def test_adaptive_submissions_attack_the_shipped_defense_without_a_copy_of_it():
     from hgd.attacks.config import defense_config_path, load_attack_config
-    from hgd.defenses.defended import load_config
 
-    shipped = json.loads((REPO / "defense" / "config.json").read_text())
     for name in ADAPTIVE:
         folder = ATTACKS / name
         metadata = json.loads((folder / "metadata.json").read_text())
-        assert metadata["defense_aware"] is True
+        assert metadata["defense_aware"] is True and metadata["reads"] == ["../../defense"]
+        assert not (folder / "defense").exists(), "each weights file is committed once, in defense/"
         config = load_attack_config(folder / "config.json")
-        path = defense_config_path(config)
-        assert path.resolve().is_relative_to(folder.resolve()), "the runner copies only the submission folder"
-        assert json.loads(path.read_text()) == shipped, f"{path} must be a copy of defense/config.json"
-        for copy, original in zip(load_config(path).denoisers(), load_config(REPO / "defense" / "config.json").denoisers()):
-            assert copy.weights.is_file() == original.weights.is_file(), f"{copy.weights}: scripts/train_defense.sh copies it"
-            assert not copy.weights.is_file() or filecmp.cmp(copy.weights, original.weights, shallow=False)
+        assert config.model["defense"] == "hgd_lite"
+        assert defense_config_path(config).resolve() == (REPO / "defense" / "config.json").resolve()
+        assert (REPO / "defense").resolve() in load_submission(folder).reads  # retrained weights re-run its pieces
     targeted = load_attack_config(ATTACKS / "adaptive_pgd_targeted" / "config.json")
     untargeted = load_attack_config(ATTACKS / "adaptive_pgd" / "config.json")
     assert targeted.targeted and not untargeted.targeted
@@ -438,16 +433,13 @@ def test_oblivious_submissions_are_not_marked_defense_aware():
 
 
 def test_defense_aware_submissions_refuse_without_trained_weights(tmp_path):
-    """Copies without the trained weights: adaptive_pgd run as the competition runs it (exit 2, REFUSED,
-    nothing written); the other two in-process."""
+    """Copies aimed at a copy of the shipped defense without its weights: adaptive_pgd run as the
+    competition runs it (exit 2, REFUSED, nothing written); the other two in-process."""
     from hgd.attacks.config import defense_config_path, load_attack_config, require_defense_weights
     from hgd.defenses import MissingWeights
     from hgd.defenses.defended import load_config
 
-    copies = {}
-    for name in ADAPTIVE:
-        copies[name] = tmp_path / "code" / name
-        shutil.copytree(ATTACKS / name, copies[name], ignore=shutil.ignore_patterns("weights"))
+    copies = {name: _copy_aware_of(name, tmp_path / "code", REPO / "defense" / "config.json") for name in ADAPTIVE}
     for other in ADAPTIVE[1:]:
         config_path = copies[other] / "config.json"
         with pytest.raises(MissingWeights, match="attacks a defense that cannot run"):
@@ -468,11 +460,28 @@ E2E_IMAGES = ["28b7b933c8028c6e", "4b588649cd835d4c"]
 E2E_TARGETS = {"28b7b933c8028c6e": 7, "4b588649cd835d4c": 901}
 
 
+def _copy_aware_of(name: str, root: pathlib.Path, defense_config: pathlib.Path, **overrides) -> pathlib.Path:
+    """The submission copied as the runner copies it, aimed at a copy of ``defense_config`` (without its
+    weights) in its own ``defense/`` folder instead of the shipped defense."""
+    folder = root / name
+    shutil.copytree(ATTACKS / name, folder, symlinks=True)
+    (folder / "defense").mkdir()
+    shutil.copyfile(defense_config, folder / "defense" / "config.json")
+    config = json.loads((folder / "config.json").read_text())
+    config["model"] = {"defense_config": "defense/config.json",
+                       **{k: v for k, v in config["model"].items() if k != "defense"}}
+    config.update(overrides)
+    (folder / "config.json").write_text(json.dumps(config))
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata.pop("reads")
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    return folder
+
+
 def _copy_with_tiny_defense(name: str, root: pathlib.Path, dunet_weights: dict, transform: dict | None,
                             **overrides) -> pathlib.Path:
     """The submission copied as the runner copies it, its defense swapped for Lite0 behind a tiny DUNET."""
-    folder = root / name
-    shutil.copytree(ATTACKS / name, folder, symlinks=True, ignore=shutil.ignore_patterns("weights"))
+    folder = _copy_aware_of(name, root, REPO / "defense" / "config.json", **overrides)
     weights = folder / "defense" / "weights"
     weights.mkdir()
     shutil.copyfile(dunet_weights["small"], weights / "dunet.weights.h5")
@@ -482,9 +491,6 @@ def _copy_with_tiny_defense(name: str, root: pathlib.Path, dunet_weights: dict, 
     if transform:
         defense["transform"] = transform
     (folder / "defense" / "config.json").write_text(json.dumps(defense))
-    config = json.loads((folder / "config.json").read_text())
-    config.update(overrides)
-    (folder / "config.json").write_text(json.dumps(config))
     return folder
 
 
@@ -534,6 +540,7 @@ def _read(folder: pathlib.Path, names) -> np.ndarray:
     return np.stack([load_image(folder / f"{name}.png")[0] for name in names])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ADAPTIVE)
 def test_adaptive_submission_end_to_end_against_a_tiny_defense(e2e, name):
     run, inputs, output, folder = e2e[name]

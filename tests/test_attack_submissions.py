@@ -237,4 +237,4 @@ def test_submission_metadata_and_config_are_valid(submission):
     assert config.targeted == (metadata["type"] == "targeted_attack")
     assert f"`{submission.name}`" in (ATTACKS / "README.md").read_text()
     # defense-aware = attacks a defense (reports keep those apart from the oblivious set)
-    assert metadata.get("defense_aware", False) is ("defense_config" in (config.model or {}))
+    assert metadata.get("defense_aware", False) is bool({"defense", "defense_config"} & set(config.model or {}))

@@ -161,6 +161,7 @@ def mixed_labels(mixed_run) -> dict[str, int]:
 # ------------------------------------------------------------------------------------ the mixed folder
 
 
+@pytest.mark.slow
 def test_mixed_run_exits_zero(mixed_run):
     result, output = mixed_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -362,6 +363,7 @@ def test_score_says_how_many_images_had_no_prediction(tmp_path):
     assert "none of them has a prediction" in score_line(tmp_path / "out.csv", {}, labels)
 
 
+@pytest.mark.slow
 def test_demo_runs_the_shipped_defenses_and_goes_on_past_one_that_refuses(tmp_path):
     """`python -m hgd.demo`, the README's first command: each submission's predictions and accuracy on the
     sample images; a submission that refuses (here: the HGD defense without its weights) is reported and the

@@ -39,6 +39,7 @@ def test_test_sets_follow_the_paper(small_source, tmp_path):
     assert len(plan) == 4 * 5 * 2 and {p.epsilon for p in plan} == {4, 16}
 
 
+@pytest.mark.slow
 def test_test_images_stay_in_their_box(testsets):
     plan = plan_test_sets(experiments.read_test_spec(testsets), testsets)
     for pair in plan:
@@ -51,6 +52,7 @@ def test_another_spec_is_refused(testsets, small_source):
         build_test_sets(ObliviousSpec(source=str(small_source), black_model="efficientnet_lite1"), testsets)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_scores_rows_and_keeps_finished_ones(testsets, tmp_path):
     out = tmp_path / "table.json"
     command = [sys.executable, "-m", "hgd.cli.experiments", "evaluate", str(testsets), "--row", "NA=none",
@@ -132,6 +134,7 @@ def test_a_row_puts_one_denoiser_before_all_targets_or_one_before_each():
     assert experiments._parse_row("NA=none") == ("NA", [])
 
 
+@pytest.mark.slow
 def test_identity_denoisers_shared_or_per_target_score_as_the_bare_targets(testsets, dunet_weights):
     plan = experiments.first_images(plan_test_sets(experiments.read_test_spec(testsets), testsets), 1)
     targets = ["efficientnet_lite0", "efficientnet_lite1"]

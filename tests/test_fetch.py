@@ -352,6 +352,7 @@ def _write_source(name: ModelName, model: keras.Model, folder: pathlib.Path, mon
     return expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(fetch.SOURCES), ids=lambda m: m.value)
 def test_full_size_fetch(name, tmp_path, monkeypatch):
     """Published format -> fetch (download, verify, convert, store) -> the registry's backbone, at full size."""

@@ -11,7 +11,7 @@ import pytest
 
 from hgd.runner.executors import RunRequest
 from hgd.runner.local_executor import LocalExecutor
-from hgd.runner.submissions import (Attack, Defense, SubmissionError, SubmissionType, discover, load_submission,
+from hgd.runner.submissions import (AttackSubmission, DefenseSubmission, SubmissionError, SubmissionType, discover, load_submission,
                                     unique_names)
 
 SUBMISSIONS = pathlib.Path(__file__).resolve().parent / "submissions"
@@ -61,7 +61,7 @@ def test_command_line_cwd_and_environment(tmp_path):
 def test_attack_gets_output_dir_and_epsilon(tmp_path):
     code = make_submission(tmp_path / "sub", 'echo "$2 $3" > "$2/args.txt"\n')
     attack = load_submission(code)
-    assert isinstance(attack, Attack) and not attack.targeted
+    assert isinstance(attack, AttackSubmission) and not attack.targeted
     (tmp_path / "in").mkdir()
     result = attack.run(LocalExecutor(), tmp_path / "in", tmp_path / "out", 12, time_limit=30)
     assert result.ok
@@ -103,7 +103,7 @@ def test_background_children_do_not_outlive_a_clean_exit(tmp_path):
 def test_load_submission_rejects_bad_folders(tmp_path):
     good = make_submission(tmp_path / "good", "exit 0\n", kind="defense")
     defense = load_submission(good)
-    assert isinstance(defense, Defense) and defense.image(False) == "c" and defense.image(True) == "g"
+    assert isinstance(defense, DefenseSubmission) and defense.image(False) == "c" and defense.image(True) == "g"
     cases = {
         "no metadata.json": None,
         "malformed metadata.json": "{",

@@ -43,6 +43,7 @@ def defense_dir(tmp_path, dunet_weights):
     return folder
 
 
+@pytest.mark.slow
 def test_evaluation_runs_resumes_and_reports(defense_dir, small_source, tmp_path):
     out = tmp_path / "out"
     cache = tmp_path / "transfer_cache"

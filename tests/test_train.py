@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
@@ -19,7 +18,7 @@ from hgd.io.images import IMAGE_SIZE, load_image
 from hgd.train import fit as fit_module
 from hgd.train.adaptive import Adversary
 from hgd.train.fit import FitConfig, PairBatches, RunState, build_training_model, fit
-from hgd.train.losses import Guidance, guidance_loss
+from hgd.train.guidance import Guidance, guidance_loss
 from hgd.train.pairs import (
     TRAIN,
     VALIDATION,
@@ -256,6 +255,7 @@ def test_only_the_denoiser_trains():
     assert len(model.heads) == 2 and not any(head.trainable for head in model.heads)
 
 
+@pytest.mark.slow
 def test_fit_trains_checkpoints_and_resumes(pairs_dir, tmp_path):
     run = tmp_path / "run"
     state = fit(pairs_dir, run, _tiny(), verbose=0)
@@ -298,6 +298,7 @@ def _check_curves(run: pathlib.Path, state: RunState) -> None:
     assert (run / "cpu.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_fit_can_start_from_trained_weights(pairs_dir, tmp_path):
     """init_weights: a fine-tuning run starts where the given denoiser is (same validation pairs, same loss)."""
     first = fit(pairs_dir, tmp_path / "first", _tiny(), verbose=0)
@@ -471,6 +472,7 @@ def test_adversary_attacks_the_current_denoiser_inside_the_box(small_source):
     assert not np.allclose(attacked.logits(images.astype(np.float32)), before, atol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_adaptive_fit_runs_on_both_backends(pairs_dir, tmp_path, backend):
     if backend == "jax":
@@ -544,6 +546,7 @@ def test_continue_section_layers_its_options_over_the_last_stage(tmp_path):
         load_recipe(config)
 
 
+@pytest.mark.slow
 def test_chunks_go_on_from_the_installed_weights_and_append_one_history(small_source, tmp_path):
     """Two chunks: each starts from the weights the configuration reads, installs its best checkpoint if it beats
     them (float32: a small file), and appends its epochs to the committed history, the counters going on."""
@@ -618,6 +621,7 @@ def test_continue_refuses_a_recipe_without_its_section_or_weights(small_source, 
         continued.continue_training(config, small_source, tmp_path / "work", max_hours=1.0)
 
 
+@pytest.mark.slow
 def test_a_rerun_past_its_limit_trains_no_further_epoch(pairs_dir, tmp_path):
     """A session killed mid-epoch after its hour limit was reached: rerunning it only reports the state."""
     run = tmp_path / "run"
@@ -656,6 +660,7 @@ def test_continue_training_script_appends_to_the_committed_history(tmp_path):
     assert "--max-hours 1.5" in command and f"--history-dir {REPO / 'docs' / 'results' / 'training'}" in command
 
 
+@pytest.mark.slow
 def test_validation_loss_of_a_checkpoint_is_what_its_run_reported(pairs_dir, tmp_path):
     """`hgd.train validate` scores any weights on a run's validation pairs: the run's best checkpoint gets the
     run's best validation loss back, and the bfloat16 policy moves it only a little."""

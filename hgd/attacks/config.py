@@ -7,12 +7,17 @@ Config (``config.json`` beside the submission's script)::
      "batch_size": 16, "notes": "free text"}
 
 ``attack`` is one of :class:`hgd.attacks.factory.AttackName`; the attack's keyword arguments (those
-its class takes, :func:`hgd.attacks.factory.accepted_parameters`) sit beside it. ``targeted`` (bool) reads targets; ``least_likely`` (bool, untargeted
-submissions only) aims every image at its least likely class. ``model`` is
-``{"members": [names...]}`` (undefended members, logits averaged) or
-``{"defense_config": "path/to/config.json"}`` (a defense's config, relative to this file: attack
-the defended model itself — a *defense-aware* attack). Attacks that never look at a model
-(``noop``, ``random_noise``) need no ``model``, and none is built.
+its class takes, :func:`hgd.attacks.factory.accepted_parameters`) sit beside it. ``targeted`` (bool)
+reads targets; ``least_likely`` (bool, untargeted submissions only) aims every image at its least
+likely class. ``model`` is one of
+
+* ``{"members": [names...]}``: undefended members, logits averaged;
+* ``{"defense": "hgd_lite"}``: a shipped defense by name (:func:`hgd.list_defenses`), the defended
+  model itself — a *defense-aware* attack;
+* ``{"defense_config": "path/to/config.json"}``: any defense's config, relative to this file (the
+  runner copies only the submission's folder, so such a submission carries the defense it names).
+
+Attacks that never look at a model (``noop``, ``random_noise``) need no ``model``, and none is built.
 
 A defense-aware attack goes through all of the defense: its denoisers and classifiers (one
 differentiable Keras graph) and its input transformation, if any (:mod:`hgd.defenses.transforms`), with
@@ -20,8 +25,6 @@ differentiable Keras graph) and its input transformation, if any (:mod:`hgd.defe
 :class:`hgd.attacks.EOT` over ``"eot_draws"`` draws (an optional key of ``model``; default
 :data:`DEFAULT_EOT_DRAWS`). A defense whose denoiser weights do not exist is refused before any
 image is read (``REFUSED`` on stderr, exit 2): attacking an untrained denoiser measures nothing.
-Paths are relative to the config file, and the runner copies only the submission's folder: a
-defense-aware submission carries its own copy of the defense's config (and, once trained, weights).
 
 With ``record_loss``, each batch's loss curve (the mean objective over the batch at a few steps)
 is logged on stderr.
@@ -100,14 +103,22 @@ def load_attack_config(path: str | pathlib.Path) -> AttackConfig:
                         targeted=targeted, least_likely=least_likely, batch_size=batch_size)
 
 
+_MODEL_ENTRIES = ({"members"}, {"defense"}, {"defense", "eot_draws"}, {"defense_config"},
+                  {"defense_config", "eot_draws"})
+
+
 def _check_model_entry(model: Any, path: pathlib.Path) -> None:
-    if not isinstance(model, dict) or set(model) not in ({"members"}, {"defense_config"},
-                                                         {"defense_config", "eot_draws"}):
-        raise ValueError(f"{path}: 'model' must be {{\"members\": [model names]}} or "
-                         f"{{\"defense_config\": \"path\"}} (optionally with \"eot_draws\"), got {model!r}")
-    if "defense_config" in model:
-        if not isinstance(model["defense_config"], str) or not model["defense_config"]:
-            raise ValueError(f"{path}: 'model.defense_config' must be a path, got {model['defense_config']!r}")
+    if not isinstance(model, dict) or set(model) not in _MODEL_ENTRIES:
+        raise ValueError(f"{path}: 'model' must be {{\"members\": [model names]}}, {{\"defense\": \"name\"}} or "
+                         f"{{\"defense_config\": \"path\"}} (the last two optionally with \"eot_draws\"), got {model!r}")
+    for key in ("defense", "defense_config"):
+        if key in model and (not isinstance(model[key], str) or not model[key]):
+            raise ValueError(f"{path}: 'model.{key}' must be a non-empty string, got {model[key]!r}")
+    if "defense" in model:
+        from hgd.shipped import config_path
+
+        config_path(model["defense"])  # raises on unknown names, listing the shipped ones
+    if "defense" in model or "defense_config" in model:
         draws = model.get("eot_draws", DEFAULT_EOT_DRAWS)
         if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
             raise ValueError(f"{path}: 'model.eot_draws' must be an integer >= 1, got {draws!r}")
@@ -125,10 +136,17 @@ def _check_model_entry(model: Any, path: pathlib.Path) -> None:
 
 
 def defense_config_path(config: AttackConfig) -> pathlib.Path | None:
-    """The defense a defense-aware attack targets (``model.defense_config``, resolved), else ``None``."""
-    if config.model is None or "defense_config" not in config.model:
+    """The configuration of the defense a defense-aware attack targets (``model.defense``: a shipped one;
+    ``model.defense_config``: a path relative to the attack's config), else ``None``."""
+    if config.model is None:
         return None
-    return config.base / config.model["defense_config"]
+    if "defense" in config.model:
+        from hgd.shipped import config_path
+
+        return config_path(config.model["defense"])
+    if "defense_config" in config.model:
+        return config.base / config.model["defense_config"]
+    return None
 
 
 def build_model(config: AttackConfig):

@@ -22,7 +22,7 @@ import pathlib
 import sys
 
 from hgd.cli import named_path, run_main
-from hgd.train.losses import Guidance
+from hgd.train.guidance import Guidance
 from hgd.zoo import ModelName
 
 

@@ -96,8 +96,7 @@ class DefenseConfig:
             raise MissingWeights(
                 f"{self.source or 'the defense'} names trained denoiser weights that do not exist: "
                 f"{', '.join(map(str, missing))}. HGD must not run, be attacked or be packaged with an untrained "
-                "denoiser: train them (python -m hgd.cli.train defense CONFIG POOL WORK_DIR; for a submission that "
-                "carries a copy of the defense, copy defense/weights/ into its own defense/ folder), or use the "
+                "denoiser: train them (python -m hgd.cli.train defense CONFIG POOL WORK_DIR), or use the "
                 "undefended baseline (baselines/undefended).")
 
     def build(self, image_size: int | None = IMAGE_SIZE) -> keras.Model:

@@ -53,7 +53,7 @@ from hgd.runner.workdirs import force_rmtree, make_read_only, make_world_writabl
 from hgd.io.datasets import Dataset
 from hgd.runner.pieces import (AttackRecord, DefenseRecord, ImageBatch, PieceStore, adv_batch_id,
                                make_batches)
-from hgd.runner.submissions import DEFENSE_OUTPUT_FILE, Attack, Defense
+from hgd.runner.submissions import DEFENSE_OUTPUT_FILE, AttackSubmission, DefenseSubmission
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ class Outcome:
 
     dataset: Dataset
     batches: list[ImageBatch]
-    attacks: list[Attack]
-    defenses: list[Defense]
+    attacks: list[AttackSubmission]
+    defenses: list[DefenseSubmission]
     attack_records: dict[tuple[str, int], AttackRecord]
     defense_records: dict[tuple[str, str, int], DefenseRecord]
     pieces_run: int = 0
@@ -125,7 +125,7 @@ class Harness:
         settings: batch size, epsilon, time limit, GPU, progress bars.
     """
 
-    def __init__(self, *, dataset: Dataset, attacks: Sequence[Attack], defenses: Sequence[Defense],
+    def __init__(self, *, dataset: Dataset, attacks: Sequence[AttackSubmission], defenses: Sequence[DefenseSubmission],
                  executor: Executor, output_dir: pathlib.Path, settings: Settings = Settings()) -> None:
         self.dataset = dataset
         self.attacks = list(attacks)
@@ -175,7 +175,7 @@ class Harness:
                     outcome.attack_records[attack.name, batch.index] = record
                     bar.update()
 
-    def _attack_reusable(self, record: AttackRecord | None, attack: Attack, batch: ImageBatch,
+    def _attack_reusable(self, record: AttackRecord | None, attack: AttackSubmission, batch: ImageBatch,
                          fingerprint: str) -> bool:
         return (record is not None and record.infra_error is None and record.epsilon == batch.epsilon
                 and record.image_ids == list(batch.image_ids) and record.targeted == attack.targeted
@@ -183,7 +183,7 @@ class Harness:
                 and record.names == batch.attack_names()
                 and all((self.adv_dir(attack.name) / f"{i}.png").is_file() for i in record.produced))
 
-    def run_attack_piece(self, attack: Attack, batch: ImageBatch, fingerprint: str,
+    def run_attack_piece(self, attack: AttackSubmission, batch: ImageBatch, fingerprint: str,
                          work: pathlib.Path) -> AttackRecord:
         """Runs one attack on one batch and enforces the rules on its outputs."""
         names = batch.attack_names()
@@ -238,7 +238,7 @@ class Harness:
                         outcome.defense_records[defense.name, attack.name, batch.index] = record
                         bar.update()
 
-    def run_defense_piece(self, defense: Defense, attack_record: AttackRecord, adv_id: str, fingerprint: str,
+    def run_defense_piece(self, defense: DefenseSubmission, attack_record: AttackRecord, adv_id: str, fingerprint: str,
                           work: pathlib.Path) -> DefenseRecord:
         """Runs one defense on one attack's adversarial batch and reads its predictions."""
         produced = set(attack_record.produced)

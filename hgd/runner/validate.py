@@ -35,7 +35,7 @@ from hgd.io.labels import NUM_LABELS
 from hgd.runner.executors import Executor
 from hgd.runner.workdirs import force_rmtree
 from hgd.runner.pieces import EVAL_EPSILONS
-from hgd.runner.submissions import (DEFENSE_OUTPUT_FILE, Attack, Defense, SubmissionError, SubmissionType,
+from hgd.runner.submissions import (DEFENSE_OUTPUT_FILE, AttackSubmission, DefenseSubmission, SubmissionError, SubmissionType,
                                     check_entry_point, read_metadata)
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
@@ -194,7 +194,7 @@ def _validate(path: pathlib.Path, scratch: pathlib.Path, executor: Executor, tim
     images = _noise_images(input_dir, num_images, rng)
     container = meta["container_gpu"] if gpu else meta["container"]
     if kind is SubmissionType.DEFENSE:
-        submission = Defense(name=root.name, path=root, type=kind, entry_point=entry_point,
+        submission = DefenseSubmission(name=root.name, path=root, type=kind, entry_point=entry_point,
                              container=meta["container"], container_gpu=meta["container_gpu"])
         say(f"running it on {num_images} random-noise images ({executor.name} executor, image {container})")
         result = submission.run(executor, input_dir, output_dir, time_limit=time_limit, gpu=gpu)
@@ -205,7 +205,7 @@ def _validate(path: pathlib.Path, scratch: pathlib.Path, executor: Executor, tim
             targets = rng.integers(1, NUM_LABELS + 1, num_images)
             (input_dir / "target_class.csv").write_text(
                 "".join(f"{name},{t}\n" for name, t in zip(images, targets)), encoding="utf-8")
-        submission = Attack(name=root.name, path=root, type=kind, entry_point=entry_point,
+        submission = AttackSubmission(name=root.name, path=root, type=kind, entry_point=entry_point,
                             container=meta["container"], container_gpu=meta["container_gpu"])
         say(f"running it on {num_images} random-noise images with eps={epsilon} "
             f"({executor.name} executor, image {container})")

@@ -7,7 +7,7 @@ Three steps, each a subcommand of ``python -m hgd.cli.train`` (``--help`` on eac
    noise; eps drawn per image from 1..16) and cache the uint8 adversarial PNGs
    (:mod:`hgd.train.pairs`).
 2. ``fit``: train a DUNET on (adversarial, clean) pairs with the PGD / FGD / LGD / CGD loss of
-   one or several frozen target models (:mod:`hgd.train.losses`, :mod:`hgd.train.fit`); the
+   one or several frozen target models (:mod:`hgd.train.guidance`, :mod:`hgd.train.fit`); the
    checkpoint with the lowest validation loss is kept and an interrupted run resumes. With
    ``--adaptive-fraction``, part of every batch is attacked afresh through the denoiser being
    trained (defense-aware adversarial training, :mod:`hgd.train.adaptive`).

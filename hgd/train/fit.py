@@ -43,7 +43,7 @@ from hgd.defenses.dunet import DTYPE_POLICIES, build_dunet
 from hgd.io.files import replace_atomically, write_atomically
 from hgd.io.images import IMAGE_SIZE, load_image
 from hgd.train.adaptive import Adversary, SyncWeights, build_attacked_model
-from hgd.train.losses import Guidance, guidance_loss
+from hgd.train.guidance import Guidance, guidance_loss
 from hgd.train.pairs import TRAIN, VALIDATION, Pair, read_pairs
 from hgd.zoo import NUM_CLASSES, get_model
 
