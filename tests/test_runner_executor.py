@@ -115,6 +115,9 @@ def test_load_submission_rejects_bad_folders(tmp_path):
         "defense_aware 'yes' is not true or false": {"type": "attack", "entry_point": "run.sh",
                                                      "defense_aware": "yes"},
         "defense_aware is for attacks": {"type": "defense", "entry_point": "run.sh", "defense_aware": True},
+        "unknown key\\(s\\) \\['defence_aware'\\]": {"type": "attack", "entry_point": "run.sh", "defence_aware": True},
+        "reads 'x' is not a list": {"type": "attack", "entry_point": "run.sh", "reads": "x"},
+        "reads \\['../nowhere'\\]": {"type": "attack", "entry_point": "run.sh", "reads": ["../nowhere"]},
     }
     for expected, meta in cases.items():
         folder = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
@@ -123,6 +126,23 @@ def test_load_submission_rejects_bad_folders(tmp_path):
             (folder / "metadata.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
         with pytest.raises(SubmissionError, match=expected):
             load_submission(folder)
+
+
+def test_a_change_in_a_folder_it_reads_changes_the_fingerprint(tmp_path):
+    """An attack on a shipped defense reads that defense's folder: retrained weights there must run its
+    pieces again, as a change of its own files does."""
+    folder = make_submission(tmp_path / "attacks" / "aware", "exit 0\n")
+    (tmp_path / "defense").mkdir()
+    (tmp_path / "defense" / "weights.h5").write_bytes(b"old")
+    meta = json.loads((folder / "metadata.json").read_text())
+    plain = load_submission(folder).fingerprint()
+    (folder / "metadata.json").write_text(json.dumps({**meta, "reads": ["../../defense"]}))
+    submission = load_submission(folder)
+    assert submission.reads == ((tmp_path / "defense").resolve(),)
+    before = submission.fingerprint()
+    assert before == submission.fingerprint()
+    (tmp_path / "defense" / "weights.h5").write_bytes(b"retrained")
+    assert submission.fingerprint() not in (before, plain)
 
 
 def test_discover_types_names_and_problems(tmp_path):

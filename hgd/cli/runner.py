@@ -9,12 +9,19 @@ import pathlib
 import shlex
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from hgd.cli.run_attack import parse_epsilon
 from hgd.runner.executors import Executor
 from hgd.io.datasets import DatasetError, read_dataset
 from hgd.runner.pieces import EVAL_EPSILONS, make_batches
 from hgd.runner.submissions import SubmissionError, SubmissionType, load_submission, subfolders
+
+if TYPE_CHECKING:
+    from hgd.io.datasets import Dataset
+    from hgd.runner.harness import Outcome
+    from hgd.runner.results import Problem
+    from hgd.runner.submissions import AttackSubmission, DefenseSubmission, Discovery
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
 """The checkout this package lives in: the shipped submissions and ``sample_data/`` are found here."""
@@ -236,43 +243,94 @@ def _declares_defense_aware(folder: pathlib.Path) -> bool:
 
 def run_main(argv: Sequence[str]) -> int:
     """``python -m hgd.cli.runner [run options]``; returns the exit status."""
-    from hgd.runner import report, results
-    from hgd.runner.harness import Harness, Settings
-    from hgd.runner.results import Problem
-    from hgd.runner.submissions import discover
-
     args = run_parser().parse_args(argv)
     command = " ".join([_prog(), *map(shlex.quote, argv)])
-    try:
-        dataset = read_dataset(args.dataset_dir, args.limit).competition_format()
-    except DatasetError as error:
-        _error(f"dataset: {error}")
+    dataset = _load_dataset(args)
+    if dataset is None:
         return 2
-    folders, absent = _submission_folders(args)
-    if absent:
-        _error(f"no such folder: {', '.join(absent)}")
+    found = _discover_submissions(args)
+    if found is None:
         return 2
-    found = discover(folders)
-    try:
-        executor = make_executor(args.executor)
-    except ExecutorUnavailable as error:
-        _error(str(error))
+    executor = _executor_or_none(args.executor)
+    if executor is None:
         return 2
-    problems = [Problem("dataset", str(args.dataset_dir), "", m) for m in dataset.problems]
-    problems += [Problem("submission", folder, "", reason) for folder, reason in found.problems]
-    attacks, defenses = found.all_attacks, found.defenses
-    if executor.name == "docker":
-        for s in [s for s in [*attacks, *defenses] if not s.image(args.gpu)]:
-            key = "container_gpu" if args.gpu else "container"
-            problems.append(Problem("submission", str(s.path), "", f"skipped: metadata.json has no {key}"))
-        attacks = [s for s in attacks if s.image(args.gpu)]
-        defenses = [s for s in defenses if s.image(args.gpu)]
+    problems = _early_problems(args, dataset, found)
+    attacks, defenses = _runnable(found, executor, args.gpu, problems)
     for p in problems:
         _say(f"note: {p.submission}: {p.message}")
     if not attacks or not defenses:
-        missing = " and ".join(k for k, v in (("attack", attacks), ("defense", defenses)) if not v)
-        _error(f"no usable {missing} submission found (see --help for where they are looked for)")
+        _error_nothing_to_run(attacks, defenses)
         return 1
+    _announce(args, dataset, found, attacks, defenses, executor)
+    outcome = _run_harness(args, dataset, attacks, defenses, executor)
+    if outcome is None:
+        return 130
+    _write_results(args, command, executor, outcome, problems)
+    return 0
+
+
+def _load_dataset(args: argparse.Namespace) -> Dataset | None:
+    """The dataset in the competition's format; ``None`` (after saying why) when it cannot be read."""
+    try:
+        return read_dataset(args.dataset_dir, args.limit).competition_format()
+    except DatasetError as error:
+        _error(f"dataset: {error}")
+        return None
+
+
+def _discover_submissions(args: argparse.Namespace) -> Discovery | None:
+    """The submissions in the folders the flags name; ``None`` (after saying which) if a folder is missing."""
+    from hgd.runner.submissions import discover
+
+    folders, absent = _submission_folders(args)
+    if absent:
+        _error(f"no such folder: {', '.join(absent)}")
+        return None
+    return discover(folders)
+
+
+def _executor_or_none(name: str) -> Executor | None:
+    """The executor called ``name``; ``None`` (after saying why) when it cannot be used here."""
+    try:
+        return make_executor(name)
+    except ExecutorUnavailable as error:
+        _error(str(error))
+        return None
+
+
+def _early_problems(args: argparse.Namespace, dataset: Dataset, found: Discovery) -> list[Problem]:
+    """The problems found before anything runs (dataset, submission folders): the results list them too."""
+    from hgd.runner.results import Problem
+
+    problems = [Problem("dataset", str(args.dataset_dir), "", m) for m in dataset.problems]
+    problems += [Problem("submission", folder, "", reason) for folder, reason in found.problems]
+    return problems
+
+
+def _runnable(found: Discovery, executor: Executor, gpu: bool,
+              problems: list[Problem]) -> tuple[list[AttackSubmission], list[DefenseSubmission]]:
+    """The attacks and defenses ``executor`` can run: Docker needs an image; those without are added to ``problems``."""
+    from hgd.runner.results import Problem
+
+    attacks, defenses = found.all_attacks, found.defenses
+    if executor.name == "docker":
+        for s in [s for s in [*attacks, *defenses] if not s.image(gpu)]:
+            key = "container_gpu" if gpu else "container"
+            problems.append(Problem("submission", str(s.path), "", f"skipped: metadata.json has no {key}"))
+        attacks = [s for s in attacks if s.image(gpu)]
+        defenses = [s for s in defenses if s.image(gpu)]
+    return attacks, defenses
+
+
+def _error_nothing_to_run(attacks: list[AttackSubmission], defenses: list[DefenseSubmission]) -> None:
+    """Say which side (attacks, defenses or both) has no usable submission, since a run needs both."""
+    missing = " and ".join(k for k, v in (("attack", attacks), ("defense", defenses)) if not v)
+    _error(f"no usable {missing} submission found (see --help for where they are looked for)")
+
+
+def _announce(args: argparse.Namespace, dataset: Dataset, found: Discovery, attacks: list[AttackSubmission],
+              defenses: list[DefenseSubmission], executor: Executor) -> None:
+    """Say how much work the run is and where it goes, before the long part starts."""
     if args.gpu and executor.name == "local":
         _say("note: --gpu has no effect with the local executor")
     batches = make_batches(dataset.image_ids, args.batch_size, args.eps)
@@ -280,25 +338,38 @@ def run_main(argv: Sequence[str]) -> int:
     _say(f"{len(dataset.image_ids)} images in {len(batches)} batch(es); {len(found.attacks)} attack(s), "
          f"{len(found.targeted_attacks)} targeted attack(s), {len(defenses)} defense(s): {pieces} work pieces "
          f"({executor.name} executor) -> {args.output_dir}")
+
+
+def _run_harness(args: argparse.Namespace, dataset: Dataset, attacks: list[AttackSubmission],
+                 defenses: list[DefenseSubmission], executor: Executor) -> Outcome | None:
+    """Run (or resume) every work piece; ``None`` (after saying how to resume) when interrupted."""
+    from hgd.runner.harness import Harness, Settings
+
     args.output_dir.mkdir(parents=True, exist_ok=True)
     settings = Settings(batch_size=args.batch_size, epsilon=args.eps, time_limit=args.time_limit, gpu=args.gpu,
                         progress=not args.no_progress, keep_attacks=args.keep_attacks)
     harness = Harness(dataset=dataset, attacks=attacks, defenses=defenses, executor=executor,
                       output_dir=args.output_dir, settings=settings)
     try:
-        outcome = harness.run()
+        return harness.run()
     except KeyboardInterrupt:
         _error(f"interrupted; finished pieces are kept in {args.output_dir / 'pieces'}: "
                "run the same command again to resume")
-        return 130
+        return None
+
+
+def _write_results(args: argparse.Namespace, command: str, executor: Executor, outcome: Outcome,
+                   problems: list[Problem]) -> None:
+    """Score the run, write the CSV files and the report, and print the rankings."""
+    from hgd.runner import report, results
+
     summary = {"command": command, "dataset_dir": str(args.dataset_dir), "batch_size": args.batch_size,
                "epsilon": args.eps, "time_limit": args.time_limit, "executor": executor.name, "gpu": args.gpu,
                "limit": args.limit}
     scored = results.compute(outcome, problems, summary)
-    written = results.write(scored, args.output_dir)
-    written += report.write(scored, args.output_dir, command=command)
+    results.write(scored, args.output_dir)
+    report.write(scored, args.output_dir, command=command)
     _print_summary(scored, args.output_dir)
-    return 0
 
 
 def _print_summary(scored, output_dir: pathlib.Path) -> None:

@@ -57,7 +57,7 @@ def classify_folder(config_path: pathlib.Path, input_dir: pathlib.Path, output_f
 
 def _classify(config, files: list[pathlib.Path], batch_size: int, output_file: pathlib.Path) -> list[tuple[str, int]]:
     from hgd.backend import forward_fn
-    from hgd.defenses.defended import competition_labels
+    from hgd.io.labels import competition_labels
 
     start = time.perf_counter()
     predict = forward_fn(config.build())

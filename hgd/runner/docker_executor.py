@@ -183,7 +183,7 @@ class DockerExecutor:
     # -- the steps of one run --------------------------------------------------------------------
 
     def _run_container(self, request: RunRequest, state: _RunState, t0: float) -> RunResult:
-        """Prepare the folders, then create, start and wait for the container; ``state`` records what to clean up."""
+        """Prepare the folders, create, start and await the container; ``state`` records what to clean up."""
         _prepare_io_folders(request)
         state.code_copy = _new_code_copy_path()
         _copy_code(request.code_dir, state.code_copy)

@@ -255,66 +255,114 @@ def fetch(name: ModelName | str, *, directory: pathlib.Path | None = None, sourc
         OSError: the download failed.
     """
     name = ModelName(name)
-    if name not in SOURCES:
-        raise ValueError(f"{name.value} has no published weights to fetch; fetchable: "
-                         f"{[m.value for m in SOURCES]}")
+    _require_published(name)
     source, directory = SOURCES[name], pathlib.Path(directory or cache.cache_dir())
     if not force:
-        try:
-            weights = cache.verify_converted(name.value, directory)
-            ledger = cache.read_ledger(directory)
-            entry = ledger["converted"][name.value]
-            origin = ledger["downloads"].get(entry["source"], {}).get("origin", "ledger")
-            return Fetched(name, "cached", weights, entry["source_sha256"], origin)
-        except cache.WeightsNotFetched:
-            pass
-        except HashMismatch as exc:
-            log.warning("%s; converting again", exc)
+        cached = _reuse_converted(name, directory)
+        if cached is not None:
+            return cached
     directory.mkdir(parents=True, exist_ok=True)
     kept = directory / DOWNLOADS / source.filename
     with tempfile.TemporaryDirectory(dir=directory, prefix=".fetch-") as tmp:
         scratch = pathlib.Path(tmp)
-        downloaded = False
-        if source_dir is not None:
-            path = pathlib.Path(source_dir) / source.filename
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: not found; download {source.url} there first")
-            hashes, where = cache.file_hashes(path), str(path)
-        elif kept.is_file():
-            path, where = kept, str(kept)
-            hashes = cache.file_hashes(path)
-        else:
-            log.info("%s: downloading %s", name.value, source.url)
-            (scratch / "download").mkdir()
-            path = scratch / "download" / source.filename  # the real name: readers may go by its suffix
-            hashes, where, downloaded = download(source.url, path, timeout=timeout), source.url, True
-        try:
-            check_publisher(source, hashes, where)
-            recorded = check_ledger(source, hashes, where, directory)
-        except HashMismatch as exc:
-            if path == kept:  # the cache's own copy is damaged: drop it, the next run downloads it anew
-                kept.unlink()
-                raise HashMismatch(f"{exc}; deleted the cached download, run again to download it anew") from None
-            raise
-        log.info("%s: converting %s (SHA-256 %s)", name.value, source.filename, hashes["sha256"])
-        model = convert(source, path, scratch)
-        weights = cache.converted_weights_path(name.value, hashes["sha256"], directory)
-        cache.store_weights(model, weights)
+        path, hashes, where, downloaded = _obtain(name, source, source_dir, kept, scratch, timeout)
+        recorded = _verify(source, hashes, where, directory, path, kept)
+        weights = _convert_and_store(name, source, path, hashes, scratch, directory)
         origin = "publisher" if source.sha256 else "first-download"
         if recorded is None:
-            cache.record("downloads", source.filename, {
-                "sha256": hashes["sha256"], "md5": hashes["md5"], "bytes": path.stat().st_size, "url": source.url,
-                "origin": origin, "publisher_check": source.publisher_check(),
-                "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            }, directory)
-        cache.record("converted", name.value, {
-            "file": weights.name, "sha256": cache.file_hashes(weights)["sha256"], "source": source.filename,
-            "source_sha256": hashes["sha256"], "converter_version": cache.CONVERTER_VERSION,
-        }, directory)
+            _record_download(source, path, hashes, origin, directory)
+        _record_conversion(name, source, weights, hashes, directory)
         if downloaded and keep_download:
             kept.parent.mkdir(exist_ok=True)
             os.replace(path, kept)
     return Fetched(name, "converted", weights, hashes["sha256"], recorded["origin"] if recorded else origin)
+
+
+def _require_published(name: ModelName) -> None:
+    """Refuse a model without public weights up front, naming the ones that can be fetched."""
+    if name not in SOURCES:
+        raise ValueError(f"{name.value} has no published weights to fetch; fetchable: "
+                         f"{[m.value for m in SOURCES]}")
+
+
+def _reuse_converted(name: ModelName, directory: pathlib.Path) -> Fetched | None:
+    """The cached conversion if the ledger still vouches for it (nothing to do), else ``None``."""
+    try:
+        weights = cache.verify_converted(name.value, directory)
+        ledger = cache.read_ledger(directory)
+        entry = ledger["converted"][name.value]
+        origin = ledger["downloads"].get(entry["source"], {}).get("origin", "ledger")
+        return Fetched(name, "cached", weights, entry["source_sha256"], origin)
+    except cache.WeightsNotFetched:
+        pass
+    except HashMismatch as exc:
+        log.warning("%s; converting again", exc)
+    return None
+
+
+def _obtain(name: ModelName, source: Source, source_dir: pathlib.Path | None, kept: pathlib.Path,
+            scratch: pathlib.Path, timeout: float) -> tuple[pathlib.Path, dict[str, str], str, bool]:
+    """The published file from ``source_dir``, the cache's kept download or the network, with its hashes.
+
+    Returns (path, hashes, where it came from for messages, whether it was downloaded now).
+    """
+    downloaded = False
+    if source_dir is not None:
+        path = pathlib.Path(source_dir) / source.filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; download {source.url} there first")
+        hashes, where = cache.file_hashes(path), str(path)
+    elif kept.is_file():
+        path, where = kept, str(kept)
+        hashes = cache.file_hashes(path)
+    else:
+        log.info("%s: downloading %s", name.value, source.url)
+        (scratch / "download").mkdir()
+        path = scratch / "download" / source.filename  # the real name: readers may go by its suffix
+        hashes, where, downloaded = download(source.url, path, timeout=timeout), source.url, True
+    return path, hashes, where, downloaded
+
+
+def _verify(source: Source, hashes: dict[str, str], where: str, directory: pathlib.Path, path: pathlib.Path,
+            kept: pathlib.Path) -> dict | None:
+    """Check the file against the publisher and the ledger (returns the ledger's entry); drop a damaged kept copy."""
+    try:
+        check_publisher(source, hashes, where)
+        return check_ledger(source, hashes, where, directory)
+    except HashMismatch as exc:
+        if path == kept:  # the cache's own copy is damaged: drop it, the next run downloads it anew
+            kept.unlink()
+            raise HashMismatch(f"{exc}; deleted the cached download, run again to download it anew") from None
+        raise
+
+
+def _convert_and_store(name: ModelName, source: Source, path: pathlib.Path, hashes: dict[str, str],
+                       scratch: pathlib.Path, directory: pathlib.Path) -> pathlib.Path:
+    """Convert the verified file to Keras weights and store them in the cache; returns their path."""
+    log.info("%s: converting %s (SHA-256 %s)", name.value, source.filename, hashes["sha256"])
+    model = convert(source, path, scratch)
+    weights = cache.converted_weights_path(name.value, hashes["sha256"], directory)
+    cache.store_weights(model, weights)
+    return weights
+
+
+def _record_download(source: Source, path: pathlib.Path, hashes: dict[str, str], origin: str,
+                     directory: pathlib.Path) -> None:
+    """Record a first-seen file's hashes in the ledger, so later downloads and uses are held to them."""
+    cache.record("downloads", source.filename, {
+        "sha256": hashes["sha256"], "md5": hashes["md5"], "bytes": path.stat().st_size, "url": source.url,
+        "origin": origin, "publisher_check": source.publisher_check(),
+        "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }, directory)
+
+
+def _record_conversion(name: ModelName, source: Source, weights: pathlib.Path, hashes: dict[str, str],
+                       directory: pathlib.Path) -> None:
+    """Record the converted weights in the ledger, so a later fetch can reuse them after checking them."""
+    cache.record("converted", name.value, {
+        "file": weights.name, "sha256": cache.file_hashes(weights)["sha256"], "source": source.filename,
+        "source_sha256": hashes["sha256"], "converter_version": cache.CONVERTER_VERSION,
+    }, directory)
 
 
 def cache_status(directory: pathlib.Path) -> str:
