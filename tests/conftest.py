@@ -19,6 +19,22 @@ def _private_weights_cache(tmp_path_factory):
         yield
 
 
+@pytest.fixture(scope="module")
+def model():
+    """The tiny 10-class attack target (``tests/tiny_attack_model.py``); a module may define its own."""
+    from tiny_attack_model import tiny_model
+
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Four 32x32 uint8 images for the tiny attack target, with saturated patches."""
+    from tiny_attack_model import tiny_images
+
+    return tiny_images()
+
+
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch) -> pathlib.Path:
     """A fresh, empty converted-weights cache for one test (``HGD_CACHE_DIR``)."""

@@ -25,22 +25,12 @@ from hgd.attacks import BPDA, EOT, KerasModel, Model, losses
 from hgd.runner.submissions import load_submission
 from hgd.defenses.transforms import BitDepthReduction, GaussianNoise, JPEGCompression
 from submission_process import Launched, run_submission
-from test_attacks import NUM_CLASSES, cross_entropy, in_box, logits_of, tiny_images, tiny_model
+from tiny_attack_model import NUM_CLASSES, cross_entropy, in_box, logits_of
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ATTACKS = REPO / "attacks"
 SAMPLE_IMAGES = REPO / "sample_data" / "images"
 ADAPTIVE = ("adaptive_pgd", "adaptive_pgd_targeted", "square")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
-
-
-@pytest.fixture(scope="module")
-def images() -> np.ndarray:
-    return tiny_images()
 
 
 class Counting(Model):
@@ -374,7 +364,7 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import keras
 import numpy as np
-import test_attacks as t
+import tiny_attack_model as t
 from hgd import attacks
 from hgd.defenses.transforms import BitDepthReduction
 model, images = t.tiny_model(), t.tiny_images()
