@@ -1,15 +1,7 @@
 """``python -m hgd.cli.experiments``: the paper's evaluation on real images (:mod:`hgd.evaluation.paper_tables`).
 
-Table 2/3 analog (HGD paper, sections 4.1 and 5.2; ``docs/results/paper-tables.md``), on a labelled
-folder (``nips17_dev``):
-
-* **WhiteTestSet**: FGSM on the target model and 4-step I-FGSM on the training ensemble, eps 4 and 16;
-* **BlackTestSet**: FGSM, 2- and 4-step I-FGSM on a model never used in training, eps 4 and 16.
-
-"White" is the paper's sense: the attacks know the classifier, never the denoiser (oblivious).
-Every attack aims away from the attacked model's own clean prediction, as in training. A set's
-accuracy at an eps is the mean over its attacks. The adversarial PNGs are cached like training
-pairs (:func:`hgd.train.pairs.attack_pairs`), outside the checkout.
+The White and Black test sets, the accuracy of rows of denoisers on them, and Figures 5 and 7
+(``docs/results/paper-tables.md``)::
 
     python -m hgd.cli.experiments testsets ../shared/datasets/nips17_dev ~/hgd-work/testsets
     python -m hgd.cli.experiments evaluate ~/hgd-work/testsets --row NA=none --row FGD=~/hgd-work/runs/fgd_lite0 \\
