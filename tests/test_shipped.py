@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -62,9 +63,14 @@ print(json.dumps({{"file": hgd.__file__, "labels": logits.argmax(-1).tolist(), "
 def test_a_wheel_install_loads_the_shipped_defense_and_classifies_as_the_submission_does(tmp_path):
     """``pip install .`` without the checkout: the wheel carries the configs and weights as package data,
     and its model labels the images as the competition submission (``defense/``) does."""
-    wheels = tmp_path / "wheels"
+    source, wheels = tmp_path / "source", tmp_path / "wheels"
+    for name in ("pyproject.toml", "README.md"):  # what docker/build_image.sh builds the wheel from
+        source.mkdir(exist_ok=True)
+        shutil.copyfile(REPO / name, source / name)
+    for name in ("hgd", "defense", "baselines"):
+        shutil.copytree(REPO / name, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                    str(REPO)], check=True, capture_output=True, timeout=600)
+                    str(source)], check=True, capture_output=True, timeout=600)
     (wheel,) = wheels.glob("hgd_toolkit-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "hgd/shipped/defense/weights/fgd_lite_ensemble.weights.h5" in names
