@@ -1,5 +1,6 @@
 """The command-line modules (``python -m hgd.cli.NAME``): each parses arguments and calls the library;
-nothing imports from them. This module holds what every command shares: logging on stderr and bad input as one clear line.
+nothing imports from them. This module holds what every command shares: logging on stderr, bad input
+as one clear line, and the argument types more than one command takes.
 
 A competition submission is judged by its exit status and its outputs; a traceback helps nobody.
 Bad input that stops the whole run (a missing folder, a malformed config) becomes ``ERROR: ...``

@@ -12,7 +12,8 @@ from hgd.defenses.packaging import package_defense
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hgd.cli.package", description="Package a defense configuration as a self-contained submission folder.")
+    parser = argparse.ArgumentParser(prog="python -m hgd.cli.package",
+                                     description="Package a defense configuration as a self-contained submission folder.")
     parser.add_argument("config", type=pathlib.Path, help="a defense config.json or profile")
     parser.add_argument("out_dir", type=pathlib.Path, help="the submission folder to write (new or empty)")
     args = parser.parse_args(argv)

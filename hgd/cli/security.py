@@ -14,7 +14,8 @@ from hgd.evaluation.security import REPORT_FILE, Evaluation, SecuritySpec, evalu
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hgd.cli.security", description="Attack a defense as an adaptive attacker would, beside an oblivious one.")
+    parser = argparse.ArgumentParser(prog="python -m hgd.cli.security",
+                                     description="Attack a defense as an adaptive attacker would, beside an oblivious one.")
     parser.add_argument("defense_dir", type=pathlib.Path, help="a defense submission folder (its config.json)")
     parser.add_argument("dataset_dir", type=pathlib.Path, help="images/ + dev_dataset.csv")
     parser.add_argument("out_dir", type=pathlib.Path, help="results (rerun the same command to resume)")
@@ -48,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         evaluation = Evaluation(args.defense_dir, args.dataset_dir, args.out_dir, spec, args.batch_size,
                                 args.transfer_cache)
         summary = evaluate(evaluation)
-        write_report(evaluation, summary, " ".join(["python -m hgd.cli.security", *map(str, argv or sys.argv[1:])]), score)
+        command = " ".join(["python -m hgd.cli.security", *map(str, argv or sys.argv[1:])])
+        write_report(evaluation, summary, command, score)
         suspicious = [name for name, ok, _ in summary["checks"] if not ok]
         print(f"{args.out_dir / REPORT_FILE}: clean {summary['clean']:.3f}, worst case "
               + ", ".join(f"eps {e} {v:.3f}" for e, v in summary["worst"].items())

@@ -13,7 +13,8 @@ from hgd.evaluation.security_comparison import compare
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hgd.cli.security_compare", description="Several security evaluations side by side: one table, one plot.")
+    parser = argparse.ArgumentParser(prog="python -m hgd.cli.security_compare",
+                                     description="Several security evaluations side by side: one table, one plot.")
     parser.add_argument("runs", nargs="+", type=named_path, help="NAME=OUT_DIR of a python -m hgd.cli.security run")
     parser.add_argument("--out", type=pathlib.Path, required=True, help="where comparison.md and .png go")
     parser.add_argument("--runner-output", type=pathlib.Path, default=None,

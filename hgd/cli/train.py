@@ -1,5 +1,5 @@
-"""``python -m hgd.cli.train {data,fit,defense,continue,validate,install,curves}``: build training pairs, train a denoiser,
-train a whole defense (all resume), go on training a defense's installed denoisers by one chunk,
+"""``python -m hgd.cli.train {data,fit,defense,continue,validate,install,curves}``: build training pairs,
+train a denoiser, train a whole defense (all resume), go on training a defense's installed denoisers by one chunk,
 score any weights on a run's validation pairs, install a run's checkpoint, compare runs' validation curves.
 
 Examples (the data sets are described in ``docs/reference/datasets.md``)::
