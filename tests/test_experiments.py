@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from hgd.evaluation import layerwise as analysis
+from hgd.cli.experiments import _parse_row
 from hgd.evaluation import paper_tables as experiments
 from hgd.defenses.defended import DenoiserSpec
 from hgd.evaluation.paper_tables import BLACK, CLEAN, WHITE, ObliviousSpec, build_test_sets, markdown_table, plan_test_sets
@@ -129,9 +130,9 @@ def test_a_row_puts_one_denoiser_before_all_targets_or_one_before_each():
     assert [m.denoiser for m in members] == [None, None] and shared is None
     with pytest.raises(ValueError, match="3 denoisers for 2 targets"):
         experiments.defended_targets(targets, [first, second, first])
-    assert experiments._parse_row("per-model=~/a,/b") == ("per-model", [pathlib.Path("~/a").expanduser(),
+    assert _parse_row("per-model=~/a,/b") == ("per-model", [pathlib.Path("~/a").expanduser(),
                                                                         pathlib.Path("/b")])
-    assert experiments._parse_row("NA=none") == ("NA", [])
+    assert _parse_row("NA=none") == ("NA", [])
 
 
 @pytest.mark.slow

@@ -31,6 +31,9 @@ def test_every_shipped_name_is_a_committed_config_read_strictly():
         assert path.resolve().is_relative_to(REPO.resolve())  # the competition folders themselves, no copy
         hgd.defense_config(name)  # the strict reader accepts every shipped config
     assert hgd.shipped.config_path("hgd_lite").resolve() == (REPO / "defense" / "config.json").resolve()
+    committed = {REPO / "defense" / "config.json", *(REPO / "defense" / "profiles").glob("*.json"),
+                 *(REPO / "baselines").glob("*/config.json")}
+    assert {hgd.shipped.config_path(name).resolve() for name in names} == {p.resolve() for p in committed}
 
 
 def test_unknown_names_and_transforms_are_refused_with_the_way_out():
