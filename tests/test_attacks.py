@@ -102,7 +102,8 @@ def test_repr_values():
 
 def test_published_transfer_defaults():
     di, ti, si = attacks.DIMIFGSM(), attacks.TIDIMIFGSM(), attacks.SINITIDIM()
-    assert (di.steps, di.mu, di.diversity_prob, di.ti_kernel, di.scale_copies, di.nesterov) == (10, 1.0, 0.5, None, 1, False)
+    assert (di.steps, di.mu, di.diversity_prob, di.ti_kernel, di.scale_copies, di.nesterov) == (
+        10, 1.0, 0.5, None, 1, False)
     assert (ti.diversity_prob, ti.ti_kernel, ti.ti_sigma, ti.scale_copies, ti.nesterov) == (0.5, 15, None, 1, False)
     assert (si.diversity_prob, si.ti_kernel, si.scale_copies, si.nesterov, si.mu) == (0.5, 7, 5, True, 1.0)
     assert di.schedule(16) == ti.schedule(16) == si.schedule(16) == (10, 1.6)
@@ -139,7 +140,8 @@ def test_bad_mu_and_seed_raise():
 @pytest.mark.parametrize("bad, message", [
     ({"diversity_prob": 1.5}, "diversity_prob"), ({"diversity_prob": -0.1}, "diversity_prob"),
     ({"diversity_prob": True}, "diversity_prob"), ({"ti_kernel": 4}, "ti_kernel"), ({"ti_kernel": 0}, "ti_kernel"),
-    ({"ti_kernel": 7.0}, "ti_kernel"), ({"ti_kernel": None, "ti_sigma": 2.0}, "ti_sigma"), ({"ti_sigma": 0}, "ti_sigma"),
+    ({"ti_kernel": 7.0}, "ti_kernel"), ({"ti_kernel": None, "ti_sigma": 2.0}, "ti_sigma"),
+    ({"ti_sigma": 0}, "ti_sigma"),
     ({"scale_copies": 0}, "scale_copies"), ({"scale_copies": 2.5}, "scale_copies"), ({"nesterov": 1}, "nesterov"),
     ({"nesterov": True, "mu": 0.0}, "nesterov"),
 ], ids=str)

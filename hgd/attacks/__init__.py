@@ -27,7 +27,7 @@ carry the published settings, and every option combines with the others::
     adv = attacks.DIMIFGSM(seed=0)(model, images, epsilon=16)          # M-DI²-FGSM, p = 0.5
     adv = attacks.TIDIMIFGSM(seed=0)(model, images, epsilon=16)        # TI-DIM, 15x15 kernel
     adv = attacks.SINITIDIM(seed=0)(model, images, epsilon=16)         # SI-NI-TI-DIM, 5 copies
-    adv = attacks.MIFGSM()(attacks.InputDiversity(model, seed=0), images, epsilon=16)   # DI as a model
+    adv = attacks.BIM(steps=10)(attacks.InputDiversity(model, seed=0), images, labels, epsilon=16)  # DI as a model
 """
 
 from hgd.attacks.base import Attack, Box, quantize

@@ -214,7 +214,12 @@ class InputDiversity(Model):
     offset to ``upper`` and resized back to ``size``, the model's input; otherwise they pass
     unchanged (:func:`hgd.attacks.transfer.draw_diversity`). The transform is linear in
     ``x - 127.5`` (it copies pixels), so its gradient is exact: the model's gradient at the
-    transformed images pulled back through the transform's transpose. Square images only (the competition's are 299x299).
+    transformed images pulled back through the transform's transpose. Square images only (the
+    competition's are 299x299).
+
+    Its logits are those of a transformed batch too: an attack given this model should be given
+    the labels (its own prediction would be of a random transform). The attacks' ``diversity_prob``
+    uses it for the gradients only, and the model itself for everything else.
 
     Args:
         model: the model behind the transform (a :class:`Model` or a Keras model).
