@@ -195,6 +195,9 @@ def test_empty_input_folder_creates_the_output_folder(tmp_path):
     ({"attack": "square", "queries": 0, "model": {"members": ["efficientnet_lite0"]}}, "queries"),
     ({"attack": "pgd", "model": {"members": ["efficientnet_lite0"], "eot_draws": 3}}, "'model' must be"),
     ({"attack": "pgd", "model": {"defense_config": "d.json", "eot_draws": 0}}, "eot_draws"),
+    ({"attack": "mifgsm", "diversity_prob": 0.5, "model": {"members": ["efficientnet_lite0"]}}, "takes no parameter"),
+    ({"attack": "ti_di_mifgsm", "ti_kernel": 4, "model": {"members": ["efficientnet_lite0"]}}, "ti_kernel"),
+    ({"attack": "si_ni_ti_di_fgsm", "mu": 0.0, "model": {"members": ["efficientnet_lite0"]}}, "nesterov"),
 ])
 def test_bad_config_is_refused_with_a_clear_message(tmp_path, config, message):
     from hgd.attacks.config import load_attack_config
@@ -218,7 +221,8 @@ def test_read_targets(tmp_path):
 
 def test_submissions_are_the_expected_set():
     assert {p.name for p in SUBMISSIONS} == {"noop", "random_noise", "fgsm", "ifgsm", "mifgsm",
-                                             "step_target_class", "iter_target_class",
+                                             "di_mifgsm", "ti_di_mifgsm", "si_ni_ti_di_fgsm",
+                                             "step_target_class", "iter_target_class", "ti_di_iter_target_class",
                                              "adaptive_pgd", "adaptive_pgd_targeted", "square"}
 
 

@@ -21,6 +21,9 @@ class AttackName(str, enum.Enum):
     BIM = "bim"
     PGD = "pgd"
     MIFGSM = "mifgsm"
+    DI_MIFGSM = "di_mifgsm"
+    TI_DI_MIFGSM = "ti_di_mifgsm"
+    SI_NI_TI_DI_FGSM = "si_ni_ti_di_fgsm"
     SQUARE = "square"
 
     def attack_class(self) -> type:
@@ -34,6 +37,9 @@ class AttackName(str, enum.Enum):
             AttackName.BIM: attacks.BIM,
             AttackName.PGD: attacks.PGD,
             AttackName.MIFGSM: attacks.MIFGSM,
+            AttackName.DI_MIFGSM: attacks.DIMIFGSM,
+            AttackName.TI_DI_MIFGSM: attacks.TIDIMIFGSM,
+            AttackName.SI_NI_TI_DI_FGSM: attacks.SINITIDIM,
             AttackName.SQUARE: attacks.SquareAttack,
         }[self]
 
