@@ -31,7 +31,7 @@ from hgd.train.pairs import (
 )
 from hgd.io.datasets import read_dataset
 from hgd.train.recipe import install, load_recipe
-from hgd.zoo import DEFAULT_ENSEMBLE, ModelName, get_model
+from hgd.zoo import ModelName, get_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
