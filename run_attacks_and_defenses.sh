@@ -4,4 +4,4 @@
 # Options: ./run_attacks_and_defenses.sh --help   Check one submission: ./run_attacks_and_defenses.sh validate PATH
 HGD_RUNNER_PROG="${HGD_RUNNER_PROG:-$0}"
 export HGD_RUNNER_PROG
-exec "${PYTHON:-python3}" -m hgd.runner "$@"
+exec "${PYTHON:-python3}" -m hgd.cli.runner "$@"

@@ -26,7 +26,7 @@ def image_folder(images: pathlib.Path, n: int, workdir: pathlib.Path) -> pathlib
     """A folder of exactly ``n`` image files under ``workdir``: the first ``n`` of ``images``
     (copied, so a defense sees only those), else ``sample_data/images`` copied under several
     names until there are ``n``."""
-    from hgd.images import list_input_files
+    from hgd.io.images import list_input_files
 
     out = workdir / "images"
     out.mkdir()

@@ -29,8 +29,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from hgd import attacks
-    from hgd.defended import Member, build_defended_model
-    from hgd.images import iter_batches, list_input_files
+    from hgd.defenses.defended import Member, build_defended_model
+    from hgd.io.images import iter_batches, list_input_files
     from hgd.zoo import get_model
 
     files = list_input_files(args.images if args.images.is_dir() else pathlib.Path("sample_data/images"))

@@ -49,8 +49,8 @@ def main() -> None:
                         help="sustained TFLOP/s assumed for training (H100 TF32 dense peak ~495; 20%% of it)")
     args = parser.parse_args()
 
-    from hgd.dunet import build_dunet
-    from hgd.images import IMAGE_SIZE
+    from hgd.defenses.dunet import build_dunet
+    from hgd.io.images import IMAGE_SIZE
     from hgd.train.pairs import PairSpec
     from hgd.train.recipe import load_recipe
     from hgd.zoo import ARCHITECTURES, get_model

@@ -55,7 +55,7 @@ def write_random_weights(copy: pathlib.Path) -> None:
     """Writes randomly initialised DUNET weights at the paths ``copy/config.json`` names."""
     import keras
 
-    from hgd.dunet import build_dunet
+    from hgd.defenses.dunet import build_dunet
 
     keras.utils.set_random_seed(0)
     config = json.loads((copy / "config.json").read_text())
@@ -137,7 +137,7 @@ def main() -> None:
 
 def _label_agreement(outputs: list[pathlib.Path]) -> tuple[int, int] | None:
     """(equal labels, images) of the float32 and bfloat16 HGD runs' last outputs, when both ran."""
-    from hgd.images import read_predictions_csv
+    from hgd.io.competition_csv import read_predictions_csv
 
     if len(outputs) != 2 or not all(path.is_file() for path in outputs):
         return None

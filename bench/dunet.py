@@ -34,7 +34,7 @@ def main() -> None:
     import keras
 
     from hgd.backend import forward_fn
-    from hgd.dunet import build_dunet
+    from hgd.defenses.dunet import build_dunet
 
     x = np.random.default_rng(0).uniform(-1, 1, (args.batch, args.size, args.size, 3)).astype(np.float32)
     variants, flops = {}, {}

@@ -1,8 +1,8 @@
 """Throughput of each Lite classifier bare vs through the toolkit's full inference pipeline.
 
 Why: the project's target is that the pipeline a defense actually runs (PNG decode in
-``hgd.images.iter_batches``'s background threads -> the uint8 batch as it is, like
-``hgd.defense`` -> ``build_classifier()``, which casts to float32, scales pixels to the input
+``hgd.io.images.iter_batches``'s background threads -> the uint8 batch as it is, like
+``hgd.cli.run_defense`` -> ``build_classifier()``, which casts to float32, scales pixels to the input
 space and bicubic-resizes 299 -> native in the graph) keeps
 >= 90% of the bare model's images/s at batch 32. "Bare" is ``build_backbone()`` fed a pre-made
 float32 batch already at native resolution in its input space. Both are compiled with
@@ -41,7 +41,7 @@ def main() -> None:
     import keras
 
     from hgd.backend import forward_fn
-    from hgd.images import iter_batches, list_input_files
+    from hgd.io.images import iter_batches, list_input_files
     from hgd.zoo import get_model
 
     n = max(args.batch, args.n - args.n % args.batch)  # full batches only: one traced shape

@@ -3,7 +3,7 @@
 Why: the runner must stay out of the way. Target: everything but the submissions' own run time is
 <= 5% of the runner's wall time with the local executor; and the Docker executor (EVAL's sandbox)
 starts a container per work piece, whose cost per piece is wanted. Both are measured on real runs of
-``run_attacks_and_defenses.sh`` (``python3 -m hgd.runner``) with the shipped attacks ``attacks/noop``,
+``run_attacks_and_defenses.sh`` (``python3 -m hgd.cli.runner``) with the shipped attacks ``attacks/noop``,
 ``attacks/random_noise`` and ``attacks/fgsm`` against ``baselines/undefended`` on the first
 ``--images`` images of ``../shared/datasets/nips17_dev`` (copies of ``sample_data/`` under new names,
 with their originals' labels, when it is absent), batch size 100 and eps 16 unless told otherwise;

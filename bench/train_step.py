@@ -106,8 +106,8 @@ def flops_table(models: list[str], widths: list[float], crops: list[int]) -> str
     size a crop reaches it (a crop is scaled by native/299, as training feeds it)."""
     import keras
 
-    from hgd.dunet import build_dunet
-    from hgd.images import IMAGE_SIZE
+    from hgd.defenses.dunet import build_dunet
+    from hgd.io.images import IMAGE_SIZE
     from hgd.zoo import ARCHITECTURES, efficientnet_lite, get_model
 
     rows = []

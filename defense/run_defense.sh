@@ -22,4 +22,4 @@ if [ -n "${HGD_DEFENSE_PROFILE:-}" ]; then
     exit 2
   fi
 fi
-exec "${PYTHON:-python3}" -m hgd.defense --config "$CONFIG" "$1" "$2"
+exec "${PYTHON:-python3}" -m hgd.cli.run_defense --config "$CONFIG" "$1" "$2"

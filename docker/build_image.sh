@@ -98,7 +98,8 @@ fi
 # a copy of what the wheel needs, so the checkout gets no build/ or egg-info from it.
 rm -rf "$WHEELHOUSE/project"; mkdir -p "$WHEELHOUSE/project"
 src=$(mktemp -d /tmp/hgd-wheel-src.XXXXXX)
-tar -cf - --exclude=__pycache__ --exclude="*.pyc" pyproject.toml README.md hgd | tar -xf - -C "$src"
+# defense/ and baselines/: the shipped defenses, package data through the links in hgd/shipped/.
+tar -cf - --exclude=__pycache__ --exclude="*.pyc" pyproject.toml README.md hgd defense baselines | tar -xf - -C "$src"
 "$PY" -m pip wheel -q --no-deps -w "$WHEELHOUSE/project" "$src" 2> >(grep -v "$PIP_NOISE" >&2) >&2
 rm -rf "$src"
 echo "wheelhouse ready in $(( $(now) - t0 )) s ($(du -sh "$WHEELHOUSE" | cut -f1))" >&2

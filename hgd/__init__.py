@@ -1,7 +1,17 @@
 """HGD toolkit: competition-style adversarial defense (NIPS 2017 harness, HGD denoisers).
 
-Public surface: the target-model zoo (:mod:`hgd.zoo`), the DUNET denoiser
-(:func:`hgd.dunet.build_dunet`), the defended model (:mod:`hgd.defended`) and
-the pixel I/O (:mod:`hgd.images`); entry points are ``python -m hgd.defense``
-and ``python -m hgd.evaluate``.
+The public surface, for a library user (``docs/guide/running-a-defense.md``)::
+
+    import hgd
+    hgd.list_defenses()                       # the shipped defenses and baselines
+    model = hgd.load_defense("hgd_lite")      # the shipped HGD defense: pixels -> logits, one Keras model
+    config = hgd.defense_config("jpeg")       # any shipped defense's configuration
+
+The packages (``docs/ARCHITECTURE.md``): :mod:`hgd.io`, :mod:`hgd.zoo`, :mod:`hgd.defenses`,
+:mod:`hgd.attacks`, :mod:`hgd.evaluation`, :mod:`hgd.train`, :mod:`hgd.runner`; the commands are
+``python -m hgd.cli.NAME``.
 """
+
+from hgd.shipped import defense_config, list_defenses, load_defense
+
+__all__ = ["defense_config", "list_defenses", "load_defense"]

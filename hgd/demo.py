@@ -16,8 +16,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from hgd.evaluate import accuracy
-from hgd.images import read_dataset_csv, read_predictions_csv
+from hgd.evaluation.clean import accuracy
+from hgd.io.competition_csv import read_dataset_csv, read_predictions_csv
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STDERR_TAIL_LINES = 4  # enough for a refusal or a traceback's last frame, past TensorFlow's start-up notices

@@ -7,8 +7,8 @@
 # on one core), trains at most HOURS with the 'continue' options of defense/config.json's recipe
 # (checkpointed every epoch; rerun the same command after a kill to resume the chunk), installs the
 # chunk's best checkpoint if its validation loss beats the committed weights', and appends the chunk to
-# docs/results/training/NAME.csv (+ NAME.png). Commit defense/weights/, attacks/*/defense/weights/ and
-# docs/results/training/ afterwards: that is all the next machine needs to go on.
+# docs/results/training/NAME.csv (+ NAME.png). Commit defense/weights/ and docs/results/training/
+# afterwards: that is all the next machine needs to go on.
 # Run it at the lowest priority beside other work: nice -n 19 scripts/continue_training.sh 2
 # Environment: POOL (clean labelled folder, default ../shared/datasets/imagenet_pool); PYTHON.
 set -euo pipefail
@@ -19,6 +19,5 @@ POOL=${POOL:-$ROOT/../shared/datasets/imagenet_pool}
 PY=${PYTHON:-python3}
 CONFIG=$ROOT/defense/config.json
 
-"$PY" -m hgd.train continue "$CONFIG" "$POOL" "$WORK" --max-hours "$HOURS" \
+"$PY" -m hgd.cli.train continue "$CONFIG" "$POOL" "$WORK" --max-hours "$HOURS" \
     --history-dir "$ROOT/docs/results/training" --no-progress
-PYTHON=$PY "$ROOT/scripts/copy_defense_weights.sh"

@@ -32,7 +32,7 @@ RUN=(./run_attacks_and_defenses.sh --dataset-dir "$DEV" --output-dir "$WORK/harn
 "$PY" bench/defense_run.py --images "$DEV/images" --trained
 
 if [ "${TABLE3:-0}" = 1 ]; then
-  "$PY" -m hgd.experiments testsets "$DEV" "$WORK/testsets" --no-progress
-  "$PY" -m hgd.experiments evaluate "$WORK/testsets" --row NA=none --row "HGD shipped=defense/config.json" \
+  "$PY" -m hgd.cli.experiments testsets "$DEV" "$WORK/testsets" --no-progress
+  "$PY" -m hgd.cli.experiments evaluate "$WORK/testsets" --row NA=none --row "HGD shipped=defense/config.json" \
       --json "$WORK/table3.json" --no-progress
 fi

@@ -9,7 +9,7 @@
 # 1. Training pairs: 2 of Table 1's 8 attacks per pool image (6,600 pairs, every kind equally often),
 #    attacked on Lite0 and Lite1; Lite2 stays out (it is the black-box model).
 # 2. Test sets: White = FGSM on Lite0 + 4-step I-FGSM on Lite0+1; Black = FGSM, 2-, 4-step I-FGSM on
-#    Lite2; eps 4 and 16 (python -m hgd.experiments).
+#    Lite2; eps 4 and 16 (python -m hgd.cli.experiments).
 # 3. One denoiser per row: PGD (pixel L1, DUNET), DAE (pixel L1, no lateral connections), FGD, LGD,
 #    CGD (guided by Lite0); width 0.5, CROP x CROP crops (default 128), 100-step epochs, at most
 #    HOURS hours each.
@@ -53,13 +53,13 @@ if [ -n "${HOLDOUT:-}" ] && [ "$CROP" != 128 ]; then
   echo "HOLDOUT scores beside the all-classes rows, trained on 128 crops: CROP would mix two changes" >&2; exit 2
 fi
 
-[ -n "${BUILT_ONLY:-}" ] || "$PY" -m hgd.train data "$POOL" "$PAIRS" --attacks-per-image 2 --no-progress
-"$PY" -m hgd.experiments testsets "$DEV" "$WORK/testsets" --no-progress
+[ -n "${BUILT_ONLY:-}" ] || "$PY" -m hgd.cli.train data "$POOL" "$PAIRS" --attacks-per-image 2 --no-progress
+"$PY" -m hgd.cli.experiments testsets "$DEV" "$WORK/testsets" --no-progress
 rows=(--row NA=none)
 [ -n "${HOLDOUT:-}" ] || rows+=(--row "HGD shipped=$ROOT/defense/config.json")
 train() {  # train RUN_NAME FIT_OPTIONS...: one denoiser on the pairs, resumable
   local run=$1; shift
-  "$PY" -m hgd.train fit "$PAIRS" "$WORK/runs/$run" "$@" --width 0.5 --crop "$CROP" --steps-per-epoch 100 \
+  "$PY" -m hgd.cli.train fit "$PAIRS" "$WORK/runs/$run" "$@" --width 0.5 --crop "$CROP" --steps-per-epoch 100 \
     --validation-pairs 64 --max-hours "$HOURS" ${EPOCHS:+--max-epochs "$EPOCHS"} \
     ${HOLDOUT:+--holdout-classes "$HOLDOUT"} ${BUILT_ONLY:+--built-only} --no-progress
 }
@@ -88,5 +88,5 @@ for row in $ROWS; do
 done
 table=table2
 [ -z "${HOLDOUT:-}" ] || table=table5
-"$PY" -m hgd.experiments evaluate "$WORK/testsets" "${rows[@]}" ${IMAGES:+--images "$IMAGES"} \
+"$PY" -m hgd.cli.experiments evaluate "$WORK/testsets" "${rows[@]}" ${IMAGES:+--images "$IMAGES"} \
   ${HOLDOUT:+--unseen-classes-of "$run$SUFFIX"} --json "$ROOT/docs/results/$table${IMAGES:+_first$IMAGES}.json" --no-progress

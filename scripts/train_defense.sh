@@ -12,7 +12,7 @@
 #    the FGD losses of Lite0+1+2 on crops, then 3 more of FGD on whole images (its fine_tune,
 #    runs/NAME_fine_tune); checkpointed every epoch; ~2.5 h of training on one core).
 # 3. Each checkpoint with the lowest validation loss goes where the configuration reads it
-#    (defense/weights/), and into the defense-aware attacks' copies of the defense.
+#    (defense/weights/) (the defense-aware attacks read them from there).
 # Environment: HGD_DEFENSE_PROFILE=NAME trains defense/profiles/NAME.json instead (e.g. competition4,
 # see docs/guide/competition-models.md); POOL (clean labelled folder, default ../shared/datasets/imagenet_pool); PYTHON.
 set -euo pipefail
@@ -26,7 +26,4 @@ if [ -n "${HGD_DEFENSE_PROFILE:-}" ]; then
   CONFIG=$ROOT/defense/profiles/$HGD_DEFENSE_PROFILE.json
 fi
 
-"$PY" -m hgd.train defense "$CONFIG" "$POOL" "$WORK" --no-progress
-if [ -z "${HGD_DEFENSE_PROFILE:-}" ]; then
-  PYTHON=$PY "$ROOT/scripts/copy_defense_weights.sh"   # into the defense-aware attacks' copies
-fi
+"$PY" -m hgd.cli.train defense "$CONFIG" "$POOL" "$WORK" --no-progress

@@ -19,6 +19,22 @@ def _private_weights_cache(tmp_path_factory):
         yield
 
 
+@pytest.fixture(scope="module")
+def model():
+    """The tiny 10-class attack target (``tests/tiny_attack_model.py``); a module may define its own."""
+    from tiny_attack_model import tiny_model
+
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Four 32x32 uint8 images for the tiny attack target, with saturated patches."""
+    from tiny_attack_model import tiny_images
+
+    return tiny_images()
+
+
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch) -> pathlib.Path:
     """A fresh, empty converted-weights cache for one test (``HGD_CACHE_DIR``)."""
@@ -38,7 +54,7 @@ def dunet_weights(tmp_path_factory):
     import keras
     import numpy as np
 
-    from hgd.dunet import build_dunet
+    from hgd.defenses.dunet import build_dunet
 
     folder = tmp_path_factory.mktemp("dunet-weights")
     width = 0.25
@@ -71,3 +87,14 @@ def small_source(tmp_path_factory) -> pathlib.Path:
         shutil.copy(SAMPLE / "images" / f"{line.split(',')[0]}.png", folder / "images")
     (folder / "dev_dataset.csv").write_text("\n".join(kept) + "\n")
     return folder
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``docker`` and ``jax`` markers by one rule each (``slow`` is written on the tests themselves):
+    every test of a ``test_docker*`` module needs a Docker engine; a test whose name or parameters say
+    ``jax`` runs the JAX backend in a subprocess."""
+    for item in items:
+        if item.path.name.startswith("test_docker"):
+            item.add_marker(pytest.mark.docker)
+        if "jax" in item.name:
+            item.add_marker(pytest.mark.jax)

@@ -10,7 +10,6 @@ of Lite0, with few steps.
 
 from __future__ import annotations
 
-import filecmp
 import json
 import os
 import pathlib
@@ -24,24 +23,14 @@ import pytest
 from hgd import attacks
 from hgd.attacks import BPDA, EOT, KerasModel, Model, losses
 from hgd.runner.submissions import load_submission
-from hgd.transforms import BitDepthReduction, GaussianNoise, JPEGCompression
+from hgd.defenses.transforms import BitDepthReduction, GaussianNoise, JPEGCompression
 from submission_process import Launched, run_submission
-from test_attacks import NUM_CLASSES, cross_entropy, in_box, logits_of, tiny_images, tiny_model
+from tiny_attack_model import NUM_CLASSES, cross_entropy, in_box, logits_of
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ATTACKS = REPO / "attacks"
 SAMPLE_IMAGES = REPO / "sample_data" / "images"
 ADAPTIVE = ("adaptive_pgd", "adaptive_pgd_targeted", "square")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
-
-
-@pytest.fixture(scope="module")
-def images() -> np.ndarray:
-    return tiny_images()
 
 
 class Counting(Model):
@@ -350,8 +339,9 @@ def test_square_works_through_a_non_differentiable_transform(model, images):
 
 
 def test_square_lowers_lite0_accuracy_on_sample_images():
-    from hgd.defended import Member, build_defended_model
-    from hgd.images import load_image, read_dataset_csv
+    from hgd.defenses.defended import Member, build_defended_model
+    from hgd.io.competition_csv import read_dataset_csv
+    from hgd.io.images import load_image
     from hgd.zoo import get_model
 
     dataset = read_dataset_csv(REPO / "sample_data" / "dev_dataset.csv")
@@ -374,9 +364,9 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import keras
 import numpy as np
-import test_attacks as t
+import tiny_attack_model as t
 from hgd import attacks
-from hgd.transforms import BitDepthReduction
+from hgd.defenses.transforms import BitDepthReduction
 model, images = t.tiny_model(), t.tiny_images()
 pgd = attacks.PGD(steps=4, seed=0, loss="margin", restarts=2, record_loss=True)
 adv = pgd(attacks.BPDA(model, BitDepthReduction(bits=5)), images, epsilon=8)
@@ -403,22 +393,18 @@ def test_adaptive_attacks_on_jax_match_tensorflow(model, images, tmp_path):
 # ------------------------------------------------------------------------------------------ submissions
 
 
-def test_adaptive_submissions_are_defense_aware_and_self_contained():
-    from hgd.attack import defense_config_path, load_attack_config
-    from hgd.defended import load_config
+def test_adaptive_submissions_attack_the_shipped_defense_without_a_copy_of_it():
+    from hgd.attacks.config import defense_config_path, load_attack_config
 
-    shipped = json.loads((REPO / "defense" / "config.json").read_text())
     for name in ADAPTIVE:
         folder = ATTACKS / name
         metadata = json.loads((folder / "metadata.json").read_text())
-        assert metadata["defense_aware"] is True
+        assert metadata["defense_aware"] is True and metadata["reads"] == ["../../defense"]
+        assert not (folder / "defense").exists(), "each weights file is committed once, in defense/"
         config = load_attack_config(folder / "config.json")
-        path = defense_config_path(config)
-        assert path.resolve().is_relative_to(folder.resolve()), "the runner copies only the submission folder"
-        assert json.loads(path.read_text()) == shipped, f"{path} must be a copy of defense/config.json"
-        for copy, original in zip(load_config(path).denoisers(), load_config(REPO / "defense" / "config.json").denoisers()):
-            assert copy.weights.is_file() == original.weights.is_file(), f"{copy.weights}: scripts/train_defense.sh copies it"
-            assert not copy.weights.is_file() or filecmp.cmp(copy.weights, original.weights, shallow=False)
+        assert config.model["defense"] == "hgd_lite"
+        assert defense_config_path(config).resolve() == (REPO / "defense" / "config.json").resolve()
+        assert (REPO / "defense").resolve() in load_submission(folder).reads  # retrained weights re-run its pieces
     targeted = load_attack_config(ATTACKS / "adaptive_pgd_targeted" / "config.json")
     untargeted = load_attack_config(ATTACKS / "adaptive_pgd" / "config.json")
     assert targeted.targeted and not untargeted.targeted
@@ -429,7 +415,7 @@ def test_adaptive_submissions_are_defense_aware_and_self_contained():
 
 
 def test_oblivious_submissions_are_not_marked_defense_aware():
-    from hgd.attack import defense_config_path, load_attack_config
+    from hgd.attacks.config import defense_config_path, load_attack_config
 
     for folder in sorted(p for p in ATTACKS.iterdir() if (p / "metadata.json").is_file()):
         aware = defense_config_path(load_attack_config(folder / "config.json")) is not None
@@ -437,19 +423,17 @@ def test_oblivious_submissions_are_not_marked_defense_aware():
 
 
 def test_defense_aware_submissions_refuse_without_trained_weights(tmp_path):
-    """Copies without the trained weights: adaptive_pgd run as the competition runs it (exit 2, REFUSED,
-    nothing written); the other two in-process."""
-    from hgd.attack import _refusal, defense_config_path, load_attack_config
-    from hgd.defended import load_config
+    """Copies aimed at a copy of the shipped defense without its weights: adaptive_pgd run as the
+    competition runs it (exit 2, REFUSED, nothing written); the other two in-process."""
+    from hgd.attacks.config import defense_config_path, load_attack_config, require_defense_weights
+    from hgd.defenses import MissingWeights
+    from hgd.defenses.defended import load_config
 
-    copies = {}
-    for name in ADAPTIVE:
-        copies[name] = tmp_path / "code" / name
-        shutil.copytree(ATTACKS / name, copies[name], ignore=shutil.ignore_patterns("weights"))
+    copies = {name: _copy_aware_of(name, tmp_path / "code", REPO / "defense" / "config.json") for name in ADAPTIVE}
     for other in ADAPTIVE[1:]:
         config_path = copies[other] / "config.json"
-        refusal = _refusal(load_attack_config(config_path), config_path)
-        assert refusal is not None and refusal.startswith("REFUSED")
+        with pytest.raises(MissingWeights, match="attacks a defense that cannot run"):
+            require_defense_weights(load_attack_config(config_path), config_path)
     name = ADAPTIVE[0]
     missing = load_config(defense_config_path(load_attack_config(copies[name] / "config.json"))).missing_weights()
     assert missing
@@ -466,11 +450,28 @@ E2E_IMAGES = ["28b7b933c8028c6e", "4b588649cd835d4c"]
 E2E_TARGETS = {"28b7b933c8028c6e": 7, "4b588649cd835d4c": 901}
 
 
+def _copy_aware_of(name: str, root: pathlib.Path, defense_config: pathlib.Path, **overrides) -> pathlib.Path:
+    """The submission copied as the runner copies it, aimed at a copy of ``defense_config`` (without its
+    weights) in its own ``defense/`` folder instead of the shipped defense."""
+    folder = root / name
+    shutil.copytree(ATTACKS / name, folder, symlinks=True)
+    (folder / "defense").mkdir()
+    shutil.copyfile(defense_config, folder / "defense" / "config.json")
+    config = json.loads((folder / "config.json").read_text())
+    config["model"] = {"defense_config": "defense/config.json",
+                       **{k: v for k, v in config["model"].items() if k != "defense"}}
+    config.update(overrides)
+    (folder / "config.json").write_text(json.dumps(config))
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata.pop("reads")
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    return folder
+
+
 def _copy_with_tiny_defense(name: str, root: pathlib.Path, dunet_weights: dict, transform: dict | None,
                             **overrides) -> pathlib.Path:
     """The submission copied as the runner copies it, its defense swapped for Lite0 behind a tiny DUNET."""
-    folder = root / name
-    shutil.copytree(ATTACKS / name, folder, symlinks=True, ignore=shutil.ignore_patterns("weights"))
+    folder = _copy_aware_of(name, root, REPO / "defense" / "config.json", **overrides)
     weights = folder / "defense" / "weights"
     weights.mkdir()
     shutil.copyfile(dunet_weights["small"], weights / "dunet.weights.h5")
@@ -480,9 +481,6 @@ def _copy_with_tiny_defense(name: str, root: pathlib.Path, dunet_weights: dict, 
     if transform:
         defense["transform"] = transform
     (folder / "defense" / "config.json").write_text(json.dumps(defense))
-    config = json.loads((folder / "config.json").read_text())
-    config.update(overrides)
-    (folder / "config.json").write_text(json.dumps(config))
     return folder
 
 
@@ -520,18 +518,19 @@ def e2e(tmp_path_factory, dunet_weights):
 
 
 def _defended_logits(folder: pathlib.Path, images: np.ndarray) -> np.ndarray:
-    from hgd.defended import load_config
+    from hgd.defenses.defended import load_config
 
     defense = load_config(folder / "defense" / "config.json")
     return logits_of(defense.build(), defense.preprocess(images))
 
 
 def _read(folder: pathlib.Path, names) -> np.ndarray:
-    from hgd.images import load_image
+    from hgd.io.images import load_image
 
     return np.stack([load_image(folder / f"{name}.png")[0] for name in names])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ADAPTIVE)
 def test_adaptive_submission_end_to_end_against_a_tiny_defense(e2e, name):
     run, inputs, output, folder = e2e[name]

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hgd.images import load_image
+from hgd.io.images import load_image
 from submission_process import Launched, run_submission
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def test_an_image_without_a_target_gets_its_least_likely_class(caplog):
     """In-process on a tiny model (a missing entry in the ensemble run would cost one more compilation)."""
     import keras
 
-    from hgd.attack import choose_targets
+    from hgd.attacks.submission import choose_targets
 
     model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(5)])
     images = np.random.RandomState(0).randint(0, 256, (3, 8, 8, 3)).astype(np.uint8)
@@ -195,9 +195,12 @@ def test_empty_input_folder_creates_the_output_folder(tmp_path):
     ({"attack": "square", "queries": 0, "model": {"members": ["efficientnet_lite0"]}}, "queries"),
     ({"attack": "pgd", "model": {"members": ["efficientnet_lite0"], "eot_draws": 3}}, "'model' must be"),
     ({"attack": "pgd", "model": {"defense_config": "d.json", "eot_draws": 0}}, "eot_draws"),
+    ({"attack": "mifgsm", "diversity_prob": 0.5, "model": {"members": ["efficientnet_lite0"]}}, "takes no parameter"),
+    ({"attack": "ti_di_mifgsm", "ti_kernel": 4, "model": {"members": ["efficientnet_lite0"]}}, "ti_kernel"),
+    ({"attack": "si_ni_ti_di_fgsm", "mu": 0.0, "model": {"members": ["efficientnet_lite0"]}}, "nesterov"),
 ])
 def test_bad_config_is_refused_with_a_clear_message(tmp_path, config, message):
-    from hgd.attack import load_attack_config
+    from hgd.attacks.config import load_attack_config
 
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
@@ -206,7 +209,7 @@ def test_bad_config_is_refused_with_a_clear_message(tmp_path, config, message):
 
 
 def test_read_targets(tmp_path):
-    from hgd.attack import read_targets
+    from hgd.attacks.submission import read_targets
 
     path = tmp_path / "target_class.csv"
     path.write_text("a.png,1\nb.png,1000\nIMG000003,17\nc.png,0\nd.png,x\n\ne.png\n")
@@ -218,13 +221,14 @@ def test_read_targets(tmp_path):
 
 def test_submissions_are_the_expected_set():
     assert {p.name for p in SUBMISSIONS} == {"noop", "random_noise", "fgsm", "ifgsm", "mifgsm",
-                                             "step_target_class", "iter_target_class",
+                                             "di_mifgsm", "ti_di_mifgsm", "si_ni_ti_di_fgsm",
+                                             "step_target_class", "iter_target_class", "ti_di_iter_target_class",
                                              "adaptive_pgd", "adaptive_pgd_targeted", "square"}
 
 
 @pytest.mark.parametrize("submission", SUBMISSIONS, ids=lambda p: p.name)
 def test_submission_metadata_and_config_are_valid(submission):
-    from hgd.attack import load_attack_config
+    from hgd.attacks.config import load_attack_config
 
     metadata = json.loads((submission / "metadata.json").read_text())
     assert metadata["type"] in {"attack", "targeted_attack"}
@@ -237,4 +241,4 @@ def test_submission_metadata_and_config_are_valid(submission):
     assert config.targeted == (metadata["type"] == "targeted_attack")
     assert f"`{submission.name}`" in (ATTACKS / "README.md").read_text()
     # defense-aware = attacks a defense (reports keep those apart from the oblivious set)
-    assert metadata.get("defense_aware", False) is ("defense_config" in (config.model or {}))
+    assert metadata.get("defense_aware", False) is bool({"defense", "defense_config"} & set(config.model or {}))

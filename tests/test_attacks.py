@@ -2,9 +2,10 @@
 
 Most tests run on a tiny seeded conv net (32x32 pixels -> 10 logits) so that every exported attack
 is checked at every epsilon in a few seconds; the attack classes are discovered from
-``hgd.attacks.__all__``, so a new attack is put under test by exporting it. One test attacks the
-real EfficientNet-Lite0 on the sample images, and one runs FGSM on the JAX backend (in a
-subprocess: Keras fixes its backend at import) and compares with TensorFlow.
+``hgd.attacks.__all__``, so a new attack is put under test by exporting it. The transfer options
+(DI, TI, SI, NI) are checked one by one and together on the same model. One test attacks the
+real EfficientNet-Lite0 on the sample images, and two run attacks (FGSM, SI-NI-TI-DIM) on the JAX
+backend (in one subprocess: Keras fixes its backend at import) and compare with TensorFlow.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import numpy as np
 import pytest
 
 from hgd import attacks
-from hgd.attacks import Attack, IterativeGradientSignAttack, quantize
+from hgd.attacks import Attack, IterativeGradientSignAttack, quantize, transfer
+from tiny_attack_model import NUM_CLASSES, SIZE, cross_entropy, in_box, logits_of
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-NUM_CLASSES = 10
-SIZE = 32
 EPSILONS = (0, 1, 4, 16)
 
 ATTACK_CLASSES = sorted(
@@ -33,6 +33,21 @@ ATTACK_CLASSES = sorted(
     key=lambda cls: cls.__name__,
 )
 GRADIENT_CLASSES = [cls for cls in ATTACK_CLASSES if issubclass(cls, IterativeGradientSignAttack)]
+TRANSFER_CLASSES = [attacks.DIMIFGSM, attacks.TIDIMIFGSM, attacks.SINITIDIM]
+
+# Each transfer option alone on MI-FGSM's settings, and all of them (the ti kernel fits the 32-pixel images).
+TRANSFER_VARIANTS = {
+    "di": {"diversity_prob": 0.5},
+    "ti": {"ti_kernel": 7},
+    "si": {"scale_copies": 5},
+    "ni": {"nesterov": True},
+    "si_ni_ti_di": {"nesterov": True, "scale_copies": 5, "diversity_prob": 0.5, "ti_kernel": 7},
+}
+
+
+def variant(name: str, **kwargs) -> IterativeGradientSignAttack:
+    """MI-FGSM's settings (10 steps, mu = 1) with one of :data:`TRANSFER_VARIANTS`, seeded."""
+    return IterativeGradientSignAttack(**{"steps": 10, "mu": 1.0, "seed": 0, **TRANSFER_VARIANTS[name], **kwargs})
 
 
 def make(cls: type[Attack], **kwargs) -> Attack:
@@ -40,68 +55,6 @@ def make(cls: type[Attack], **kwargs) -> Attack:
     if "seed" in inspect.signature(cls).parameters:
         kwargs.setdefault("seed", 0)
     return cls(**kwargs)
-
-
-def tiny_model():
-    """A small conv net on 32x32 pixels (0..255) -> 10 logits, weights from a fixed numpy seed.
-
-    The weights do not depend on the Keras backend, so the JAX subprocess builds the same model.
-    """
-    import keras
-
-    model = keras.Sequential([
-        keras.Input((SIZE, SIZE, 3)),
-        keras.layers.Rescaling(1 / 127.5, offset=-1.0),
-        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-        keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
-        keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(NUM_CLASSES),
-    ], name="tiny")
-    rng = np.random.RandomState(0)
-    weights = []
-    for w in model.get_weights():
-        fan_in = int(np.prod(w.shape[:-1])) if w.ndim > 1 else 1
-        scale = np.sqrt(2.0 / fan_in) if w.ndim > 1 else 0.1
-        weights.append(rng.normal(0.0, scale, w.shape).astype("float32"))
-    model.set_weights(weights)
-    return model
-
-
-def tiny_images(n: int = 4) -> np.ndarray:
-    """Random uint8 images with saturated patches (pixels at 0 and 255) to test the [0, 255] edges."""
-    images = np.random.RandomState(1).randint(0, 256, (n, SIZE, SIZE, 3)).astype(np.uint8)
-    images[:, :8, :8] = 0
-    images[:, -8:, -8:] = 255
-    return images
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
-
-
-@pytest.fixture(scope="module")
-def images() -> np.ndarray:
-    return tiny_images()
-
-
-def logits_of(model, images: np.ndarray) -> np.ndarray:
-    return np.asarray(model(images.astype(np.float32), training=False))
-
-
-def cross_entropy(model, images: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Per-image CE of ``classes``, in float64 numpy (independent of the library's loss)."""
-    z = logits_of(model, images).astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return -log_p[np.arange(len(classes)), classes]
-
-
-def in_box(adv: np.ndarray, x: np.ndarray, eps: int) -> bool:
-    lo = np.clip(x.astype(np.int16) - eps, 0, 255)
-    hi = np.clip(x.astype(np.int16) + eps, 0, 255)
-    return bool(np.all((adv >= lo) & (adv <= hi)))
 
 
 # ----------------------------------------------------------------------------------- the public surface
@@ -112,8 +65,12 @@ def test_aliases_and_exports():
     assert attacks.BIM is attacks.IFGSM is attacks.BasicIterativeMethod
     assert attacks.PGD is attacks.ProjectedGradientDescent
     assert attacks.MIFGSM is attacks.MomentumIterativeMethod
+    assert attacks.DIMIFGSM is attacks.DiverseInputsMomentumIterativeMethod
+    assert attacks.TIDIMIFGSM is attacks.TranslationInvariantDiverseInputsMethod
+    assert attacks.SINITIDIM is attacks.ScaleInvariantNesterovMethod
     assert all(hasattr(attacks, name) for name in attacks.__all__)
-    assert {attacks.NoOp, attacks.RandomNoise, attacks.FGSM, attacks.BIM, attacks.PGD, attacks.MIFGSM} <= set(ATTACK_CLASSES)
+    assert {attacks.NoOp, attacks.RandomNoise, attacks.FGSM, attacks.BIM, attacks.PGD, attacks.MIFGSM,
+            *TRANSFER_CLASSES} <= set(ATTACK_CLASSES)
 
 
 @pytest.mark.parametrize("cls", ATTACK_CLASSES, ids=lambda c: c.__name__)
@@ -137,6 +94,22 @@ def test_repr_values():
         "early_stop=False)")
     assert repr(attacks.FGSM()) == "FastGradientSignMethod(loss='ce')"
     assert repr(attacks.FGSM(loss=attacks.Loss.MARGIN)) == "FastGradientSignMethod(loss='margin')"
+    assert repr(attacks.SINITIDIM(seed=3)) == (
+        "ScaleInvariantNesterovMethod(steps=10, alpha=None, mu=1.0, nesterov=True, scale_copies=5, "
+        "diversity_prob=0.5, ti_kernel=7, ti_sigma=None, seed=3, loss='ce', random_start=False, restarts=1, "
+        "record_loss=False, early_stop=False)")
+
+
+def test_published_transfer_defaults():
+    di, ti, si = attacks.DIMIFGSM(), attacks.TIDIMIFGSM(), attacks.SINITIDIM()
+    assert (di.steps, di.mu, di.diversity_prob, di.ti_kernel, di.scale_copies, di.nesterov) == (
+        10, 1.0, 0.5, None, 1, False)
+    assert (ti.diversity_prob, ti.ti_kernel, ti.ti_sigma, ti.scale_copies, ti.nesterov) == (0.5, 15, None, 1, False)
+    assert (si.diversity_prob, si.ti_kernel, si.scale_copies, si.nesterov, si.mu) == (0.5, 7, 5, True, 1.0)
+    assert di.schedule(16) == ti.schedule(16) == si.schedule(16) == (10, 1.6)
+    # Every transfer option is off in the existing attacks.
+    for attack in (attacks.FGSM(), attacks.BIM(), attacks.PGD(), attacks.MIFGSM()):
+        assert not attack.transfers
 
 
 def test_default_schedules():
@@ -162,6 +135,19 @@ def test_bad_mu_and_seed_raise():
         attacks.MIFGSM(mu=-0.5)
     with pytest.raises(ValueError, match="seed"):
         attacks.RandomNoise(seed=-1)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"diversity_prob": 1.5}, "diversity_prob"), ({"diversity_prob": -0.1}, "diversity_prob"),
+    ({"diversity_prob": True}, "diversity_prob"), ({"ti_kernel": 4}, "ti_kernel"), ({"ti_kernel": 0}, "ti_kernel"),
+    ({"ti_kernel": 7.0}, "ti_kernel"), ({"ti_kernel": None, "ti_sigma": 2.0}, "ti_sigma"),
+    ({"ti_sigma": 0}, "ti_sigma"),
+    ({"scale_copies": 0}, "scale_copies"), ({"scale_copies": 2.5}, "scale_copies"), ({"nesterov": 1}, "nesterov"),
+    ({"nesterov": True, "mu": 0.0}, "nesterov"),
+], ids=str)
+def test_bad_transfer_options_raise(bad, message):
+    with pytest.raises(ValueError, match=message):
+        attacks.SINITIDIM(**bad)
 
 
 @pytest.mark.parametrize("epsilon", ["8", -1, 256, 2.5, None])
@@ -291,6 +277,166 @@ def test_mifgsm_without_momentum_is_bim(model, images):
     assert not np.array_equal(with_momentum, attacks.BIM(steps=5).perturb(model, images, epsilon=8))
 
 
+# ------------------------------------------------------------------------------- transfer attacks
+
+
+@pytest.mark.parametrize("cls", TRANSFER_CLASSES, ids=lambda c: c.__name__)
+def test_transfer_attacks_are_reproducible_with_a_seed(model, images, cls):
+    attack = cls(seed=5)
+    first = attack(model, images, epsilon=8)
+    assert in_box(first, images, 8) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, cls(seed=5)(model, images, epsilon=8))
+    assert not np.array_equal(first, cls(seed=6)(model, images, epsilon=8))  # other input-diversity draws
+    assert not np.array_equal(first, attack(model, images, epsilon=8))  # the draws go on between calls
+
+
+@pytest.mark.parametrize("name", TRANSFER_VARIANTS)
+def test_each_transfer_variant_raises_the_untargeted_loss(model, images, name):
+    labels = logits_of(model, images).argmax(1)
+    adv = variant(name)(model, images, epsilon=8)
+    assert in_box(adv, images, 8)
+    before, after = cross_entropy(model, images, labels), cross_entropy(model, adv, labels)
+    assert np.all(after > before), (before, after)
+
+
+@pytest.mark.parametrize("name", TRANSFER_VARIANTS)
+def test_each_transfer_variant_lowers_the_targeted_cross_entropy(model, images, name):
+    targets = (logits_of(model, images).argmax(1) + 5) % NUM_CLASSES
+    adv = variant(name)(model, images, attacks.TargetedMisclassification(targets), epsilon=8)
+    before, after = cross_entropy(model, images, targets), cross_entropy(model, adv, targets)
+    assert np.all(after < before), (before, after)
+
+
+@pytest.mark.parametrize("name", TRANSFER_VARIANTS)
+def test_each_transfer_variant_changes_mifgsm(model, images, name):
+    mi = attacks.MIFGSM().perturb(model, images, epsilon=8)
+    assert not np.array_equal(variant(name).perturb(model, images, epsilon=8), mi)
+
+
+def test_input_diversity_off_is_the_plain_attack(model, images):
+    for kwargs in ({}, {"steps": 4, "alpha": 3.0, "mu": 0.5}):
+        plain = attacks.MIFGSM(**kwargs).perturb(model, images, epsilon=8)
+        np.testing.assert_array_equal(attacks.DIMIFGSM(diversity_prob=0.0, seed=1, **kwargs).perturb(
+            model, images, epsilon=8), plain)
+    pgd = attacks.PGD(steps=4, seed=2).perturb(model, images, epsilon=8)
+    with_di_off = IterativeGradientSignAttack(steps=4, random_start=True, seed=2, diversity_prob=0.0)
+    np.testing.assert_array_equal(with_di_off.perturb(model, images, epsilon=8), pgd)
+
+
+def test_one_scale_copy_without_nesterov_is_mifgsm(model, images):
+    mi = attacks.MIFGSM().perturb(model, images, epsilon=8)
+    si = attacks.SINITIDIM(nesterov=False, scale_copies=1, diversity_prob=0.0, ti_kernel=None, seed=0)
+    np.testing.assert_array_equal(si.perturb(model, images, epsilon=8), mi)
+    assert not si.transfers
+
+
+def test_ti_kernel_is_the_released_codes_normalized_gaussian():
+    for size in (1, 7, 15):
+        kernel = transfer.gaussian_kernel(size)
+        assert kernel.shape == (size, size)
+        assert kernel.sum() == pytest.approx(1.0, abs=1e-12)
+        np.testing.assert_allclose(kernel, kernel.T)
+        np.testing.assert_allclose(kernel, kernel[::-1, ::-1])
+        assert kernel.argmax() == (size * size) // 2
+        # gkern(size, nsig=3): the standard normal density at linspace(-3, 3, size), normalized.
+        density = np.exp(-np.linspace(-3, 3, size) ** 2 / 2)
+        np.testing.assert_allclose(kernel, np.outer(density, density) / np.outer(density, density).sum(), atol=1e-12)
+    assert transfer.ti_sigma(15) == pytest.approx(7 / 3)
+    wide = transfer.gaussian_kernel(7, sigma=100.0)
+    np.testing.assert_allclose(wide, np.full((7, 7), 1 / 49), rtol=1e-3)  # a huge sigma: the box filter
+
+
+def test_ti_smooths_each_channel_with_the_kernel(model, images):
+    impulse = np.zeros((1, 21, 21, 3), np.float32)
+    impulse[0, 10, 10, 0] = 1.0
+    smoothed = transfer.smooth_gradient(impulse, 7)
+    np.testing.assert_allclose(smoothed[0, 7:14, 7:14, 0], transfer.gaussian_kernel(7), atol=1e-7)
+    assert smoothed[..., 1:].max() == 0 and smoothed[0, :7].max() == 0  # per channel, the kernel's support only
+    corner = np.zeros((1, 21, 21, 1), np.float32)
+    corner[0, 0, 0, 0] = 1.0  # zero padding ('SAME'): the mass that falls outside the image is lost
+    assert transfer.smooth_gradient(corner, 7).sum() == pytest.approx(transfer.gaussian_kernel(7)[3:, 3:].sum())
+    labels = logits_of(model, images).argmax(1)
+    _, raw = attacks.as_model(model).objective_gradient(images.astype(np.float32), labels, False)
+    smooth = transfer.smooth_gradient(raw, 7)
+    assert smooth.shape == raw.shape and not np.allclose(smooth, raw)
+    assert np.abs(np.diff(smooth, axis=1)).mean() < np.abs(np.diff(raw, axis=1)).mean()  # smoother
+    np.testing.assert_allclose(transfer.smooth_gradient(raw, 1), raw)  # a 1x1 kernel is the identity
+
+
+@pytest.mark.parametrize("size", [SIZE, 299])
+def test_input_diversity_draws_the_published_resize_and_pad(size):
+    upper = transfer.diversity_size(size)
+    assert upper == (330 if size == 299 else 35)
+    rng = np.random.default_rng(0)
+    assert all(transfer.draw_diversity(size, 0.0, rng) is None for _ in range(20))
+    draws = [transfer.draw_diversity(size, 0.5, rng) for _ in range(400)]
+    assert 0.4 < np.mean([d is None for d in draws]) < 0.6
+    drawn = [d for d in draws if d is not None]
+    for rows in np.concatenate(drawn):
+        assert rows.shape == (size,) and rows.min() >= -1 and rows.max() < size
+        assert np.all(np.diff(rows[rows >= 0]) >= 0)  # a resize keeps the order of the rows
+    assert any((d < 0).any() for d in drawn)  # padding shows in some draws
+    # The published example: 299 resized to 310 and placed 5 rows down in 330 rows.
+    rows = transfer.diversity_rows(299, 310, 5) if size == 299 else transfer.diversity_rows(size, size + 1, 1)
+    padded = np.arange(size) * upper // size
+    resized = 310 if size == 299 else size + 1
+    offset = 5 if size == 299 else 1
+    expected = np.where((padded >= offset) & (padded < offset + resized), (padded - offset) * size // resized, -1)
+    np.testing.assert_array_equal(rows, expected)
+    with pytest.raises(ValueError, match="DI draw"):
+        transfer.diversity_rows(size, upper, 0)
+
+
+def test_input_diversity_gradient_is_exact(model, images):
+    import keras
+
+    from hgd.attacks import losses
+    from hgd.backend import input_gradient
+
+    x = images.astype(np.float32)
+    labels = logits_of(model, images).argmax(1)
+    draw = transfer.draw_diversity(SIZE, 1.0, np.random.default_rng(3))
+    wrapped = attacks.InputDiversity(model, probability=1.0, seed=np.random.default_rng(3))
+    values, gradient = wrapped.objective_gradient(x, labels, False)
+    rows, cols = (keras.ops.convert_to_tensor(transfer.diversity_matrix(d)) for d in draw)
+
+    def objective(z):  # the same transform as matrices in keras.ops, differentiated by the backend
+        moved = keras.ops.einsum("hi,nijc,wj->nhwc", rows, z - transfer.PAD_VALUE, cols) + transfer.PAD_VALUE
+        return keras.ops.sum(losses.objective(model(moved, training=False), labels, 1.0, "ce"))
+
+    value, expected = input_gradient(objective, x)
+    assert values.sum() == pytest.approx(float(value), rel=1e-5)
+    np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    moved = transfer.diversify(x, draw)
+    np.testing.assert_allclose(moved, np.einsum("hi,nijc,wj->nhwc", transfer.diversity_matrix(draw[0]),
+                                                x - transfer.PAD_VALUE, transfer.diversity_matrix(draw[1]))
+                               + transfer.PAD_VALUE)
+    assert (moved == transfer.PAD_VALUE).any()  # mid-grey padding
+    with pytest.raises(ValueError, match="square"):
+        wrapped.draw(np.zeros((1, 8, 9, 3), np.float32))
+
+
+def test_scale_copies_shrink_towards_mid_grey():
+    x = np.array([[[[0.0, 127.5, 255.0]]]], np.float32)
+    assert transfer.scale_copy(x, 0) is x
+    np.testing.assert_allclose(transfer.scale_copy(x, 1), [[[[63.75, 127.5, 191.25]]]])
+    np.testing.assert_allclose(transfer.scale_copy(x, 4), [[[[127.5 - 127.5 / 16, 127.5, 127.5 + 127.5 / 16]]]])
+    assert transfer.scale_factor(4) == 1 / 16
+
+
+def test_transfer_options_combine_with_margin_restarts_and_early_stop(model, images):
+    attack = attacks.SINITIDIM(steps=6, loss="margin", random_start=True, restarts=2, record_loss=True,
+                               early_stop=True, seed=4)
+    adv = attack(model, images, epsilon=16)
+    assert in_box(adv, images, 16)
+    curve = attack.loss_curve
+    assert curve.shape == (2, 7, len(images))
+    assert np.isfinite(curve[0]).all()  # the objective at the iterate itself, not NaN, although DI and NI are on
+    labels = logits_of(model, images).argmax(1)
+    fooled = logits_of(model, adv).argmax(1) != labels
+    assert fooled.any()
+
+
 def test_each_image_is_attacked_independently_of_its_batch(model, images):
     whole = attacks.BIM(steps=3)(model, images, epsilon=4)
     halves = np.concatenate([attacks.BIM(steps=3)(model, images[:2], epsilon=4),
@@ -303,8 +449,9 @@ def test_each_image_is_attacked_independently_of_its_batch(model, images):
 
 @pytest.fixture(scope="module")
 def lite0_and_samples():
-    from hgd.defended import Member, build_defended_model
-    from hgd.images import iter_batches, read_dataset_csv
+    from hgd.defenses.defended import Member, build_defended_model
+    from hgd.io.competition_csv import read_dataset_csv
+    from hgd.io.images import iter_batches
     from hgd.zoo import get_model
 
     dataset = read_dataset_csv(REPO / "sample_data" / "dev_dataset.csv")
@@ -335,27 +482,47 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import keras
 import numpy as np
-import test_attacks as t
+import tiny_attack_model as t
 from hgd import attacks
 model, images = t.tiny_model(), t.tiny_images()
+targets = (np.asarray(model(images.astype("float32"))).argmax(1) + 5) % t.NUM_CLASSES
 np.savez(sys.argv[2], backend=keras.backend.backend(), fgsm=attacks.FGSM()(model, images, epsilon=8),
-         ll=attacks.LeastLikelyClass().goal(model, images.astype("float32")).classes)
+         ll=attacks.LeastLikelyClass().goal(model, images.astype("float32")).classes,
+         si_ni_ti_dim=attacks.SINITIDIM(steps=5, seed=0)(model, images, attacks.TargetedMisclassification(targets),
+                                                         epsilon=8))
 """
 
 
-def test_fgsm_on_jax_matches_tensorflow(model, images, tmp_path):
+@pytest.fixture(scope="module")
+def jax_results(tmp_path_factory):
+    """The attacks of :data:`JAX_PROBE`, run once on the JAX backend (in a subprocess)."""
     pytest.importorskip("jax", reason="the JAX backend is tested where jax is installed (the dev extras install it)")
     import keras
 
     assert keras.backend.backend() == "tensorflow"
-    out = tmp_path / "jax.npz"
+    out = tmp_path_factory.mktemp("jax") / "jax.npz"
     result = subprocess.run([sys.executable, "-c", JAX_PROBE, str(REPO / "tests"), str(out)], cwd=REPO,
                             env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     jax_out = np.load(out)
     assert str(jax_out["backend"]) == "jax"
-    np.testing.assert_array_equal(jax_out["ll"], logits_of(model, images).argmin(1))
+    return jax_out
+
+
+def test_fgsm_on_jax_matches_tensorflow(model, images, jax_results):
+    np.testing.assert_array_equal(jax_results["ll"], logits_of(model, images).argmin(1))
     tf_adv = attacks.FGSM()(model, images, epsilon=8)
-    differing = np.mean(jax_out["fgsm"] != tf_adv)
+    differing = np.mean(jax_results["fgsm"] != tf_adv)
     assert differing < 0.01, f"{differing:.2%} of the pixels differ between JAX and TensorFlow"
-    assert in_box(jax_out["fgsm"], images, 8)
+    assert in_box(jax_results["fgsm"], images, 8)
+
+
+def test_si_ni_ti_dim_on_jax_matches_tensorflow(model, images, jax_results):
+    """The transfer transforms are numpy, seeded the same: only the model's gradient differs by backend."""
+    targets = (logits_of(model, images).argmax(1) + 5) % NUM_CLASSES
+    tf_adv = attacks.SINITIDIM(steps=5, seed=0)(model, images, attacks.TargetedMisclassification(targets), epsilon=8)
+    jax_adv = jax_results["si_ni_ti_dim"]
+    assert in_box(jax_adv, images, 8)
+    differing = np.mean(jax_adv != tf_adv)
+    assert differing < 0.01, f"{differing:.2%} of the pixels differ between JAX and TensorFlow"
+    assert np.all(cross_entropy(model, jax_adv, targets) < cross_entropy(model, images, targets))

@@ -27,8 +27,8 @@ PROBE = textwrap.dedent(
     import keras
     import numpy as np
     from hgd.backend import forward_fn, input_gradient
-    from hgd.dunet import build_dunet
-    from hgd.images import iter_batches, list_input_files
+    from hgd.defenses.dunet import build_dunet
+    from hgd.io.images import iter_batches, list_input_files
     from hgd.zoo import get_model
 
     x = next(iter_batches(list_input_files("sample_data/images")[:4], 4)).images.astype("float32")

@@ -22,7 +22,7 @@ import pytest
 
 from competition_sources import (BN_TENSORS, random_checkpoint, random_resnext_state, slim_variables,
                                  torchvision_resnext101_64x4d, write_keras2_h5, write_tf1_checkpoint, write_torch_zip)
-from hgd.pth import UnsafePickleError
+from hgd.zoo.pth import UnsafePickleError
 from hgd.zoo import inception, resnet, slim
 from hgd.zoo.torch_zip import load_zip_state_dict
 

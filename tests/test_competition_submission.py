@@ -18,9 +18,9 @@ import keras
 import numpy as np
 import pytest
 
-from hgd.defended import MissingWeights, load_config
-from hgd.images import read_predictions_csv
-from hgd.package import package_defense
+from hgd.defenses.defended import MissingWeights, load_config
+from hgd.io.competition_csv import read_predictions_csv
+from hgd.defenses.packaging import package_defense
 from hgd.train.recipe import load_recipe, train_defense
 from hgd.zoo import COMPETITION_ENSEMBLE, ModelName, get_model, standins
 from submission_process import Launched
@@ -129,7 +129,7 @@ def test_profile_runs_end_to_end_on_standins(submission_copy, two_images, tmp_pa
 
         failed = unfetched.result()
         assert failed.returncode == 2
-        assert "python -m hgd.zoo.fetch ens3_adv_inception_v3" in failed.stderr
+        assert "python -m hgd.cli.fetch ens3_adv_inception_v3" in failed.stderr
 
         refused = unknown.result()
         assert refused.returncode == 2 and "known: competition4" in refused.stderr
@@ -149,6 +149,7 @@ def _attack_submission(folder: pathlib.Path, config: dict) -> pathlib.Path:
     return folder
 
 
+@pytest.mark.slow
 def test_attacks_on_the_four_models_on_standins(submission_copy, two_images, tmp_path):
     """Attack submissions select the competition models by name: an oblivious I-FGSM on the four
     classifiers, and a defense-aware PGD through the whole four-model profile (denoisers included)."""
@@ -178,8 +179,9 @@ def test_attacks_on_the_four_models_on_standins(submission_copy, two_images, tmp
 # ------------------------------------------------------------------------------ packaging
 
 
+@pytest.mark.slow
 def test_packaged_profile_runs_without_the_environment(submission_copy, two_images, tmp_path):
-    """``python -m hgd.package defense/profiles/competition4.json OUT``: a folder whose run_defense.sh runs
+    """``python -m hgd.cli.package defense/profiles/competition4.json OUT``: a folder whose run_defense.sh runs
     the four-model ensemble with no HGD_DEFENSE_PROFILE, carrying exactly the profile's weights."""
     out = tmp_path / "competition4"
     package_defense(submission_copy / "profiles" / PROFILE.name, out)
@@ -224,8 +226,9 @@ def test_profile_recipe_trains_one_fgd_per_model():
             "fgd", 1.0, None, 32)
 
 
+@pytest.mark.slow
 def test_profile_recipe_runs_end_to_end_on_standins(small_source, tmp_path, monkeypatch):
-    """``python -m hgd.train defense``: Table 1 pairs on the four models, four denoisers trained, installed
+    """``python -m hgd.cli.train defense``: Table 1 pairs on the four models, four denoisers trained, installed
     where the profile reads them, and the profile then classifies with them (stand-ins, one tiny step each)."""
     monkeypatch.setenv(standins.STANDINS_ENV, "1")
     profile = json.loads(PROFILE.read_text())
@@ -249,6 +252,7 @@ def test_profile_recipe_runs_end_to_end_on_standins(small_source, tmp_path, monk
     assert logits.shape == (2, 1000) and np.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_recipe_warm_start_trains_its_own_run_first_and_starts_the_recipe_from_it(small_source, tmp_path,
                                                                                   monkeypatch):
     monkeypatch.setenv(standins.STANDINS_ENV, "1")
@@ -272,6 +276,7 @@ def test_recipe_warm_start_trains_its_own_run_first_and_starts_the_recipe_from_i
     assert state.epoch == 1 and load_config(config).missing_weights() == []
 
 
+@pytest.mark.slow
 def test_recipe_fine_tune_goes_on_from_the_recipe_and_is_what_gets_installed(small_source, tmp_path, monkeypatch):
     """``fine_tune``: a third run from the recipe's best checkpoint with its options replacing the
     recipe's; its best checkpoint, not the recipe's, is the installed denoiser."""

@@ -5,7 +5,7 @@
 1..1000, label 0 and an ``ERROR`` line for a file that cannot be read. Each run of the undefended
 baseline costs seconds (TensorFlow start-up and three models), so a few runs, started together
 on folders crafted to hold every case, are shared by many tests. A defense with a denoiser is
-checked in-process through ``hgd.defense.classify_folder``.
+checked in-process through ``hgd.defenses.submission.classify_folder``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hgd.defense import EXIT_REFUSED, classify_folder
-from hgd.evaluate import accuracy
-from hgd.images import load_image, read_dataset_csv, read_predictions_csv
+from hgd.cli import EXIT_REFUSED
+from hgd.defenses.submission import classify_folder
+from hgd.evaluation.clean import accuracy
+from hgd.io.competition_csv import read_dataset_csv, read_predictions_csv
+from hgd.io.images import load_image
 from submission_process import Launched, run_submission
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -103,7 +105,7 @@ def runs(mixed_dir, tmp_path_factory):
 
     Returns name -> ``(Launched, output path)``.
     """
-    from hgd.defended import load_config
+    from hgd.defenses.defended import load_config
 
     root = tmp_path_factory.mktemp("runs")
     (root / "empty-input").mkdir()
@@ -159,6 +161,7 @@ def mixed_labels(mixed_run) -> dict[str, int]:
 # ------------------------------------------------------------------------------------ the mixed folder
 
 
+@pytest.mark.slow
 def test_mixed_run_exits_zero(mixed_run):
     result, output = mixed_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -264,7 +267,7 @@ def test_wrong_number_of_arguments(args):
 
 
 def test_hgd_defense_refuses_without_trained_weights(runs):
-    from hgd.defended import load_config
+    from hgd.defenses.defended import load_config
 
     run, output = runs["refused"]
     config = load_config(pathlib.Path(run.process.args[0]).parent / "config.json")
@@ -284,7 +287,7 @@ def test_hgd_defense_refuses_without_trained_weights(runs):
 
 @pytest.mark.parametrize("submission", SUBMISSIONS, ids=lambda p: p.name)
 def test_metadata(submission):
-    from hgd.defended import load_config
+    from hgd.defenses.defended import load_config
 
     metadata = json.loads((submission / "metadata.json").read_text())
     assert metadata["type"] == "defense"
@@ -314,7 +317,7 @@ def _classify(tmp_path: pathlib.Path, name: str, member: dict, images: pathlib.P
     config = tmp_path / f"{name}.json"
     config.write_text(json.dumps({"members": [member], "batch_size": 6}))
     output = tmp_path / f"{name}.csv"
-    assert classify_folder(config, images, output) == 0
+    assert classify_folder(config, images, output) == len(list(images.iterdir()))
     labels = read_predictions_csv(output)
     assert len(labels) == len(list(images.iterdir()))
     return labels
@@ -348,7 +351,7 @@ def test_committed_weights_keep_to_the_40_mb_budget():
 
 def test_score_says_how_many_images_had_no_prediction(tmp_path):
     """Scoring predictions for a subset counts the rest wrong, and says so with the subset's own accuracy."""
-    from hgd.evaluate import score_line
+    from hgd.evaluation.clean import score_line
 
     labels = {f"img{i}": (i + 1, 0) for i in range(5)}
     predictions = {"img0": 1, "img1": 2, "img2": 999, "stray": 4}
@@ -360,6 +363,7 @@ def test_score_says_how_many_images_had_no_prediction(tmp_path):
     assert "none of them has a prediction" in score_line(tmp_path / "out.csv", {}, labels)
 
 
+@pytest.mark.slow
 def test_demo_runs_the_shipped_defenses_and_goes_on_past_one_that_refuses(tmp_path):
     """`python -m hgd.demo`, the README's first command: each submission's predictions and accuracy on the
     sample images; a submission that refuses (here: the HGD defense without its weights) is reported and the

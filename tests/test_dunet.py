@@ -1,4 +1,4 @@
-"""Tests of the HGD denoiser (``hgd.dunet``): structure, shapes, residual, saving, gradients."""
+"""Tests of the HGD denoiser (``hgd.defenses.dunet``): structure, shapes, residual, saving, gradients."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from hgd.dunet import ResizeLike, build_dunet
+from hgd.defenses.dunet import ResizeLike, build_dunet
 
 LAST_ENCODER_RELU = ("enc0_relu2", "enc1_relu3", "enc2_relu3", "enc3_relu3", "enc4_relu3")
 LAYER_NAME = re.compile(

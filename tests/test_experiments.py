@@ -1,4 +1,4 @@
-"""The paper's evaluation (``hgd.experiments``): oblivious test sets and rows of denoisers, on sample images."""
+"""The paper's evaluation (``hgd.cli.experiments``): oblivious test sets and rows of denoisers, on sample images."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import sys
 import numpy as np
 import pytest
 
-from hgd import analysis, experiments
-from hgd.defended import DenoiserSpec
-from hgd.experiments import BLACK, CLEAN, WHITE, ObliviousSpec, build_test_sets, markdown_table, plan_test_sets
-from hgd.images import load_image
+from hgd.evaluation import layerwise as analysis
+from hgd.cli.experiments import _parse_row
+from hgd.evaluation import paper_tables as experiments
+from hgd.defenses.defended import DenoiserSpec
+from hgd.evaluation.paper_tables import BLACK, CLEAN, WHITE, ObliviousSpec, build_test_sets, markdown_table, plan_test_sets
+from hgd.io.images import load_image
 from hgd.train.fit import FitConfig
 from hgd.zoo import ModelName, get_model
 
@@ -38,6 +40,7 @@ def test_test_sets_follow_the_paper(small_source, tmp_path):
     assert len(plan) == 4 * 5 * 2 and {p.epsilon for p in plan} == {4, 16}
 
 
+@pytest.mark.slow
 def test_test_images_stay_in_their_box(testsets):
     plan = plan_test_sets(experiments.read_test_spec(testsets), testsets)
     for pair in plan:
@@ -50,9 +53,10 @@ def test_another_spec_is_refused(testsets, small_source):
         build_test_sets(ObliviousSpec(source=str(small_source), black_model="efficientnet_lite1"), testsets)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_scores_rows_and_keeps_finished_ones(testsets, tmp_path):
     out = tmp_path / "table.json"
-    command = [sys.executable, "-m", "hgd.experiments", "evaluate", str(testsets), "--row", "NA=none",
+    command = [sys.executable, "-m", "hgd.cli.experiments", "evaluate", str(testsets), "--row", "NA=none",
                "--json", str(out), "--no-progress"]
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -97,7 +101,7 @@ def test_unseen_classes_keep_the_held_out_classes_images_only(testsets, tmp_path
 def test_a_row_needs_a_finished_run(testsets, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(json.dumps({"width": 0.5, "lateral": True}))
-    result = subprocess.run([sys.executable, "-m", "hgd.experiments", "evaluate", str(testsets), "--row",
+    result = subprocess.run([sys.executable, "-m", "hgd.cli.experiments", "evaluate", str(testsets), "--row",
                              f"FGD={tmp_path / 'run'}", "--json", str(tmp_path / "t.json")],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "no best.weights.h5" in result.stderr
@@ -126,11 +130,12 @@ def test_a_row_puts_one_denoiser_before_all_targets_or_one_before_each():
     assert [m.denoiser for m in members] == [None, None] and shared is None
     with pytest.raises(ValueError, match="3 denoisers for 2 targets"):
         experiments.defended_targets(targets, [first, second, first])
-    assert experiments._parse_row("per-model=~/a,/b") == ("per-model", [pathlib.Path("~/a").expanduser(),
+    assert _parse_row("per-model=~/a,/b") == ("per-model", [pathlib.Path("~/a").expanduser(),
                                                                         pathlib.Path("/b")])
-    assert experiments._parse_row("NA=none") == ("NA", [])
+    assert _parse_row("NA=none") == ("NA", [])
 
 
+@pytest.mark.slow
 def test_identity_denoisers_shared_or_per_target_score_as_the_bare_targets(testsets, dunet_weights):
     plan = experiments.first_images(plan_test_sets(experiments.read_test_spec(testsets), testsets), 1)
     targets = ["efficientnet_lite0", "efficientnet_lite1"]
@@ -178,7 +183,7 @@ def _run_dir(folder: pathlib.Path, weights: pathlib.Path, width: float) -> pathl
 def test_figures_cli(testsets, dunet_weights, tmp_path):
     identity = _run_dir(tmp_path / "identity", dunet_weights["identity"], dunet_weights["width"])
     out = tmp_path / "figures"
-    result = subprocess.run([sys.executable, "-m", "hgd.experiments", "figures", str(testsets), "--row",
+    result = subprocess.run([sys.executable, "-m", "hgd.cli.experiments", "figures", str(testsets), "--row",
                              f"ID={identity}", "--images", "4", "--out", str(out)],
                             cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

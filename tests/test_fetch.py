@@ -1,4 +1,4 @@
-"""fetch-weights (``hgd.zoo.fetch``): download, verify, record, convert, cache; against files written here.
+"""fetch-weights (``python -m hgd.cli.fetch``): download, verify, record, convert, cache; against files written here.
 
 Nothing can be downloaded here, so sources are served from ``file://`` URLs (urllib's own handler:
 the download code path is the real one) or taken from ``--source-dir``, and written by the tests in
@@ -25,6 +25,7 @@ import pytest
 from competition_sources import (random_keras_values, random_resnext_state, slim_variables, write_keras2_h5,
                                  write_slim_tarball, write_torch_zip)
 from hgd import zoo
+from hgd.cli import fetch as fetch_cli
 from hgd.zoo import ModelName, cache, fetch, get_model, resnet
 from hgd.zoo.cache import HashMismatch, WeightsNotFetched, file_hashes
 
@@ -124,7 +125,7 @@ def test_later_fetches_use_the_cache(served, cache_dir, monkeypatch):
 
 
 def test_not_fetched_names_the_command(cache_dir):
-    with pytest.raises(WeightsNotFetched, match=f"python -m hgd.zoo.fetch {RESNET.value}"):
+    with pytest.raises(WeightsNotFetched, match=f"python -m hgd.cli.fetch {RESNET.value}"):
         get_model(RESNET).build_backbone()
 
 
@@ -217,7 +218,7 @@ def test_damaged_converted_weights_are_refused_then_reconverted(served, cache_di
     damaged = bytearray(done.weights.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF
     done.weights.write_bytes(bytes(damaged))
-    with pytest.raises(HashMismatch, match=f"python -m hgd.zoo.fetch {RESNET.value}"):
+    with pytest.raises(HashMismatch, match=f"python -m hgd.cli.fetch {RESNET.value}"):
         get_model(RESNET).build_backbone()
     assert fetch.fetch(RESNET).action == "converted"
     assert any("converting again" in r.getMessage() for r in caplog.records)
@@ -253,7 +254,7 @@ def test_source_dir_takes_files_downloaded_elsewhere(served, cache_dir, tmp_path
 
 def run_cli(*args: str) -> int:
     with pytest.raises(SystemExit) as info:
-        fetch.main(list(args))
+        fetch_cli.main(list(args))
     return info.value.code
 
 
@@ -290,7 +291,7 @@ for name in COMPETITION_ENSEMBLE:
     try:
         get_model(name).build_backbone()
     except WeightsNotFetched as exc:
-        assert f"python -m hgd.zoo.fetch {name.value}" in str(exc), exc
+        assert f"python -m hgd.cli.fetch {name.value}" in str(exc), exc
     else:
         raise AssertionError(f"{name.value} built without fetched weights")
 print("NETWORK EVENTS", sorted(set(events)))
@@ -351,6 +352,7 @@ def _write_source(name: ModelName, model: keras.Model, folder: pathlib.Path, mon
     return expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(fetch.SOURCES), ids=lambda m: m.value)
 def test_full_size_fetch(name, tmp_path, monkeypatch):
     """Published format -> fetch (download, verify, convert, store) -> the registry's backbone, at full size."""

@@ -1,4 +1,4 @@
-"""Tests for hgd.images: every image this toolkit reads or writes passes through it."""
+"""Tests for hgd.io.images: every image this toolkit reads or writes passes through it."""
 
 from __future__ import annotations
 
@@ -11,19 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hgd import images
-from hgd.images import (
-    IMAGE_SIZE,
-    Batch,
-    ImageError,
-    iter_batches,
-    list_input_files,
-    load_image,
-    read_dataset_csv,
-    read_predictions_csv,
-    save_png,
-    write_predictions_csv,
-)
+from hgd.io import images
+from hgd.io.competition_csv import read_dataset_csv, read_predictions_csv, write_predictions_csv
+from hgd.io.images import Batch, IMAGE_SIZE, ImageError, iter_batches, list_input_files, load_image, save_png
 
 RNG = np.random.default_rng(0)
 DATASET_HEADER = (
@@ -346,7 +336,7 @@ def _mixed_folder(tmp_path: Path) -> tuple[list[Path], dict[str, int]]:
 @pytest.mark.parametrize("batch_size", [1, 3, 100])
 def test_iter_batches_keeps_order_and_counts(tmp_path, batch_size, caplog):
     files, good = _mixed_folder(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="hgd.images"):
+    with caplog.at_level(logging.WARNING, logger="hgd.io.images"):
         batches = list(iter_batches(files, batch_size, workers=3))
     assert len(batches) == -(-len(files) // batch_size)
     seen = []
@@ -377,10 +367,10 @@ def test_iter_batches_all_failed_batch_has_empty_images(tmp_path):
 def test_iter_batches_logs_one_line_per_file_with_warnings(tmp_path, caplog):
     write_png(tmp_path / "small.png", rgb(10))
     write_png(tmp_path / "ok.png", rgb())
-    with caplog.at_level(logging.WARNING, logger="hgd.images"):
+    with caplog.at_level(logging.WARNING, logger="hgd.io.images"):
         (batch,) = iter_batches(list_input_files(tmp_path), 5)
     assert batch.names == ["ok.png", "small.png"]
-    assert [r.name for r in caplog.records] == ["hgd.images"]
+    assert [r.name for r in caplog.records] == ["hgd.io.images"]
     assert caplog.records[0].getMessage() == "small.png: resized from 10x10 to 299x299 (bicubic)"
 
 
@@ -573,7 +563,7 @@ def test_module_has_no_deep_learning_import():
 def test_replace_atomically_keeps_the_old_file_when_the_writer_fails(tmp_path):
     """The one atomic-write rule: the temporary name ends as asked (Keras insists on ``.weights.h5``), a
     failing writer leaves the old file and no temporary file behind."""
-    from hgd.images import replace_atomically
+    from hgd.io.files import replace_atomically
 
     target = tmp_path / "d.weights.h5"
     target.write_bytes(b"old")
@@ -594,7 +584,7 @@ def test_replace_atomically_keeps_the_old_file_when_the_writer_fails(tmp_path):
 
 def test_the_label_convention_round_trips_and_matches_the_competition_files():
     """Competition labels 1..1000 <-> 0-based ImageNet classes, one rule for ints and arrays."""
-    from hgd.images import to_competition_label, to_label0
+    from hgd.io.labels import to_competition_label, to_label0
 
     assert to_label0(1) == 0 and to_competition_label(999) == 1000
     classes = np.arange(1000)

@@ -1,4 +1,4 @@
-"""Tests of the torch-free legacy ``.pth`` reader (``hgd.pth``).
+"""Tests of the torch-free legacy ``.pth`` reader (``hgd.zoo.pth``).
 
 The files under test are written here by hand, byte for byte as torch's legacy
 ``_save`` writes them, so the reader is checked without torch installed.
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from torch_pickle import STORAGE_TYPES, fake_torch_modules, rebuild_tensor_v2
-from hgd.pth import MAGIC_NUMBER, PROTOCOL_VERSION, UnsafePickleError, load_legacy_state_dict
+from hgd.zoo.pth import MAGIC_NUMBER, PROTOCOL_VERSION, UnsafePickleError, load_legacy_state_dict
 
 # ---------------------------------------------------------------- a legacy torch writer, without torch
 

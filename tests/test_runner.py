@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hgd.runner import cli
+from hgd.cli import runner as cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SUBMISSIONS = ROOT / "tests" / "submissions"
@@ -306,7 +306,7 @@ def test_report_and_timing(run):
     out = run["out"]
     markdown = (out / "report.md").read_text()
     assert "![accuracy matrix heatmap](accuracy_matrix.png)" in markdown
-    assert "python -m hgd.runner" in markdown and "--eps cycle" in markdown
+    assert "python -m hgd.cli.runner" in markdown and "--eps cycle" in markdown
     assert "crasher_defense" in markdown and "errored batch" in markdown
     assert "<img src=\"accuracy_matrix.png\"" in (out / "report.html").read_text()
     with Image.open(out / "accuracy_matrix.png") as im:
@@ -349,7 +349,7 @@ def test_interrupt_keeps_finished_pieces(tmp_path):
     """Ctrl-C (SIGINT from a submission to the runner) loses no finished piece; the rerun resumes."""
     make_dataset(tmp_path / "data", 4)
     marker = tmp_path / "marker.txt"
-    args = [sys.executable, "-m", "hgd.runner", "--attack", str(SUBMISSIONS / "interrupter"),
+    args = [sys.executable, "-m", "hgd.cli.runner", "--attack", str(SUBMISSIONS / "interrupter"),
             "--defense", str(SUBMISSIONS / "constant"), "--dataset-dir", str(tmp_path / "data"),
             "--output-dir", str(tmp_path / "out"), "--batch-size", "2", "--no-progress"]
     env = {**os.environ, "HGD_TEST_MARKER": str(marker)}
@@ -436,7 +436,7 @@ class FlakyExecutor:
 def test_executor_errors_are_errored_pieces_retried_on_resume(tmp_path):
     from hgd.runner.harness import Harness, Settings
     from hgd.runner.local_executor import LocalExecutor
-    from hgd.runner.pieces import load_dataset
+    from hgd.io.datasets import read_dataset as load_dataset
     from hgd.runner.submissions import load_submission
 
     make_dataset(tmp_path / "data", 2)
@@ -459,7 +459,7 @@ def test_keep_attacks_scores_a_new_defense_on_the_stored_adversarial_images(tmp_
     from hgd.runner import report, results
     from hgd.runner.harness import Harness, Settings
     from hgd.runner.local_executor import LocalExecutor
-    from hgd.runner.pieces import load_dataset
+    from hgd.io.datasets import read_dataset as load_dataset
     from hgd.runner.submissions import load_submission
 
     make_dataset(tmp_path / "data", 2)

@@ -11,7 +11,7 @@ import pytest
 
 from hgd.runner.executors import RunRequest
 from hgd.runner.local_executor import LocalExecutor
-from hgd.runner.submissions import (Attack, Defense, SubmissionError, SubmissionType, discover, load_submission,
+from hgd.runner.submissions import (AttackSubmission, DefenseSubmission, SubmissionError, SubmissionType, discover, load_submission,
                                     unique_names)
 
 SUBMISSIONS = pathlib.Path(__file__).resolve().parent / "submissions"
@@ -61,7 +61,7 @@ def test_command_line_cwd_and_environment(tmp_path):
 def test_attack_gets_output_dir_and_epsilon(tmp_path):
     code = make_submission(tmp_path / "sub", 'echo "$2 $3" > "$2/args.txt"\n')
     attack = load_submission(code)
-    assert isinstance(attack, Attack) and not attack.targeted
+    assert isinstance(attack, AttackSubmission) and not attack.targeted
     (tmp_path / "in").mkdir()
     result = attack.run(LocalExecutor(), tmp_path / "in", tmp_path / "out", 12, time_limit=30)
     assert result.ok
@@ -103,7 +103,7 @@ def test_background_children_do_not_outlive_a_clean_exit(tmp_path):
 def test_load_submission_rejects_bad_folders(tmp_path):
     good = make_submission(tmp_path / "good", "exit 0\n", kind="defense")
     defense = load_submission(good)
-    assert isinstance(defense, Defense) and defense.image(False) == "c" and defense.image(True) == "g"
+    assert isinstance(defense, DefenseSubmission) and defense.image(False) == "c" and defense.image(True) == "g"
     cases = {
         "no metadata.json": None,
         "malformed metadata.json": "{",
@@ -115,6 +115,9 @@ def test_load_submission_rejects_bad_folders(tmp_path):
         "defense_aware 'yes' is not true or false": {"type": "attack", "entry_point": "run.sh",
                                                      "defense_aware": "yes"},
         "defense_aware is for attacks": {"type": "defense", "entry_point": "run.sh", "defense_aware": True},
+        "unknown key\\(s\\) \\['defence_aware'\\]": {"type": "attack", "entry_point": "run.sh", "defence_aware": True},
+        "reads 'x' is not a list": {"type": "attack", "entry_point": "run.sh", "reads": "x"},
+        "reads \\['../nowhere'\\]": {"type": "attack", "entry_point": "run.sh", "reads": ["../nowhere"]},
     }
     for expected, meta in cases.items():
         folder = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
@@ -123,6 +126,23 @@ def test_load_submission_rejects_bad_folders(tmp_path):
             (folder / "metadata.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
         with pytest.raises(SubmissionError, match=expected):
             load_submission(folder)
+
+
+def test_a_change_in_a_folder_it_reads_changes_the_fingerprint(tmp_path):
+    """An attack on a shipped defense reads that defense's folder: retrained weights there must run its
+    pieces again, as a change of its own files does."""
+    folder = make_submission(tmp_path / "attacks" / "aware", "exit 0\n")
+    (tmp_path / "defense").mkdir()
+    (tmp_path / "defense" / "weights.h5").write_bytes(b"old")
+    meta = json.loads((folder / "metadata.json").read_text())
+    plain = load_submission(folder).fingerprint()
+    (folder / "metadata.json").write_text(json.dumps({**meta, "reads": ["../../defense"]}))
+    submission = load_submission(folder)
+    assert submission.reads == ((tmp_path / "defense").resolve(),)
+    before = submission.fingerprint()
+    assert before == submission.fingerprint()
+    (tmp_path / "defense" / "weights.h5").write_bytes(b"retrained")
+    assert submission.fingerprint() not in (before, plain)
 
 
 def test_discover_types_names_and_problems(tmp_path):

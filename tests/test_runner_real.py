@@ -12,9 +12,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_slow_real_noop_attack_against_undefended_baseline(tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(

@@ -1,4 +1,4 @@
-"""``python -m hgd.runner validate``: good submissions pass, bad ones fail, archives are extracted safely."""
+"""``python -m hgd.cli.runner validate``: good submissions pass, bad ones fail, archives are extracted safely."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import zipfile
 
 import pytest
 
-from hgd.runner import cli
+from hgd.cli import runner as cli
 
 SUBMISSIONS = pathlib.Path(__file__).resolve().parent / "submissions"
 FAST = ["--num-images", "6", "--seed", "0", "--time-limit", "60"]

@@ -1,4 +1,4 @@
-"""The security evaluation (``python -m hgd.security``): runs, resumes, reports, and flags what is suspicious."""
+"""The security evaluation (``python -m hgd.cli.security``): runs, resumes, reports, and flags what is suspicious."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-from hgd import security
-from hgd.security import SecuritySpec, sanity_checks
+from hgd.cli import security as security_cli
+from hgd.evaluation import security
+from hgd.evaluation.security import SecuritySpec, sanity_checks
 
 
 def test_sanity_checks_flag_masked_gradients_and_rising_curves():
@@ -42,6 +43,7 @@ def defense_dir(tmp_path, dunet_weights):
     return folder
 
 
+@pytest.mark.slow
 def test_evaluation_runs_resumes_and_reports(defense_dir, small_source, tmp_path):
     out = tmp_path / "out"
     cache = tmp_path / "transfer_cache"
@@ -49,7 +51,7 @@ def test_evaluation_runs_resumes_and_reports(defense_dir, small_source, tmp_path
             "--transfer-steps", "2", "--queries", "3", "--check-epsilon", "2", "--batch-size", "2",
             "--transfer-cache", str(cache)]
     with pytest.raises(SystemExit) as exit_info:
-        security.main(args)
+        security_cli.main(args)
     assert exit_info.value.code == 0
     results = json.loads((out / security.RESULTS_FILE).read_text())
     assert len(results["images"]) == 4 and len(results["clean"]) == 4
@@ -73,10 +75,10 @@ def test_evaluation_runs_resumes_and_reports(defense_dir, small_source, tmp_path
 
     stamp = (out / security.RESULTS_FILE).stat().st_mtime_ns
     with pytest.raises(SystemExit):
-        security.main(args)  # everything finished: nothing is attacked again
+        security_cli.main(args)  # everything finished: nothing is attacked again
     assert (out / security.RESULTS_FILE).stat().st_mtime_ns == stamp
     with pytest.raises(SystemExit) as exit_info:
-        security.main([*args, "--seed", "1"])
+        security_cli.main([*args, "--seed", "1"])
     assert exit_info.value.code == 2  # another evaluation in the same folder is refused
 
 
@@ -86,7 +88,7 @@ def test_a_runner_output_without_the_defense_is_refused_before_any_attack(defens
     (runner_output / "defense_results.csv").write_text("SubmissionID,Score\nundefended,0.384\ndefense,\n")
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        security.main([str(defense_dir), str(small_source), str(out), "--runner-output", str(runner_output)])
+        security_cli.main([str(defense_dir), str(small_source), str(out), "--runner-output", str(runner_output)])
     assert exit_info.value.code == 2 and not out.exists()  # nothing was attacked, nothing written
     assert security.read_oblivious_score(runner_output, "undefended")[1] == 0.384
 
@@ -128,7 +130,7 @@ def _results(defense: str, runs: dict[str, list[bool]], images=("a", "b", "c", "
 
 
 def test_comparison_tables_defenses_side_by_side_and_refuses_other_images(tmp_path):
-    from hgd import security_compare
+    from hgd.evaluation import security_comparison as security_compare
 
     runs = {"undefended": {"fgsm@2": [True, False, False, False], "pgd@2": [False] * 4, "pgd@4": [False] * 4},
             "hgd": {"fgsm@2": [True, True, False, False], "pgd@2": [True, False, False, True],

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
@@ -14,12 +13,12 @@ import keras
 import numpy as np
 import pytest
 
-from hgd.dunet import build_dunet
-from hgd.images import IMAGE_SIZE, load_image
+from hgd.defenses.dunet import build_dunet
+from hgd.io.images import IMAGE_SIZE, load_image
 from hgd.train import fit as fit_module
 from hgd.train.adaptive import Adversary
 from hgd.train.fit import FitConfig, PairBatches, RunState, build_training_model, fit
-from hgd.train.losses import Guidance, guidance_loss
+from hgd.train.guidance import Guidance, guidance_loss
 from hgd.train.pairs import (
     TRAIN,
     VALIDATION,
@@ -27,12 +26,12 @@ from hgd.train.pairs import (
     PairSpec,
     build_pairs,
     plan_pairs,
-    read_labelled_folder,
     read_pairs,
     table1_attacks,
 )
+from hgd.io.datasets import read_dataset
 from hgd.train.recipe import install, load_recipe
-from hgd.zoo import DEFAULT_ENSEMBLE, ModelName, get_model
+from hgd.zoo import ModelName, get_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
@@ -55,27 +54,8 @@ def test_table1_attacks_for_one_model_name_it():
     assert names[-1] == "ifgsm8_efficientnet_lite0" and "fgsm_ensemble" not in names
 
 
-def test_read_labelled_folder_both_formats(tmp_path):
-    competition = read_labelled_folder(SAMPLE)
-    assert len(competition) == 22 and all(0 <= image.label0 < 1000 for image in competition)
-    pool = tmp_path / "pool"
-    (pool / "images").mkdir(parents=True)
-    shutil.copy(competition[0].path, pool / "images" / "a.png")
-    (pool / "labels.csv").write_text("filename,label0,wnid,source\na.png,7,n0,test\n")
-    (found,) = read_labelled_folder(pool)
-    assert found.label0 == 7 and found.path == (pool / "images" / "a.png").resolve()
-
-
-def test_read_labelled_folder_refuses_missing_images_and_labels(tmp_path):
-    with pytest.raises(FileNotFoundError, match="labels.csv"):
-        read_labelled_folder(tmp_path)
-    (tmp_path / "labels.csv").write_text("filename,label0\ngone.png,3\n")
-    with pytest.raises(FileNotFoundError, match="missing"):
-        read_labelled_folder(tmp_path)
-
-
 def test_plan_is_deterministic_split_by_image_and_eps_in_range(tmp_path):
-    images = read_labelled_folder(SAMPLE)
+    images = list(read_dataset(SAMPLE).images)
     spec = PairSpec(source="x", max_epsilon=16, validation_fraction=0.25)
     plan = plan_pairs(images, spec, tmp_path)
     assert plan == plan_pairs(images, spec, tmp_path)
@@ -93,7 +73,7 @@ def test_plan_is_deterministic_split_by_image_and_eps_in_range(tmp_path):
 
 
 def test_attacks_per_image_draws_that_many(tmp_path):
-    images = read_labelled_folder(SAMPLE)
+    images = list(read_dataset(SAMPLE).images)
     plan = plan_pairs(images, PairSpec(source="x", attacks_per_image=3), tmp_path)
     per_image: dict[str, int] = {}
     for pair in plan:
@@ -107,7 +87,7 @@ def test_pairs_are_attacked_cheapest_first(small_source, tmp_path):
 
     spec = PairSpec(source=str(small_source))
     attacks = {attack.name: attack for attack in spec.attacks()}
-    plan = plan_pairs(read_labelled_folder(small_source), spec, tmp_path)
+    plan = plan_pairs(list(read_dataset(small_source).images), spec, tmp_path)
     order = list(dict.fromkeys(name for name, _, _ in _work_units(plan, attacks, batch_size=2)))
     assert order == ["noop", "random_noise", "fgsm_efficientnet_lite0", "fgsm_efficientnet_lite1", "fgsm_ensemble",
                      "ifgsm2_ensemble", "ifgsm4_ensemble", "ifgsm8_ensemble"]
@@ -218,7 +198,7 @@ def test_guided_losses_need_a_model():
 
 def _noop_pairs(count: int) -> list[Pair]:
     """Pairs whose adversarial image is the clean one: augmentation must keep them equal."""
-    images = read_labelled_folder(SAMPLE)[:count]
+    images = list(read_dataset(SAMPLE).images)[:count]
     return [Pair(i.path.stem, TRAIN, i.label0, "noop", 1, i.path, i.path) for i in images]
 
 
@@ -275,6 +255,7 @@ def test_only_the_denoiser_trains():
     assert len(model.heads) == 2 and not any(head.trainable for head in model.heads)
 
 
+@pytest.mark.slow
 def test_fit_trains_checkpoints_and_resumes(pairs_dir, tmp_path):
     run = tmp_path / "run"
     state = fit(pairs_dir, run, _tiny(), verbose=0)
@@ -300,7 +281,7 @@ def test_fit_trains_checkpoints_and_resumes(pairs_dir, tmp_path):
 
 
 def _check_curves(run: pathlib.Path, state: RunState) -> None:
-    """``python -m hgd.train curves`` reads the run: losses relative to the start, a table row, a plot."""
+    """``python -m hgd.cli.train curves`` reads the run: losses relative to the start, a table row, a plot."""
     from hgd.train import curves
 
     curve = curves.read_run(run)
@@ -317,6 +298,7 @@ def _check_curves(run: pathlib.Path, state: RunState) -> None:
     assert (run / "cpu.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_fit_can_start_from_trained_weights(pairs_dir, tmp_path):
     """init_weights: a fine-tuning run starts where the given denoiser is (same validation pairs, same loss)."""
     first = fit(pairs_dir, tmp_path / "first", _tiny(), verbose=0)
@@ -366,7 +348,7 @@ def test_checkpointer_lowers_the_rate_on_plateau_then_stops(tmp_path, max_hours,
 
 def test_fit_runs_on_the_jax_backend(pairs_dir, tmp_path):
     pytest.importorskip("jax", reason="the JAX backend is tested where jax is installed (the dev extras install it)")
-    command = [sys.executable, "-m", "hgd.train", "fit", str(pairs_dir), str(tmp_path / "run"), "--guidance", "cgd",
+    command = [sys.executable, "-m", "hgd.cli.train", "fit", str(pairs_dir), str(tmp_path / "run"), "--guidance", "cgd",
                "--width", "0.125", "--crop", "64", "--batch-size", "2", "--steps-per-epoch", "2",
                "--validation-pairs", "2", "--max-epochs", "1", "--no-progress"]
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True,
@@ -378,38 +360,35 @@ def test_fit_runs_on_the_jax_backend(pairs_dir, tmp_path):
 
 def test_cli_refuses_unfinished_pairs_with_a_clear_line(tmp_path):
     (tmp_path / "pairs").mkdir()
-    result = subprocess.run([sys.executable, "-m", "hgd.train", "fit", str(tmp_path / "pairs"), str(tmp_path / "run")],
+    result = subprocess.run([sys.executable, "-m", "hgd.cli.train", "fit", str(tmp_path / "pairs"), str(tmp_path / "run")],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "ERROR:" in result.stderr
 
 
-def test_shipped_defense_recipe_is_one_ensemble_guided_denoiser():
-    """defense/config.json's 'training' section: one shared denoiser guided by all three Lite models,
-    trained on pairs attacked on Lite0 and Lite1 only (Lite2 stays the unseen model), from a pixel-loss
-    start of 3 epochs, on 128x128 crops and then fine-tuned on whole images (how the shipped weights
-    were made: docs/results/harness.md), installed float16."""
+def test_shipped_defense_recipe_trains_the_denoiser_it_runs():
+    """defense/config.json's 'training' section trains exactly the denoiser the defense runs: one shared
+    DUNET of the configured width, FGD-guided by every member it protects, on pairs attacked on some of
+    those members; a pixel-loss warm start of the same denoiser, then a fine-tune on whole images."""
     recipe = load_recipe(REPO / "defense" / "config.json")
     (job,) = recipe.jobs
-    assert recipe.attack_models == (LITE0, "efficientnet_lite1") and recipe.float16_weights
-    assert job.config.models == tuple(m.value for m in DEFAULT_ENSEMBLE)
-    assert job.spec == recipe.defense.shared_denoiser and job.name == "fgd_lite_ensemble"
-    assert (job.config.width, job.config.crop, job.config.guidance) == (0.5, 128, Guidance.FGD)
-    assert (job.config.steps_per_epoch, job.config.max_epochs, job.config.init_weights) == (100, 4, None)
-    assert (job.warm_start.guidance, job.warm_start.max_epochs) == (Guidance.PGD, 3)
-    assert dataclasses.replace(job.warm_start, guidance=Guidance.FGD, max_epochs=4) == job.config
-    assert dataclasses.replace(job.fine_tune, crop=128, max_epochs=4) == job.config  # then 3 epochs on whole images
-    assert (job.fine_tune.crop, job.fine_tune.max_epochs) == (299, 3)
+    shared = recipe.defense.shared_denoiser
+    assert job.spec == shared and job.config.width == shared.width
+    assert set(job.config.models) == {member.target.name.value for member in recipe.defense.members}
+    assert set(recipe.attack_models) <= set(job.config.models)
+    assert job.config.guidance == Guidance.FGD and job.warm_start.guidance == Guidance.PGD
+    assert dataclasses.replace(job.warm_start, guidance=Guidance.FGD, max_epochs=job.config.max_epochs) == job.config
+    assert job.fine_tune.crop in (None, 299) and job.fine_tune.guidance == Guidance.FGD
 
 
 def test_pixel_profile_recipe_trains_on_the_table2_pair_set_and_installs_float16(tmp_path):
-    """defense/profiles/lite_pgd_pixel.json: the Table 2 PGD row's recipe (k=2 pairs, pixel loss); its
-    pairs folder has the recipe's own name (scripts/paper_table2.sh names the same pair set pairs_lite01_k2)."""
+    """defense/profiles/lite_pgd_pixel.json: the Table 2 PGD row's recipe (k=2 pairs, pixel loss) trains
+    the denoiser the profile runs; its pairs are the shipped recipe's (one folder, built once)."""
     recipe = load_recipe(REPO / "defense" / "profiles" / "lite_pgd_pixel.json")
     (job,) = recipe.jobs
     assert recipe.pair_spec(SAMPLE).attacks_per_image == 2 and recipe.float16_weights
     assert recipe.pairs_dir(tmp_path).name == "pairs_efficientnet_lite0+efficientnet_lite1_k2"
     assert load_recipe(REPO / "defense" / "config.json").pair_spec(SAMPLE) == recipe.pair_spec(SAMPLE)  # one folder
-    assert (job.config.guidance, job.config.width, job.config.steps_per_epoch) == (Guidance.PGD, 0.5, 100)
+    assert job.config.guidance == Guidance.PGD and job.config.width == job.spec.width
 
 
 def test_install_float16_halves_the_file_and_keeps_the_denoiser(tmp_path):
@@ -472,8 +451,8 @@ def test_adversary_attacks_the_current_denoiser_inside_the_box(small_source):
     model = build_training_model(_tiny(guidance=Guidance.PGD, adaptive_fraction=1.0))
     assert len(model.heads) == 1  # the pixel loss needs no model, the attack does
     adversary = model.adversary(_tiny(adaptive_fraction=1.0, adaptive_epsilon=8, adaptive_steps=3))
-    images = np.stack([load_image(i.path)[0][:96, :96] for i in read_labelled_folder(small_source)])
-    labels = np.array([i.label0 for i in read_labelled_folder(small_source)])
+    images = np.stack([load_image(i.path)[0][:96, :96] for i in list(read_dataset(small_source).images)])
+    labels = np.array([i.label0 for i in list(read_dataset(small_source).images)])
     adversarial = adversary(images, labels, (0, 1))
     delta = adversarial.astype(int) - images
     assert adversarial.dtype == np.uint8 and np.abs(delta).max() <= 8 and np.abs(delta).max() > 0
@@ -490,11 +469,12 @@ def test_adversary_attacks_the_current_denoiser_inside_the_box(small_source):
     assert not np.allclose(attacked.logits(images.astype(np.float32)), before, atol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_adaptive_fit_runs_on_both_backends(pairs_dir, tmp_path, backend):
     if backend == "jax":
         pytest.importorskip("jax", reason="the JAX backend is tested where jax is installed (the dev extras install it)")
-    command = [sys.executable, "-m", "hgd.train", "fit", str(pairs_dir), str(tmp_path / "run"), "--guidance", "fgd",
+    command = [sys.executable, "-m", "hgd.cli.train", "fit", str(pairs_dir), str(tmp_path / "run"), "--guidance", "fgd",
                "--width", "0.125", "--crop", "64", "--batch-size", "2", "--steps-per-epoch", "2",
                "--validation-pairs", "2", "--max-epochs", "2", "--no-progress", "--adaptive-fraction", "0.5",
                "--adaptive-steps", "2"]
@@ -526,7 +506,7 @@ def test_adaptive_profile_trains_the_shipped_denoiser_against_defense_aware_exam
 
 
 def test_install_cli_refuses_a_folder_without_a_best_checkpoint(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "hgd.train", "install", str(tmp_path), str(tmp_path / "w.weights.h5")],
+    result = subprocess.run([sys.executable, "-m", "hgd.cli.train", "install", str(tmp_path), str(tmp_path / "w.weights.h5")],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "no best.weights.h5" in result.stderr and not (tmp_path / "w.weights.h5").exists()
 
@@ -563,6 +543,7 @@ def test_continue_section_layers_its_options_over_the_last_stage(tmp_path):
         load_recipe(config)
 
 
+@pytest.mark.slow
 def test_chunks_go_on_from_the_installed_weights_and_append_one_history(small_source, tmp_path):
     """Two chunks: each starts from the weights the configuration reads, installs its best checkpoint if it beats
     them (float32: a small file), and appends its epochs to the committed history, the counters going on."""
@@ -637,6 +618,7 @@ def test_continue_refuses_a_recipe_without_its_section_or_weights(small_source, 
         continued.continue_training(config, small_source, tmp_path / "work", max_hours=1.0)
 
 
+@pytest.mark.slow
 def test_a_rerun_past_its_limit_trains_no_further_epoch(pairs_dir, tmp_path):
     """A session killed mid-epoch after its hour limit was reached: rerunning it only reports the state."""
     run = tmp_path / "run"
@@ -660,21 +642,22 @@ def test_measure_shipped_scores_the_defense_on_the_kept_attack_pieces(tmp_path):
     """The after-chunk measurements: iter_target_class alone first, then every oblivious attack against the
     defense and the undefended baseline reusing the stored attack pieces; the defense's run cost; Table 3."""
     first, harness, bench = _script_commands("measure_shipped.sh", str(tmp_path))
-    assert "-m hgd.runner" in first and first.count("--attack ") == 1 and "iter_target_class" in first
+    assert "-m hgd.cli.runner" in first and first.count("--attack ") == 1 and "iter_target_class" in first
     assert "--keep-attacks" in harness and "--defense defense" in harness and "--eps cycle" in harness
     assert harness.count("--attack ") == 7 and "adaptive" not in harness and "square" not in harness
     assert str(tmp_path / "harness") in first and str(tmp_path / "harness") in harness
     assert "bench/defense_run.py" in bench and "--trained" in bench
     *_, testsets, table3 = _script_commands("measure_shipped.sh", str(tmp_path), TABLE3="1")
-    assert "hgd.experiments testsets" in testsets and "HGD shipped=defense/config.json" in table3
+    assert "hgd.cli.experiments testsets" in testsets and "HGD shipped=defense/config.json" in table3
 
 
 def test_continue_training_script_appends_to_the_committed_history(tmp_path):
     (command, *_) = _script_commands("continue_training.sh", "1.5", str(tmp_path))
-    assert command.startswith("-m hgd.train continue") and str(REPO / "defense" / "config.json") in command
+    assert command.startswith("-m hgd.cli.train continue") and str(REPO / "defense" / "config.json") in command
     assert "--max-hours 1.5" in command and f"--history-dir {REPO / 'docs' / 'results' / 'training'}" in command
 
 
+@pytest.mark.slow
 def test_validation_loss_of_a_checkpoint_is_what_its_run_reported(pairs_dir, tmp_path):
     """`hgd.train validate` scores any weights on a run's validation pairs: the run's best checkpoint gets the
     run's best validation loss back, and the bfloat16 policy moves it only a little."""

@@ -1,4 +1,4 @@
-"""Input transformations (``hgd.transforms``) and defenses that apply one (``baselines/jpeg``, ``baselines/bit_depth``).
+"""Input transformations (``hgd.defenses.transforms``) and defenses that apply one (``baselines/jpeg``, ``baselines/bit_depth``).
 
 The transforms are checked against independent computations (Pillow's own file round trip for
 JPEG, the feature-squeezing formula in float64 for bit depth); defenses with a transform run
@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hgd import transforms
-from hgd.images import load_image, read_predictions_csv
-from hgd.transforms import BitDepthReduction, GaussianNoise, JPEGCompression, TransformName
+from hgd.defenses import transforms
+from hgd.io.competition_csv import read_predictions_csv
+from hgd.io.images import load_image
+from hgd.defenses.transforms import BitDepthReduction, GaussianNoise, JPEGCompression, TransformName
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_IMAGES = REPO / "sample_data" / "images"
@@ -154,7 +155,7 @@ def test_bad_images_are_refused():
 
 @pytest.mark.parametrize("name", sorted(BASELINES))
 def test_baseline_submissions(name):
-    from hgd.defended import load_config
+    from hgd.defenses.defended import load_config
 
     folder = REPO / "baselines" / name
     metadata = json.loads((folder / "metadata.json").read_text())
@@ -171,7 +172,7 @@ def test_baseline_submissions(name):
 
 
 def test_existing_configs_have_no_transform():
-    from hgd.defended import load_config
+    from hgd.defenses.defended import load_config
 
     for folder in (REPO / "defense", REPO / "baselines" / "undefended"):
         config = load_config(folder / "config.json")
@@ -181,7 +182,7 @@ def test_existing_configs_have_no_transform():
 
 
 def test_bad_transform_in_a_defense_config_names_the_file(tmp_path):
-    from hgd.defended import load_config
+    from hgd.defenses.defended import load_config
 
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"transform": {"name": "jpeg", "quality": 200},
@@ -200,14 +201,14 @@ def four_images(tmp_path_factory) -> pathlib.Path:
 
 def test_the_transform_is_in_the_defense_decision_path(tmp_path, four_images):
     """Lite0 behind 8 bits (the identity) labels as Lite0 alone; behind noise that drowns the image, differently."""
-    from hgd.defense import classify_folder
+    from hgd.defenses.submission import classify_folder
 
     def classify(name: str, transform: dict | None) -> dict[str, int]:
         config = {"members": [{"model": "efficientnet_lite0"}], "batch_size": 4}
         if transform:
             config["transform"] = transform
         (tmp_path / f"{name}.json").write_text(json.dumps(config))
-        assert classify_folder(tmp_path / f"{name}.json", four_images, tmp_path / f"{name}.csv") == 0
+        assert classify_folder(tmp_path / f"{name}.json", four_images, tmp_path / f"{name}.csv") == 4
         return read_predictions_csv(tmp_path / f"{name}.csv")
 
     plain = classify("plain", None)

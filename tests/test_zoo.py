@@ -4,7 +4,7 @@ Every ``ModelName`` is under test automatically; the architecture numbers come f
 ``docs/results/models.md`` and the publishers' figures, and must be added to ``EXPECTED`` for
 a new model. Tests that need a model's weights run for the models whose weights are here
 (``TargetModel.weights_available()``) and are skipped, saying how to fetch them, for the others:
-the competition's four classifiers, whose weights only ``python -m hgd.zoo.fetch`` downloads. To
+the competition's four classifiers, whose weights only ``python -m hgd.cli.fetch`` downloads. To
 run the whole contract (top-1 on the sample images included) on fetched weights, point
 ``HGD_TEST_WEIGHTS_CACHE`` at the cache that command filled.
 """
@@ -22,7 +22,8 @@ import keras
 import numpy as np
 import pytest
 
-from hgd import images
+from hgd.io import images
+from hgd.io.competition_csv import read_dataset_csv
 from hgd.zoo import (NUM_CLASSES, REGISTRY, ModelName, Normalize, ScaleToNative, TargetModel, cache, efficientnet_lite,
                      get_model)
 from hgd.zoo.slim import DropBackground
@@ -98,7 +99,7 @@ def target(name) -> TargetModel:
 
 @pytest.fixture(scope="module")
 def weights_cache():
-    """``HGD_TEST_WEIGHTS_CACHE`` (a cache filled by ``python -m hgd.zoo.fetch``) for this module, if set."""
+    """``HGD_TEST_WEIGHTS_CACHE`` (a cache filled by ``python -m hgd.cli.fetch``) for this module, if set."""
     with pytest.MonkeyPatch.context() as mp:
         if os.environ.get("HGD_TEST_WEIGHTS_CACHE"):
             mp.setenv(cache.CACHE_ENV, os.environ["HGD_TEST_WEIGHTS_CACHE"])
@@ -109,7 +110,7 @@ def weights_cache():
 def usable(target, weights_cache) -> TargetModel:
     """The target, if its weights are here (else the test is skipped, saying how to fetch them)."""
     if not target.weights_available():
-        pytest.skip(f"{target.name.value}: weights not fetched (python -m hgd.zoo.fetch {target.name.value})")
+        pytest.skip(f"{target.name.value}: weights not fetched (python -m hgd.cli.fetch {target.name.value})")
     return target
 
 
@@ -126,7 +127,7 @@ def classifier(usable) -> keras.Model:
 @pytest.fixture(scope="module")
 def sample_batch() -> tuple[np.ndarray, np.ndarray]:
     """The committed sample images as a float pixel batch, and their 0-based labels."""
-    labels = images.read_dataset_csv(SAMPLE_CSV)
+    labels = read_dataset_csv(SAMPLE_CSV)
     assert len(labels) == 22
     pixels = np.stack([images.load_image(SAMPLE_IMAGES / f"{image_id}.png")[0] for image_id in labels])
     return pixels.astype("float32"), np.array([true_label - 1 for true_label, _ in labels.values()])

@@ -8,4 +8,4 @@ if [ "$#" -ne 3 ]; then
   exit 2
 fi
 HERE=$(cd "$(dirname "$0")" && pwd)
-exec "${PYTHON:-python3}" -m hgd.attack --config "$HERE/config.json" "$1" "$2" "$3"
+exec "${PYTHON:-python3}" -m hgd.cli.run_attack --config "$HERE/config.json" "$1" "$2" "$3"

@@ -8,4 +8,4 @@ if [ "$#" -ne 2 ]; then
   exit 2
 fi
 HERE=$(cd "$(dirname "$0")" && pwd)
-exec "${PYTHON:-python3}" -m hgd.defense --config "$HERE/config.json" "$1" "$2"
+exec "${PYTHON:-python3}" -m hgd.cli.run_defense --config "$HERE/config.json" "$1" "$2"

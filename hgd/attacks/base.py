@@ -4,7 +4,7 @@ Conventions shared by every attack of :mod:`hgd.attacks`:
 
 * **Pixel space.** Images are uint8 ``(N, H, W, 3)`` arrays; inside an attack they are float32 in
   0..255, which is what a model of this toolkit takes (``TargetModel.build_classifier``,
-  ``hgd.defended.build_defended_model``). ``epsilon`` and step sizes are in pixel units.
+  ``hgd.defenses.defended.build_defended_model``). ``epsilon`` and step sizes are in pixel units.
 * **The box.** ``lo = clip(x - eps, 0, 255)``, ``hi = clip(x + eps, 0, 255)`` per pixel and
   channel: the competition's enforcement (``docs/reference/competition-contract.md``). Every iterate is
   projected onto it, so an attack never leaves it.
@@ -25,7 +25,7 @@ import numpy as np
 
 from hgd.attacks.criteria import Criterion, CriterionLike, as_criterion
 from hgd.attacks.models import Model, as_model
-from hgd.images import check_images
+from hgd.io.images import check_images
 
 MAX_EPSILON = 255
 

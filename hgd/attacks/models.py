@@ -9,7 +9,7 @@ attack is given is taken for a Keras model and wrapped in a :class:`KerasModel` 
   denoisers + classifiers). Gradients come from the model's compiled objective
   (:mod:`hgd.attacks._compiled`), on TensorFlow or JAX.
 * :class:`BPDA` — a model behind a transform that is not differentiable (JPEG, bit-depth
-  reduction: :mod:`hgd.transforms`). Forward: ``model(transform(x))``, exactly what the defense
+  reduction: :mod:`hgd.defenses.transforms`). Forward: ``model(transform(x))``, exactly what the defense
   computes. Backward (Athalye et al. 2018's Backward Pass Differentiable Approximation): the
   gradient of the model at the transformed input, i.e. the transform's Jacobian replaced by the
   identity; or, given a differentiable ``approximation`` ``g ~ transform``, that gradient pulled
@@ -17,6 +17,10 @@ attack is given is taken for a Keras model and wrapped in a :class:`KerasModel` 
 * :class:`EOT` — expectation over transformation (Athalye et al. 2018): logits, objective and
   gradient averaged over ``draws`` evaluations of a random model (e.g. ``BPDA`` of a random
   transform): the gradient of the expected objective.
+* :class:`InputDiversity` — a model behind input diversity (DI, Xie et al. 2019): each call
+  randomly resizes and pads its input (:mod:`hgd.attacks.transfer`), and the gradient is taken
+  through that transform exactly. The sign-gradient attacks wrap their model in it for the
+  gradient when ``diversity_prob > 0``.
 
 They compose: ``EOT(BPDA(keras_model, GaussianNoise(sigma=8)), draws=10)``, and every attack of
 :mod:`hgd.attacks` takes any of them where it takes a Keras model.
@@ -30,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from hgd.attacks import losses
+from hgd.attacks import losses, transfer
 
 Transform = Callable[[np.ndarray], np.ndarray]
-"""uint8 images (N, H, W, 3) -> uint8 images of the same shape (e.g. an :class:`hgd.transforms.Transform`)."""
+"""uint8 images (N, H, W, 3) -> uint8 images of the same shape (e.g. an :class:`hgd.defenses.transforms.Transform`)."""
 
 
 class Model(abc.ABC):
@@ -114,7 +118,7 @@ class BPDA(Model):
 
     Args:
         model: the model after the transform (a :class:`Model` or a Keras model).
-        transform: uint8 images -> uint8 images (e.g. :class:`hgd.transforms.JPEGCompression`).
+        transform: uint8 images -> uint8 images (e.g. :class:`hgd.defenses.transforms.JPEGCompression`).
         approximation: the backward pass's differentiable stand-in; ``None`` (default): the identity.
     """
 
@@ -199,3 +203,62 @@ class EOT(Model):
 
     def __repr__(self) -> str:
         return f"EOT({self.model!r}, draws={self.draws})"
+
+
+class InputDiversity(Model):
+    """A model behind input diversity (DI; Xie et al., CVPR 2019): a random resize-and-pad per call.
+
+    Each call (forward or gradient) draws once for the whole batch (as the published code does):
+    with probability ``probability`` the images are resized to a random size in ``[size, upper)``
+    (``upper = round(size * 330 / 299)``: 330 for 299 images), padded with mid grey at a random
+    offset to ``upper`` and resized back to ``size``, the model's input; otherwise they pass
+    unchanged (:func:`hgd.attacks.transfer.draw_diversity`). The transform is linear in
+    ``x - 127.5`` (it copies pixels), so its gradient is exact: the model's gradient at the
+    transformed images pulled back through the transform's transpose. Square images only (the
+    competition's are 299x299).
+
+    Its logits are those of a transformed batch too: an attack given this model should be given
+    the labels (its own prediction would be of a random transform). The attacks' ``diversity_prob``
+    uses it for the gradients only, and the model itself for everything else.
+
+    Args:
+        model: the model behind the transform (a :class:`Model` or a Keras model).
+        probability: the chance a call transforms its input (the paper's default 0.5).
+        seed: an integer, or a ``numpy.random.Generator`` to draw from (an attack passes its own,
+            so that a seeded attack is reproducible); ``None``: fresh entropy.
+    """
+
+    def __init__(self, model: Any, *, probability: float = 0.5,
+                 seed: int | np.random.Generator | None = None) -> None:
+        if isinstance(probability, bool) or not isinstance(probability, int | float | np.integer | np.floating) \
+                or not 0 <= probability <= 1:
+            raise ValueError(f"probability must be a number in [0, 1], got {probability!r}")
+        self.model = as_model(model)
+        self.probability = float(probability)
+        self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.model.num_classes
+
+    def draw(self, images: np.ndarray) -> np.ndarray | None:
+        """This call's draw for ``images`` (NHWC): source rows and columns, or ``None`` (unchanged)."""
+        _, height, width, _ = images.shape
+        if height != width:
+            raise ValueError(f"input diversity is defined for square images, got {height}x{width}")
+        return transfer.draw_diversity(height, self.probability, self.rng)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        draw = self.draw(images)
+        return self.model.logits(images if draw is None else transfer.diversify(images, draw))
+
+    def objective_gradient(self, images: np.ndarray, classes: np.ndarray, targeted: bool,
+                           loss: str = "ce") -> tuple[np.ndarray, np.ndarray]:
+        draw = self.draw(images)
+        if draw is None:
+            return self.model.objective_gradient(images, classes, targeted, loss)
+        values, gradient = self.model.objective_gradient(transfer.diversify(images, draw), classes, targeted, loss)
+        return values, transfer.diversify_gradient(gradient, draw)
+
+    def __repr__(self) -> str:
+        return f"InputDiversity({self.model!r}, probability={self.probability})"

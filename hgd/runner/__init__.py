@@ -1,9 +1,9 @@
 """The competition harness: run attacks against defenses the way the NIPS 2017 organizers did.
 
-``python -m hgd.runner`` (or ``./run_attacks_and_defenses.sh``) runs every attack
+``python -m hgd.cli.runner`` (or ``./run_attacks_and_defenses.sh``) runs every attack
 submission on every batch of a dataset, enforces the epsilon box on what they
 wrote, runs every defense on every adversarial batch and scores the lot (EVAL's
-normalized scores and DEV's counts). ``python -m hgd.runner validate PATH``
+normalized scores and DEV's counts). ``python -m hgd.cli.runner validate PATH``
 checks one submission the way the competition's validator did.
 
 Modules, one idea each:
@@ -22,7 +22,7 @@ Modules, one idea each:
 * :mod:`hgd.runner.results` / :mod:`hgd.runner.report` -- the CSV files and the
   Markdown/HTML report.
 * :mod:`hgd.runner.validate` -- the submission validator.
-* :mod:`hgd.runner.cli` -- the command line.
+* :mod:`hgd.cli.runner` -- the command line.
 
 Importing this package is cheap on purpose (no numpy, no framework): the
 executors import it too.

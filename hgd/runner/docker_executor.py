@@ -34,12 +34,14 @@ constructor raises (:class:`DockerUnavailable`) when no engine answers at all.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import shutil
 import stat
 import tempfile
 import time
+from typing import Any
 
 from hgd.runner.executors import RunRequest, RunResult
 
@@ -163,85 +165,135 @@ class DockerExecutor:
     # -- the Executor protocol -------------------------------------------------------------------
 
     def run(self, request: RunRequest) -> RunResult:
-        docker = self._docker
         t0 = time.perf_counter()
         if not request.image:
             return RunResult(None, False, 0.0, "[docker executor] the submission names no container image")
-        container = None
-        code_copy = None
-        notes: list[str] = []
-        started = None
+        state = _RunState()
         try:
-            output_dir = pathlib.Path(request.output_dir)
-            output_dir.mkdir(parents=True, exist_ok=True)
-            os.chmod(output_dir, 0o777)  # the container user (uid 65534) must be able to write
-            _make_readable(pathlib.Path(request.input_dir))
-            scratch = pathlib.Path(tempfile.mkdtemp(prefix="hgd-code-"))
-            code_copy = scratch / "code"
-            shutil.copytree(request.code_dir, code_copy, symlinks=True)
-            os.chmod(scratch, 0o755)
-            _make_readable(code_copy, writable_dirs=True)
-
-            if self.cpus != self.requested_cpus:
-                notes.append(f"[docker executor] cpus {self.requested_cpus} capped at the engine's {self.cpus:g}")
-            container = self.client.containers.create(**self._container_args(request, code_copy))
-            try:
-                container.start()
-            except docker.errors.APIError as exc:
-                code = self._start_failure_code(str(exc))
-                if code is None:
-                    raise
-                return RunResult(code, False, time.perf_counter() - t0,
-                                 _tail("\n".join([*notes, f"[docker executor] the entry point cannot run: {exc}"])))
-            started = time.perf_counter()  # the time limit counts from the container's start
-
-            timed_out = False
-            exit_code: int | None
-            try:
-                status = container.wait(timeout=max(request.time_limit, 0.001))
-                exit_code = int(status.get("StatusCode", -1))
-            except Exception as exc:  # requests' ReadTimeout / ConnectionError: the limit was reached
-                if not _is_timeout(exc):
-                    raise
-                timed_out = True
-                try:
-                    container.kill()
-                except docker.errors.APIError:
-                    pass  # it exited on its own just now
-                status = container.wait(timeout=60)
-                exit_code = int(status.get("StatusCode", -1))
-                notes.append(f"[docker executor] time limit {request.time_limit:g} s reached: container killed")
-            seconds = time.perf_counter() - started
-
-            container.reload()
-            state = container.attrs.get("State", {})
-            if state.get("OOMKilled"):
-                notes.append(f"[docker executor] out of memory: killed by the {self.memory} memory limit "
-                             f"(exit {exit_code}, OOMKilled)")
-            log = self._logs(container)
-            return RunResult(exit_code, timed_out, seconds, _tail("\n".join(filter(None, [log.rstrip(), *notes]))))
-        except docker.errors.ImageNotFound as exc:
+            return self._run_container(request, state, t0)
+        except self._docker.errors.ImageNotFound as exc:
             return RunResult(None, False, time.perf_counter() - t0, _tail("\n".join([
-                *notes, f"[docker executor] image {request.image!r} not found ({exc}); "
-                        "build it with docker/build_image.sh"])))
+                *state.notes, f"[docker executor] image {request.image!r} not found ({exc}); "
+                              "build it with docker/build_image.sh"])))
         except Exception as exc:  # engine gone, API errors, copying the code: never kill the whole run
-            import requests
-
-            seconds = (time.perf_counter() - started) if started else time.perf_counter() - t0
-            partial = self._logs(container) if container is not None and not isinstance(
-                exc, requests.exceptions.ConnectionError) else ""
-            what = ("the Docker engine cannot be reached (is it running? docker/start_engine.sh)"
-                    if isinstance(exc, requests.exceptions.ConnectionError) else "the run could not be carried out")
-            return RunResult(None, False, seconds, _tail("\n".join(filter(None, [
-                partial.rstrip(), *notes, f"[docker executor] {what}: {type(exc).__name__}: {exc}"]))))
+            return self._failure_result(exc, state, t0)
         finally:
-            if container is not None:
-                try:
-                    container.remove(force=True)
-                except Exception:
-                    pass
-            if code_copy is not None:
-                shutil.rmtree(code_copy.parent, ignore_errors=True)
+            _clean_up(state)
+
+    # -- the steps of one run --------------------------------------------------------------------
+
+    def _run_container(self, request: RunRequest, state: _RunState, t0: float) -> RunResult:
+        """Prepare the folders, create, start and await the container; ``state`` records what to clean up."""
+        _prepare_io_folders(request)
+        state.code_copy = _new_code_copy_path()
+        _copy_code(request.code_dir, state.code_copy)
+        if self.cpus != self.requested_cpus:
+            state.notes.append(f"[docker executor] cpus {self.requested_cpus} capped at the engine's {self.cpus:g}")
+        state.container = self.client.containers.create(**self._container_args(request, state.code_copy))
+        refused = self._start(state.container, state.notes, t0)
+        if refused is not None:
+            return refused
+        state.started = time.perf_counter()  # the time limit counts from the container's start
+        exit_code, timed_out = self._wait(state.container, request, state.notes)
+        seconds = time.perf_counter() - state.started
+        return self._finished_result(state.container, exit_code, timed_out, seconds, state.notes)
+
+    def _start(self, container: Any, notes: list[str], t0: float) -> RunResult | None:
+        """Start the container; a result (126/127) when the submission's entry point cannot run, else ``None``."""
+        try:
+            container.start()
+        except self._docker.errors.APIError as exc:
+            code = self._start_failure_code(str(exc))
+            if code is None:
+                raise
+            return RunResult(code, False, time.perf_counter() - t0,
+                             _tail("\n".join([*notes, f"[docker executor] the entry point cannot run: {exc}"])))
+        return None
+
+    def _wait(self, container: Any, request: RunRequest, notes: list[str]) -> tuple[int | None, bool]:
+        """Wait for the exit within the time limit, killing the container at the limit; (exit code, timed out)."""
+        timed_out = False
+        exit_code: int | None
+        try:
+            status = container.wait(timeout=max(request.time_limit, 0.001))
+            exit_code = int(status.get("StatusCode", -1))
+        except Exception as exc:  # requests' ReadTimeout / ConnectionError: the limit was reached
+            if not _is_timeout(exc):
+                raise
+            timed_out = True
+            try:
+                container.kill()
+            except self._docker.errors.APIError:
+                pass  # it exited on its own just now
+            status = container.wait(timeout=60)
+            exit_code = int(status.get("StatusCode", -1))
+            notes.append(f"[docker executor] time limit {request.time_limit:g} s reached: container killed")
+        return exit_code, timed_out
+
+    def _finished_result(self, container: Any, exit_code: int | None, timed_out: bool, seconds: float,
+                         notes: list[str]) -> RunResult:
+        """The result of a run that ended: its log, plus a note when the memory limit killed it."""
+        container.reload()
+        state = container.attrs.get("State", {})
+        if state.get("OOMKilled"):
+            notes.append(f"[docker executor] out of memory: killed by the {self.memory} memory limit "
+                         f"(exit {exit_code}, OOMKilled)")
+        log = self._logs(container)
+        return RunResult(exit_code, timed_out, seconds, _tail("\n".join(filter(None, [log.rstrip(), *notes]))))
+
+    def _failure_result(self, exc: Exception, state: _RunState, t0: float) -> RunResult:
+        """A run the engine could not carry out, as a result saying why, so one failure never ends the whole run."""
+        import requests
+
+        seconds = (time.perf_counter() - state.started) if state.started else time.perf_counter() - t0
+        unreachable = isinstance(exc, requests.exceptions.ConnectionError)
+        partial = self._logs(state.container) if state.container is not None and not unreachable else ""
+        what = ("the Docker engine cannot be reached (is it running? docker/start_engine.sh)"
+                if unreachable else "the run could not be carried out")
+        return RunResult(None, False, seconds, _tail("\n".join(filter(None, [
+            partial.rstrip(), *state.notes, f"[docker executor] {what}: {type(exc).__name__}: {exc}"]))))
+
+
+@dataclasses.dataclass
+class _RunState:
+    """What one run has set up so far: the cleanup and the failure report need it whenever the run stops."""
+
+    container: Any = None
+    code_copy: pathlib.Path | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+    started: float | None = None
+
+
+def _prepare_io_folders(request: RunRequest) -> None:
+    """Open the input and output folders to the container user (uid 65534), who is not the host user."""
+    output_dir = pathlib.Path(request.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(output_dir, 0o777)  # the container user (uid 65534) must be able to write
+    _make_readable(pathlib.Path(request.input_dir))
+
+
+def _new_code_copy_path() -> pathlib.Path:
+    """A path for the code copy in a fresh private folder, so a run never sees what an earlier one left."""
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="hgd-code-"))
+    return scratch / "code"
+
+
+def _copy_code(code_dir: pathlib.Path, code_copy: pathlib.Path) -> None:
+    """Copy the submission for the container to use, so a run never changes the submission itself."""
+    shutil.copytree(code_dir, code_copy, symlinks=True)
+    os.chmod(code_copy.parent, 0o755)
+    _make_readable(code_copy, writable_dirs=True)
+
+
+def _clean_up(state: _RunState) -> None:
+    """Remove the container and the code copy, whatever happened to the run."""
+    if state.container is not None:
+        try:
+            state.container.remove(force=True)
+        except Exception:
+            pass
+    if state.code_copy is not None:
+        shutil.rmtree(state.code_copy.parent, ignore_errors=True)
 
 
 def _is_timeout(exc: BaseException) -> bool:

@@ -8,7 +8,7 @@ One attack piece (EVAL's worker, ``run_attack_work``):
 2. the attack runs with the batch's epsilon under the time limit;
 3. the harness enforces the rules on each expected output: a missing, corrupt or
    non-regular file counts as missing (the attack earns nothing for it), a
-   wrong size is bicubic-resized to 299x299 (by :func:`hgd.images.load_image`),
+   wrong size is bicubic-resized to 299x299 (by :func:`hgd.io.images.load_image`),
    alpha is dropped, files with other names are ignored, and every pixel is
    projected into the box ``clip(adv, clip(x - eps, 0, 255), clip(x + eps, 0, 255))``
    around the clean uint8 image ``x``; the result is saved as
@@ -16,7 +16,7 @@ One attack piece (EVAL's worker, ``run_attack_work``):
 
 One defense piece (``run_defense_work``): a fresh input folder with the adversarial
 images of one attack's one batch, named ``ADVBATCH012_IMG000123.png``; the defense
-writes ``result.csv``; it is parsed with :func:`hgd.images.read_predictions_csv`
+writes ``result.csv``; it is parsed with :func:`hgd.io.competition_csv.read_predictions_csv`
 (rows without an integer label are skipped; names that were not given are
 ignored) and mapped back to ImageIds. A batch without a readable ``result.csv``
 is *errored*; a defense that crashed or hit the time limit after writing one
@@ -44,12 +44,16 @@ import numpy as np
 from tqdm import tqdm
 
 from hgd.attacks.base import Box
-from hgd.images import NUM_LABELS, ImageError, load_image, read_predictions_csv, save_png
+from hgd.io.competition_csv import read_predictions_csv
+from hgd.io.images import ImageError, load_image, save_png
+from hgd.io.labels import NUM_LABELS
 from hgd.runner.executors import Executor, RunResult
-from hgd.runner.files import force_rmtree, make_read_only, make_world_writable, write_text_atomic
-from hgd.runner.pieces import (AttackRecord, Dataset, DefenseRecord, ImageBatch, PieceStore, adv_batch_id,
+from hgd.io.files import write_text_atomic
+from hgd.runner.workdirs import force_rmtree, make_read_only, make_world_writable
+from hgd.io.datasets import Dataset
+from hgd.runner.pieces import (AttackRecord, DefenseRecord, ImageBatch, PieceStore, adv_batch_id,
                                make_batches)
-from hgd.runner.submissions import DEFENSE_OUTPUT_FILE, Attack, Defense
+from hgd.runner.submissions import DEFENSE_OUTPUT_FILE, AttackSubmission, DefenseSubmission
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +102,8 @@ class Outcome:
 
     dataset: Dataset
     batches: list[ImageBatch]
-    attacks: list[Attack]
-    defenses: list[Defense]
+    attacks: list[AttackSubmission]
+    defenses: list[DefenseSubmission]
     attack_records: dict[tuple[str, int], AttackRecord]
     defense_records: dict[tuple[str, str, int], DefenseRecord]
     pieces_run: int = 0
@@ -121,7 +125,7 @@ class Harness:
         settings: batch size, epsilon, time limit, GPU, progress bars.
     """
 
-    def __init__(self, *, dataset: Dataset, attacks: Sequence[Attack], defenses: Sequence[Defense],
+    def __init__(self, *, dataset: Dataset, attacks: Sequence[AttackSubmission], defenses: Sequence[DefenseSubmission],
                  executor: Executor, output_dir: pathlib.Path, settings: Settings = Settings()) -> None:
         self.dataset = dataset
         self.attacks = list(attacks)
@@ -171,7 +175,7 @@ class Harness:
                     outcome.attack_records[attack.name, batch.index] = record
                     bar.update()
 
-    def _attack_reusable(self, record: AttackRecord | None, attack: Attack, batch: ImageBatch,
+    def _attack_reusable(self, record: AttackRecord | None, attack: AttackSubmission, batch: ImageBatch,
                          fingerprint: str) -> bool:
         return (record is not None and record.infra_error is None and record.epsilon == batch.epsilon
                 and record.image_ids == list(batch.image_ids) and record.targeted == attack.targeted
@@ -179,7 +183,7 @@ class Harness:
                 and record.names == batch.attack_names()
                 and all((self.adv_dir(attack.name) / f"{i}.png").is_file() for i in record.produced))
 
-    def run_attack_piece(self, attack: Attack, batch: ImageBatch, fingerprint: str,
+    def run_attack_piece(self, attack: AttackSubmission, batch: ImageBatch, fingerprint: str,
                          work: pathlib.Path) -> AttackRecord:
         """Runs one attack on one batch and enforces the rules on its outputs."""
         names = batch.attack_names()
@@ -234,7 +238,7 @@ class Harness:
                         outcome.defense_records[defense.name, attack.name, batch.index] = record
                         bar.update()
 
-    def run_defense_piece(self, defense: Defense, attack_record: AttackRecord, adv_id: str, fingerprint: str,
+    def run_defense_piece(self, defense: DefenseSubmission, attack_record: AttackRecord, adv_id: str, fingerprint: str,
                           work: pathlib.Path) -> DefenseRecord:
         """Runs one defense on one attack's adversarial batch and reads its predictions."""
         produced = set(attack_record.produced)

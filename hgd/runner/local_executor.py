@@ -27,7 +27,7 @@ import tempfile
 import time
 
 from hgd.runner.executors import RunRequest, RunResult
-from hgd.runner.files import force_rmtree
+from hgd.runner.workdirs import force_rmtree
 
 LOG_TAIL_CHARS = 20_000
 """How much of the end of a run's output :attr:`RunResult.log` keeps."""

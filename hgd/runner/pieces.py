@@ -22,68 +22,12 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
-from hgd.images import read_dataset_csv
-from hgd.runner.files import read_json, write_json_atomic
+from hgd.io.files import read_json, write_json_atomic
 
 EVAL_EPSILONS = (4, 8, 12, 16)
 """EVAL's epsilon schedule: batch ``i`` gets ``EVAL_EPSILONS[i % 4]``."""
 
 RECORD_VERSION = 1
-
-
-class DatasetError(Exception):
-    """The dataset folder is not usable (no ``dev_dataset.csv``, no ``images/``, a malformed CSV)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """A competition-format folder: ``images/<ImageId>.png`` and ``dev_dataset.csv``.
-
-    Attributes:
-        folder: the dataset folder.
-        image_ids: the ImageIds used, sorted (those with both a CSV row and an image file).
-        labels: ImageId -> (TrueLabel, TargetClass).
-        problems: rows without an image file, and images without a row.
-    """
-
-    folder: pathlib.Path
-    image_ids: tuple[str, ...]
-    labels: dict[str, tuple[int, int]]
-    problems: tuple[str, ...] = ()
-
-    def image_path(self, image_id: str) -> pathlib.Path:
-        return self.folder / "images" / f"{image_id}.png"
-
-    def true_label(self, image_id: str) -> int:
-        return self.labels[image_id][0]
-
-    def target_class(self, image_id: str) -> int:
-        return self.labels[image_id][1]
-
-
-def load_dataset(folder: pathlib.Path, limit: int | None = None) -> Dataset:
-    """Reads a dataset folder; ``limit`` keeps the first N ImageIds (sorted).
-
-    Raises:
-        DatasetError: missing ``dev_dataset.csv`` or ``images/``, a malformed CSV, or no usable image.
-    """
-    csv_path, images = folder / "dev_dataset.csv", folder / "images"
-    if not csv_path.is_file():
-        raise DatasetError(f"{csv_path} does not exist")
-    if not images.is_dir():
-        raise DatasetError(f"{images} is not a folder")
-    try:
-        labels = read_dataset_csv(csv_path)
-    except (OSError, ValueError) as error:
-        raise DatasetError(str(error)) from None
-    on_disk = {p.stem for p in images.iterdir() if p.suffix == ".png" and p.is_file()}
-    problems = [f"{csv_path.name}: {i} has no image file images/{i}.png; not used" for i in sorted(labels)
-                if i not in on_disk]
-    problems += [f"images/{i}.png has no row in {csv_path.name}; not used" for i in sorted(on_disk - set(labels))]
-    ids = sorted(i for i in labels if i in on_disk)[:limit]
-    if not ids:
-        raise DatasetError(f"{folder} has no usable image (ImageIds of {csv_path.name} with a file in images/)")
-    return Dataset(folder=folder, image_ids=tuple(ids), labels={i: labels[i] for i in ids}, problems=tuple(problems))
 
 
 @dataclasses.dataclass(frozen=True)

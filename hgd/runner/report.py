@@ -13,11 +13,11 @@ import dataclasses
 import html
 import io
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from hgd.runner.files import write_bytes_atomic, write_text_atomic
+from hgd.io.files import write_bytes_atomic, write_text_atomic
 from hgd.runner.results import ATTACK, DEFENSE, TARGETED_ATTACK, Results, overhead
-from hgd.runner.scoring import WorstCase, ranking
+from hgd.runner.scoring import RunStats, WorstCase, ranking
 
 HEATMAP_FILE = "accuracy_matrix.png"
 PROBLEMS_PER_SUBMISSION = 8
@@ -72,37 +72,54 @@ def _seconds(values: Sequence[float], stats) -> str:
 
 def blocks(results: Results, *, command: str, heatmap: bool) -> list[Block]:
     """The report's content."""
-    ev, dev, outcome = results.eval, results.dev, results.outcome
-    n = results.num_images
-    settings = results.settings
-    cost = overhead(outcome)
-    out: list[Block] = [
+    return [*_introduction(results, command), *_accuracy_section(heatmap), *_scoring_rules(),
+            *_defense_section(results), *_defense_aware_section(results), *_attack_sections(results),
+            *_timing_section(results), *_problems_section(results), *_files_section()]
+
+
+def _introduction(results: Results, command: str) -> list[Block]:
+    """The title, the command that made the report and what the run covered, so the report can be reproduced."""
+    return [
         Heading("Attacks vs defenses: competition results", 1),
         Paragraph("Produced by:"),
         Paragraph(command, code=True),
-        Paragraph(f"Dataset `{settings.get('dataset_dir', outcome.dataset.folder)}`: {n} images in "
-                  f"{len(outcome.batches)} batch(es) of up to {settings.get('batch_size', '?')}; "
-                  f"epsilon {settings.get('epsilon', '?')}; executor `{settings.get('executor', '?')}`, "
-                  f"time limit {settings.get('time_limit', '?')} s per batch. "
-                  f"{len(results.attacks)} attack(s), {len(results.targeted_attacks)} targeted attack(s), "
-                  f"{len(results.defenses)} defense(s). This invocation ran {outcome.pieces_run} piece(s) and "
-                  f"reused {outcome.pieces_reused} finished one(s)" + (
-                      f"; wall {cost['wall_seconds']:.1f} s, of which the submissions ran "
-                      f"{cost['submission_seconds']:.1f} s (harness overhead {cost['harness_overhead_percent']:.1f}%)."
-                      if outcome.pieces_run else ".") + (
-                      f" {outcome.attacks_kept} reused attack piece(s) were made by an earlier version of their "
-                      "attack's folder (`--keep-attacks`): their adversarial images are that version's."
-                      if outcome.attacks_kept else "")),
+        Paragraph(_run_description(results)),
+    ]
+
+
+def _run_description(results: Results) -> str:
+    """The dataset, the rules, the submissions and the work done, in one paragraph, for context."""
+    outcome, settings = results.outcome, results.settings
+    cost = overhead(outcome)
+    return (f"Dataset `{settings.get('dataset_dir', outcome.dataset.folder)}`: {results.num_images} images in "
+            f"{len(outcome.batches)} batch(es) of up to {settings.get('batch_size', '?')}; "
+            f"epsilon {settings.get('epsilon', '?')}; executor `{settings.get('executor', '?')}`, "
+            f"time limit {settings.get('time_limit', '?')} s per batch. "
+            f"{len(results.attacks)} attack(s), {len(results.targeted_attacks)} targeted attack(s), "
+            f"{len(results.defenses)} defense(s). This invocation ran {outcome.pieces_run} piece(s) and "
+            f"reused {outcome.pieces_reused} finished one(s)" + (
+                f"; wall {cost['wall_seconds']:.1f} s, of which the submissions ran "
+                f"{cost['submission_seconds']:.1f} s (harness overhead {cost['harness_overhead_percent']:.1f}%)."
+                if outcome.pieces_run else ".") + (
+                f" {outcome.attacks_kept} reused attack piece(s) were made by an earlier version of their "
+                "attack's folder (`--keep-attacks`): their adversarial images are that version's."
+                if outcome.attacks_kept else ""))
+
+
+def _accuracy_section(heatmap: bool) -> list[Block]:
+    """What the accuracy matrix means, and its heatmap when there is one to draw."""
+    return [
         Heading("Accuracy matrix"),
         Paragraph("Share of the N images each defense (row) labelled correctly under each attack (column); "
                   "a missing adversarial image or prediction is never correct. Counts: `accuracy_matrix.csv`."),
+        Picture(HEATMAP_FILE, "accuracy matrix heatmap") if heatmap
+        else Paragraph("(no heatmap: no attack or no defense)"),
     ]
-    if heatmap:
-        out.append(Picture(HEATMAP_FILE, "accuracy matrix heatmap"))
-    else:
-        out.append(Paragraph("(no heatmap: no attack or no defense)"))
-    out.append(Heading("Scoring rules"))
-    out.append(Paragraph(
+
+
+def _scoring_rules() -> list[Block]:
+    """How the scores below are computed, so a reader can interpret the tables."""
+    return [Heading("Scoring rules"), Paragraph(
         "Official (EVAL) normalized scores in [0, 1]: defense = correct labels / (|A| N) over the attacks A "
         "that produced all N images; attack = wrong labels (targeted: target-class hits) / (|D| N) over the "
         "defenses D that labelled every adversarial image produced. Errored defense batches (no readable "
@@ -110,10 +127,13 @@ def blocks(results: Results, *, command: str, heatmap: bool) -> list[Block]:
         "minimum over the same opponents. DEV scores are raw counts without eligibility: attack = "
         "N x #defenses - correct, targeted = hits, defense = correct over all attacks. Defense-aware "
         "attacks (marked in their metadata; the competition had none) do not count in defense scores: "
-        "they are reported beside them."))
+        "they are reported beside them.")]
 
+
+def _defense_section(results: Results) -> list[Block]:
+    """The defenses' ranking table, one row per defense."""
+    ev = results.eval
     total = sum(ev.produced.values())
-    out.append(Heading("Defenses"))
     rows = []
     for rank, (name, score) in enumerate(ranking(ev.defense), 1):
         worst = ev.worst_defense[name]
@@ -121,68 +141,98 @@ def blocks(results: Results, *, command: str, heatmap: bool) -> list[Block]:
         rows.append([str(rank), name, _score(score),
                      _worst(worst), "yes" if name in ev.eligible_defenses else "no",
                      f"{ev.counts.processed.get(name, 0)}/{total}", f"{stats.with_error}/{stats.completed}",
-                     _score(dev.defense[name])])
-    out.append(Table(["rank", "defense", "score", "worst case (attack)", "scores attacks",
-                      "images labelled", "batches with error", "DEV score"], rows))
-    if ev.defense_aware:
-        out.append(Heading("Oblivious score vs defense-aware accuracy"))
-        out.append(Paragraph(
+                     _score(results.dev.defense[name])])
+    return [Heading("Defenses"), Table(["rank", "defense", "score", "worst case (attack)", "scores attacks",
+                                        "images labelled", "batches with error", "DEV score"], rows)]
+
+
+def _defense_aware_section(results: Results) -> list[Block]:
+    """Each defense's oblivious score beside its worst defense-aware accuracy; nothing without such attacks."""
+    ev = results.eval
+    if not ev.defense_aware:
+        return []
+    return [
+        Heading("Oblivious score vs defense-aware accuracy"),
+        Paragraph(
             f"The competition score counts attacks that never saw the defenses; the defense-aware attacks "
             f"({', '.join(f'`{a}`' for a in ev.defense_aware)}) attack a defense end to end. Each defense's worst "
             "accuracy under each kind, side by side (`defense_aware_scores.csv`). A defense-aware attack built for "
-            "one defense is a transfer attack against the others."))
-        out.append(Table(["defense", "oblivious score", "worst oblivious accuracy (attack)",
-                          "worst defense-aware accuracy (attack)"],
-                         [[name, _score(score), _worst(ev.worst_defense[name]), _worst(ev.worst_defense_aware[name])]
-                          for name, score in ranking(ev.defense)]))
-    for title, scores, worst_of, dev_of in (("Non-targeted attacks", ev.attack, ev.worst_attack, dev.attack),
-                                            ("Targeted attacks", ev.targeted_attack, ev.worst_targeted_attack,
-                                             dev.targeted_attack)):
-        out.append(Heading(title))
-        rows = []
-        for rank, (name, score) in enumerate(ranking(scores), 1):
-            worst = worst_of[name]
-            stats = results.stats[name]
-            rows.append([str(rank), name + (" (defense-aware)" if name in ev.defense_aware else ""), _score(score),
-                         _worst(worst), "yes" if name in ev.eligible_attacks else "no", f"{ev.produced[name]}/{n}",
-                         f"{stats.with_error}/{stats.completed}", _score(dev_of[name])])
-        out.append(Table(["rank", "attack", "score", "worst case (defense)", "scores defenses",
-                          "images produced", "batches with error", "DEV score"], rows) if rows
-                   else Paragraph("none"))
+            "one defense is a transfer attack against the others."),
+        Table(["defense", "oblivious score", "worst oblivious accuracy (attack)",
+               "worst defense-aware accuracy (attack)"],
+              [[name, _score(score), _worst(ev.worst_defense[name]), _worst(ev.worst_defense_aware[name])]
+               for name, score in ranking(ev.defense)]),
+    ]
 
-    out.append(Heading("Timing"))
-    out.append(Paragraph("Wall seconds per batch, model loading included, over batches that ended cleanly "
-                         "(exit 0 within the time limit); per 100 images is what the competition's tables "
-                         "quote. All values: `timing.csv`."))
+
+def _attack_sections(results: Results) -> list[Block]:
+    """The non-targeted and the targeted attacks' ranking tables, in that order."""
+    ev, dev = results.eval, results.dev
+    return [*_attack_section(results, "Non-targeted attacks", ev.attack, ev.worst_attack, dev.attack),
+            *_attack_section(results, "Targeted attacks", ev.targeted_attack, ev.worst_targeted_attack,
+                             dev.targeted_attack)]
+
+
+def _attack_section(results: Results, title: str, scores: Mapping[str, float | None],
+                    worst_of: Mapping[str, WorstCase], dev_of: Mapping[str, int]) -> list[Block]:
+    """One kind of attack's ranking table, or "none" when that kind has no attack."""
+    ev, n = results.eval, results.num_images
     rows = []
-    kinds = [(ATTACK, results.attacks), (TARGETED_ATTACK, results.targeted_attacks), (DEFENSE, results.defenses)]
-    for kind, names in kinds:
-        for name in names:
-            stats = results.stats[name]
-            summary = stats.summary(stats.seconds)
-            rows.append([name, kind, str(stats.completed), str(stats.completed - stats.with_error),
-                         str(stats.timed_out), _seconds(stats.seconds, stats), _seconds(stats.per_100, stats),
-                         "-" if summary is None else f"{summary[0]:.1f}",
-                         "-" if summary is None else f"{summary[3]:.1f}"])
-    out.append(Table(["submission", "type", "batches", "clean", "timed out", "median s/batch",
-                      "median s/100 images", "min s", "max s"], rows))
+    for rank, (name, score) in enumerate(ranking(scores), 1):
+        worst = worst_of[name]
+        stats = results.stats[name]
+        rows.append([str(rank), name + (" (defense-aware)" if name in ev.defense_aware else ""), _score(score),
+                     _worst(worst), "yes" if name in ev.eligible_attacks else "no", f"{ev.produced[name]}/{n}",
+                     f"{stats.with_error}/{stats.completed}", _score(dev_of[name])])
+    return [Heading(title), Table(["rank", "attack", "score", "worst case (defense)", "scores defenses",
+                                   "images produced", "batches with error", "DEV score"], rows) if rows
+            else Paragraph("none")]
 
-    out.append(Heading(f"Problems ({len(results.problems)})"))
+
+def _timing_section(results: Results) -> list[Block]:
+    """How long each submission took per batch, the figures the competition's tables quote."""
+    kinds = [(ATTACK, results.attacks), (TARGETED_ATTACK, results.targeted_attacks), (DEFENSE, results.defenses)]
+    rows = [_timing_row(name, kind, results.stats[name]) for kind, names in kinds for name in names]
+    return [
+        Heading("Timing"),
+        Paragraph("Wall seconds per batch, model loading included, over batches that ended cleanly "
+                  "(exit 0 within the time limit); per 100 images is what the competition's tables "
+                  "quote. All values: `timing.csv`."),
+        Table(["submission", "type", "batches", "clean", "timed out", "median s/batch",
+               "median s/100 images", "min s", "max s"], rows),
+    ]
+
+
+def _timing_row(name: str, kind: str, stats: RunStats) -> list[str]:
+    """One submission's row of the timing table."""
+    summary = stats.summary(stats.seconds)
+    return [name, kind, str(stats.completed), str(stats.completed - stats.with_error),
+            str(stats.timed_out), _seconds(stats.seconds, stats), _seconds(stats.per_100, stats),
+            "-" if summary is None else f"{summary[0]:.1f}",
+            "-" if summary is None else f"{summary[3]:.1f}"]
+
+
+def _problems_section(results: Results) -> list[Block]:
+    """The problems logged during the run (capped per submission), or "none"."""
+    out: list[Block] = [Heading(f"Problems ({len(results.problems)})")]
     if results.problems:
         out.append(Bullets(problem_lines(results.problems)))
         out.append(Paragraph("All of them: `problems.csv`; the last lines of every run's output: `logs/`."))
     else:
         out.append(Paragraph("none"))
-    out.append(Heading("Files"))
-    out.append(Paragraph(
+    return out
+
+
+def _files_section() -> list[Block]:
+    """Where the full results are, since the report shows only a summary."""
+    return [Heading("Files"), Paragraph(
         "EVAL: `accuracy_matrix.csv`, `error_matrix.csv`, `hit_target_class_matrix.csv`, `defense_results.csv`, "
         "`attack_results.csv`, `targeted_attack_results.csv`. DEV: `accuracy_on_attacks.csv`, "
         "`accuracy_on_targeted_attacks.csv`, `hit_target_class.csv`, `defense_ranking.csv`, `attack_ranking.csv`, "
         "`targeted_attack_ranking.csv`. Also `all_classification.csv`, `worst_case_scores.csv`, "
         "`defense_aware_scores.csv`, "
         "`eligibility.csv`, `timing.csv`, `problems.csv`, `run_summary.json`; adversarial images in `adv/`, "
-        "finished pieces in `pieces/` (rerun the same command to resume)."))
-    return out
+        "finished pieces in `pieces/` (rerun the same command to resume).")]
 
 
 def problem_lines(problems, per_submission: int = PROBLEMS_PER_SUBMISSION) -> list[str]:

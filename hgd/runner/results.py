@@ -29,7 +29,7 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
-from hgd.runner.files import write_csv_atomic, write_json_atomic
+from hgd.io.files import write_csv_atomic, write_json_atomic
 from hgd.runner.harness import Outcome
 from hgd.runner.scoring import (Classification, DevScores, EvalScores, RunStats, attack_run, classifications,
                                 defense_run, dev_scores, eval_scores, ranking, run_stats)

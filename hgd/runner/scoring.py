@@ -43,7 +43,8 @@ import dataclasses
 import statistics
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from hgd.runner.pieces import AttackRecord, Dataset, DefenseRecord
+from hgd.io.datasets import Dataset
+from hgd.runner.pieces import AttackRecord, DefenseRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +73,7 @@ def classifications(dataset: Dataset, attack_records: Iterable[AttackRecord],
                 predicted = None
                 if piece is not None and piece.error is None:
                     predicted = piece.predictions.get(image_id)
-                true_label, target_class = dataset.labels[image_id]
+                true_label, target_class = dataset.true_label(image_id), dataset.target_class(image_id)
                 rows.append(Classification(record.attack, record.targeted, defense, image_id, predicted,
                                            true_label, target_class))
     return rows

@@ -1,4 +1,4 @@
-"""Submission folders: ``metadata.json`` + an entry point, read into Attack / Defense objects.
+"""Submission folders: ``metadata.json`` + an entry point, read into AttackSubmission / DefenseSubmission objects.
 
 A submission is a directory with ``metadata.json`` at its root (see
 ``docs/reference/competition-contract.md``)::
@@ -7,8 +7,11 @@ A submission is a directory with ``metadata.json`` at its root (see
      "container": "<image for CPU runs>", "container_gpu": "<image for GPU runs>",
      "entry_point": "run_attack.sh"}
 
-An attack may add ``"defense_aware": true``: it knows a defense (it attacks a copy of it end to end),
-which the competition's attacks never did, so scores keep it apart from the oblivious attacks.
+An attack may add ``"defense_aware": true``: it knows a defense (it attacks it end to end), which the
+competition's attacks never did, so scores keep it apart from the oblivious attacks. A submission that
+reads files outside its folder (an attack on a shipped defense reads that defense's weights) names
+those folders, relative to its own, in ``"reads"``: a change there runs its pieces again, as a change
+of its own files does. Any other key is refused, so a misspelled one is not silently ignored.
 
 Each object knows how to run itself through an executor (the original toolkit's
 ``Attack.run`` / ``Defense.run``); the runner adds time limits, fresh inputs and
@@ -25,6 +28,7 @@ import json
 import os
 import pathlib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from hgd.runner.executors import Executor, RunRequest, RunResult
 
@@ -57,6 +61,7 @@ class Submission:
         container_gpu: image for GPU runs (``None`` if absent).
         defense_aware: an attack that knows a defense (``"defense_aware": true``); the defenses'
             competition score leaves it out and reports it beside (:mod:`hgd.runner.scoring`).
+        reads: folders outside ``path`` whose files the submission reads (``"reads"``), resolved.
     """
 
     name: str
@@ -66,6 +71,7 @@ class Submission:
     container: str | None = None
     container_gpu: str | None = None
     defense_aware: bool = False
+    reads: tuple[pathlib.Path, ...] = ()
 
     def image(self, gpu: bool) -> str | None:
         """The container image for a CPU or GPU run."""
@@ -76,18 +82,9 @@ class Submission:
         submission are run again on resume. ``__pycache__`` and ``*.pyc`` are left out."""
         digest = hashlib.sha256(self.type.value.encode())
         digest.update(self.entry_point.encode())
-        for root, dirs, files in os.walk(self.path):
-            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            for name in sorted(files):
-                if name.endswith(".pyc"):
-                    continue
-                file = pathlib.Path(root, name)
-                try:
-                    stat = file.lstat()
-                except OSError:
-                    continue
-                rel = file.relative_to(self.path).as_posix()
-                digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        for index, folder in enumerate((self.path, *self.reads)):
+            digest.update(f"folder {index}\n".encode())
+            _digest_folder(digest, folder)
         return digest.hexdigest()[:16]
 
     def _request(self, input_dir: pathlib.Path, output_dir: pathlib.Path, output_file: str | None,
@@ -98,7 +95,7 @@ class Submission:
 
 
 @dataclasses.dataclass(frozen=True)
-class Attack(Submission):
+class AttackSubmission(Submission):
     """A non-targeted or targeted attack: ``./<entry_point> INPUT_DIR OUTPUT_DIR MAX_EPSILON``."""
 
     @property
@@ -112,13 +109,32 @@ class Attack(Submission):
 
 
 @dataclasses.dataclass(frozen=True)
-class Defense(Submission):
+class DefenseSubmission(Submission):
     """A defense: ``./<entry_point> INPUT_DIR OUTPUT_DIR/result.csv``."""
 
     def run(self, executor: Executor, input_dir: pathlib.Path, output_dir: pathlib.Path,
             *, time_limit: float, gpu: bool = False) -> RunResult:
         """Runs the defense on one batch; it writes ``output_dir/result.csv``."""
         return executor.run(self._request(input_dir, output_dir, DEFENSE_OUTPUT_FILE, (), time_limit, gpu))
+
+
+def _digest_folder(digest: Any, folder: pathlib.Path) -> None:
+    """Adds every file's relative name, size and mtime under ``folder`` (``__pycache__``, ``*.pyc`` left out)."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            if name.endswith(".pyc"):
+                continue
+            file = pathlib.Path(root, name)
+            try:
+                stat = file.lstat()
+            except OSError:
+                continue
+            rel = file.relative_to(folder).as_posix()
+            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+
+
+METADATA_KEYS = frozenset({"type", "container", "container_gpu", "entry_point", "defense_aware", "reads"})
 
 
 def read_metadata(folder: pathlib.Path) -> dict:
@@ -137,6 +153,9 @@ def read_metadata(folder: pathlib.Path) -> dict:
         raise SubmissionError(f"malformed {METADATA_FILE}: {error}") from None
     if not isinstance(meta, dict):
         raise SubmissionError(f"malformed {METADATA_FILE}: not a JSON object")
+    unknown = sorted(set(meta) - METADATA_KEYS)
+    if unknown:
+        raise SubmissionError(f"{METADATA_FILE}: unknown key(s) {unknown}; known: {sorted(METADATA_KEYS)}")
     types = ", ".join(t.value for t in SubmissionType)
     if meta.get("type") not in {t.value for t in SubmissionType}:
         raise SubmissionError(f"{METADATA_FILE}: type {meta.get('type')!r} is not one of {types}")
@@ -153,6 +172,12 @@ def read_metadata(folder: pathlib.Path) -> dict:
         raise SubmissionError(f"{METADATA_FILE}: defense_aware {meta['defense_aware']!r} is not true or false")
     if meta.get("defense_aware") and meta["type"] == SubmissionType.DEFENSE.value:
         raise SubmissionError(f"{METADATA_FILE}: defense_aware is for attacks, not a defense")
+    reads = meta.get("reads", [])
+    if not isinstance(reads, list) or not all(isinstance(r, str) and r.strip() for r in reads):
+        raise SubmissionError(f"{METADATA_FILE}: reads {reads!r} is not a list of folder paths")
+    missing = [r for r in reads if not (folder / r).is_dir()]
+    if missing:
+        raise SubmissionError(f"{METADATA_FILE}: reads {missing} (relative to the submission) are not folders")
     return meta
 
 
@@ -167,7 +192,7 @@ def check_entry_point(folder: pathlib.Path, entry_point: str) -> None:
         raise SubmissionError(f"entry point {entry_point!r} is not executable (chmod +x)")
 
 
-def load_submission(folder: str | os.PathLike[str], name: str | None = None) -> Attack | Defense:
+def load_submission(folder: str | os.PathLike[str], name: str | None = None) -> AttackSubmission | DefenseSubmission:
     """Reads one submission folder.
 
     Args:
@@ -187,23 +212,24 @@ def load_submission(folder: str | os.PathLike[str], name: str | None = None) -> 
     entry_point = meta["entry_point"].strip()
     check_entry_point(path, entry_point)
     kind = SubmissionType(meta["type"])
-    cls = Defense if kind is SubmissionType.DEFENSE else Attack
+    cls = DefenseSubmission if kind is SubmissionType.DEFENSE else AttackSubmission
     return cls(name=name or path.name, path=path, type=kind, entry_point=entry_point,
                container=meta.get("container") or None, container_gpu=meta.get("container_gpu") or None,
-               defense_aware=meta.get("defense_aware", False))
+               defense_aware=meta.get("defense_aware", False),
+               reads=tuple((path / r).resolve() for r in meta.get("reads", [])))
 
 
 @dataclasses.dataclass
 class Discovery:
     """What :func:`discover` found: usable submissions by kind, and folders it skipped (and why)."""
 
-    attacks: list[Attack] = dataclasses.field(default_factory=list)
-    targeted_attacks: list[Attack] = dataclasses.field(default_factory=list)
-    defenses: list[Defense] = dataclasses.field(default_factory=list)
+    attacks: list[AttackSubmission] = dataclasses.field(default_factory=list)
+    targeted_attacks: list[AttackSubmission] = dataclasses.field(default_factory=list)
+    defenses: list[DefenseSubmission] = dataclasses.field(default_factory=list)
     problems: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (folder, reason)
 
     @property
-    def all_attacks(self) -> list[Attack]:
+    def all_attacks(self) -> list[AttackSubmission]:
         return [*self.attacks, *self.targeted_attacks]
 
 
@@ -222,7 +248,7 @@ def discover(folders: Iterable[tuple[pathlib.Path, SubmissionType | None]]) -> D
     """
     found = Discovery()
     seen: set[pathlib.Path] = set()
-    loaded: list[Attack | Defense] = []
+    loaded: list[AttackSubmission | DefenseSubmission] = []
     for folder, expected in folders:
         resolved = folder.resolve()
         if resolved in seen:
@@ -242,7 +268,7 @@ def discover(folders: Iterable[tuple[pathlib.Path, SubmissionType | None]]) -> D
         if name != submission.name:
             found.problems.append((str(submission.path), f"name {submission.name!r} already used; named {name!r}"))
             submission = dataclasses.replace(submission, name=name)
-        if isinstance(submission, Defense):
+        if isinstance(submission, DefenseSubmission):
             found.defenses.append(submission)
         elif submission.targeted:
             found.targeted_attacks.append(submission)

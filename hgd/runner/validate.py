@@ -19,6 +19,7 @@ root, like EVAL's worker):
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import re
 import stat
@@ -29,11 +30,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hgd.images import IMAGE_SIZE, NUM_LABELS, ImageError, load_image, read_predictions_csv, save_png
-from hgd.runner.executors import Executor
-from hgd.runner.files import force_rmtree
+from hgd.io.competition_csv import read_predictions_csv
+from hgd.io.images import IMAGE_SIZE, ImageError, load_image, save_png
+from hgd.io.labels import NUM_LABELS
+from hgd.runner.executors import Executor, RunResult
+from hgd.runner.workdirs import force_rmtree
 from hgd.runner.pieces import EVAL_EPSILONS
-from hgd.runner.submissions import (DEFENSE_OUTPUT_FILE, Attack, Defense, SubmissionError, SubmissionType,
+from hgd.runner.submissions import (DEFENSE_OUTPUT_FILE, AttackSubmission, DefenseSubmission, SubmissionError, SubmissionType,
                                     check_entry_point, read_metadata)
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
@@ -148,75 +151,142 @@ def validate(path: pathlib.Path, *, executor: Executor, time_limit: float = 500.
 
 def _validate(path: pathlib.Path, scratch: pathlib.Path, executor: Executor, time_limit: float, gpu: bool,
               num_images: int, seed: int | None, say: Callable[[str], None]) -> bool:
-    def invalid(reason: str) -> bool:
-        say(f"ERROR: {reason}")
-        say(f"INVALID: {path}")
-        return False
-
-    if is_archive(path):
-        try:
-            root = extract_archive(path, scratch / "extracted")
-        except SubmissionError as error:
-            return invalid(str(error))
-        say(f"extracted {path.name}; submission root: {root.relative_to(scratch / 'extracted') or '.'}")
-    elif path.is_dir():
-        root = path.resolve()
-    else:
-        return invalid(f"{path} is neither a folder nor a .zip/.tar/.tar.gz archive")
+    """What :func:`validate` does, inside its scratch folder: the static checks, the run, the verdict."""
     try:
-        meta = read_metadata(root)
+        checked = _check_submission(path, scratch, say)
     except SubmissionError as error:
-        return invalid(str(error))
+        return _invalid(path, str(error), say)
+    rng = np.random.default_rng(seed)
+    input_dir, output_dir = _run_folders(scratch)
+    images = _noise_images(input_dir, num_images, rng)
+    if checked.kind is SubmissionType.DEFENSE:
+        result = _run_defense(checked, executor, input_dir, output_dir, num_images, time_limit, gpu, say)
+        epsilon = None
+    else:
+        epsilon = int(rng.choice(EVAL_EPSILONS))
+        result = _run_attack(checked, executor, input_dir, output_dir, images, rng, epsilon, time_limit, gpu, say)
+    say(f"exit code {result.exit_code}, {result.seconds:.1f} s" + (", stopped at the time limit"
+                                                                   if result.timed_out else ""))
+    if not result.ok:
+        return _invalid(path, _run_failure(result, time_limit, say), say)
+    _report_outputs(path, checked.kind, output_dir, images, epsilon, say)
+    return True
+
+
+def _invalid(path: pathlib.Path, reason: str, say: Callable[[str], None]) -> bool:
+    """Say why the submission is invalid and give the verdict; returns ``False``, the verdict."""
+    say(f"ERROR: {reason}")
+    say(f"INVALID: {path}")
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+    """A submission whose metadata passed the checks: what running it needs."""
+
+    root: pathlib.Path
+    meta: dict
+    entry_point: str
+    kind: SubmissionType
+
+    def container(self, gpu: bool) -> str:
+        """The image the run uses."""
+        return self.meta["container_gpu"] if gpu else self.meta["container"]
+
+
+def _check_submission(path: pathlib.Path, scratch: pathlib.Path, say: Callable[[str], None]) -> _Checked:
+    """The static checks, before anything runs: the submission's root and its ``metadata.json``.
+
+    Raises:
+        SubmissionError: the submission is invalid; the message says why.
+    """
+    root = _submission_root(path, scratch, say)
+    meta = read_metadata(root)
     missing = [key for key in ("container", "container_gpu") if not (meta.get(key) or "").strip()]
     if missing:
-        return invalid(f"metadata.json lacks {' and '.join(missing)} (the competition requires both)")
+        raise SubmissionError(f"metadata.json lacks {' and '.join(missing)} (the competition requires both)")
     entry_point = meta["entry_point"].strip()
-    try:
-        check_entry_point(root, entry_point)
-    except SubmissionError as error:
-        return invalid(str(error))
+    check_entry_point(root, entry_point)
+    _warn_without_shebang(root, entry_point, say)
+    kind = SubmissionType(meta["type"])
+    say(f"OK: metadata.json: {kind.value}, entry point {entry_point}, container {meta['container']}, "
+        f"container_gpu {meta['container_gpu']}")
+    return _Checked(root, meta, entry_point, kind)
+
+
+def _submission_root(path: pathlib.Path, scratch: pathlib.Path, say: Callable[[str], None]) -> pathlib.Path:
+    """The submission's root folder: ``path`` itself, or where its archive was safely extracted.
+
+    Raises:
+        SubmissionError: ``path`` is neither a folder nor an archive, or the archive is unsafe or unreadable.
+    """
+    if is_archive(path):
+        root = extract_archive(path, scratch / "extracted")
+        say(f"extracted {path.name}; submission root: {root.relative_to(scratch / 'extracted') or '.'}")
+        return root
+    if path.is_dir():
+        return path.resolve()
+    raise SubmissionError(f"{path} is neither a folder nor a .zip/.tar/.tar.gz archive")
+
+
+def _warn_without_shebang(root: pathlib.Path, entry_point: str, say: Callable[[str], None]) -> None:
+    """Warn (only) when the entry point is neither a script with ``#!`` nor an ELF binary: it may not run."""
     with open(root / entry_point, "rb") as f:
         head = f.read(4)
     if not head.startswith(b"#!") and head != b"\x7fELF":
         say(f"WARNING: {entry_point} has no shebang line (#!); the container may not be able to run it")
-    kind = SubmissionType(meta["type"])
-    say(f"OK: metadata.json: {kind.value}, entry point {entry_point}, container {meta['container']}, "
-        f"container_gpu {meta['container_gpu']}")
 
-    rng = np.random.default_rng(seed)
+
+def _run_folders(scratch: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """Fresh input and output folders for the run; the output one is writable by a container's user."""
     run_dir = scratch / "run"
     input_dir, output_dir = run_dir / "input", run_dir / "output"
     input_dir.mkdir(parents=True)
     output_dir.mkdir()
     output_dir.chmod(0o777)
-    images = _noise_images(input_dir, num_images, rng)
-    container = meta["container_gpu"] if gpu else meta["container"]
-    if kind is SubmissionType.DEFENSE:
-        submission = Defense(name=root.name, path=root, type=kind, entry_point=entry_point,
-                             container=meta["container"], container_gpu=meta["container_gpu"])
-        say(f"running it on {num_images} random-noise images ({executor.name} executor, image {container})")
-        result = submission.run(executor, input_dir, output_dir, time_limit=time_limit, gpu=gpu)
-        epsilon = None
-    else:
-        epsilon = int(rng.choice(EVAL_EPSILONS))
-        if kind is SubmissionType.TARGETED_ATTACK:
-            targets = rng.integers(1, NUM_LABELS + 1, num_images)
-            (input_dir / "target_class.csv").write_text(
-                "".join(f"{name},{t}\n" for name, t in zip(images, targets)), encoding="utf-8")
-        submission = Attack(name=root.name, path=root, type=kind, entry_point=entry_point,
-                            container=meta["container"], container_gpu=meta["container_gpu"])
-        say(f"running it on {num_images} random-noise images with eps={epsilon} "
-            f"({executor.name} executor, image {container})")
-        result = submission.run(executor, input_dir, output_dir, epsilon, time_limit=time_limit, gpu=gpu)
-    say(f"exit code {result.exit_code}, {result.seconds:.1f} s" + (", stopped at the time limit"
-                                                                   if result.timed_out else ""))
-    if not result.ok:
-        tail = "\n".join(result.log.strip().splitlines()[-20:])
-        if tail:
-            say("last lines of its output:\n" + tail)
-        reason = (f"did not finish within the time limit of {time_limit:g} s" if result.timed_out
-                  else f"exited with {result.exit_code}, not 0")
-        return invalid(f"the submission {reason}")
+    return input_dir, output_dir
+
+
+def _run_defense(checked: _Checked, executor: Executor, input_dir: pathlib.Path, output_dir: pathlib.Path,
+                 num_images: int, time_limit: float, gpu: bool, say: Callable[[str], None]) -> RunResult:
+    """Run a defense on the noise images, as the competition's validator did."""
+    submission = DefenseSubmission(name=checked.root.name, path=checked.root, type=checked.kind,
+                                   entry_point=checked.entry_point, container=checked.meta["container"],
+                                   container_gpu=checked.meta["container_gpu"])
+    say(f"running it on {num_images} random-noise images ({executor.name} executor, image "
+        f"{checked.container(gpu)})")
+    return submission.run(executor, input_dir, output_dir, time_limit=time_limit, gpu=gpu)
+
+
+def _run_attack(checked: _Checked, executor: Executor, input_dir: pathlib.Path, output_dir: pathlib.Path,
+                images: dict[str, np.ndarray], rng: np.random.Generator, epsilon: int, time_limit: float, gpu: bool,
+                say: Callable[[str], None]) -> RunResult:
+    """Run an attack on the noise images with ``epsilon`` (and random targets if targeted), as the validator did."""
+    if checked.kind is SubmissionType.TARGETED_ATTACK:
+        targets = rng.integers(1, NUM_LABELS + 1, len(images))
+        (input_dir / "target_class.csv").write_text(
+            "".join(f"{name},{t}\n" for name, t in zip(images, targets)), encoding="utf-8")
+    submission = AttackSubmission(name=checked.root.name, path=checked.root, type=checked.kind,
+                                  entry_point=checked.entry_point, container=checked.meta["container"],
+                                  container_gpu=checked.meta["container_gpu"])
+    say(f"running it on {len(images)} random-noise images with eps={epsilon} "
+        f"({executor.name} executor, image {checked.container(gpu)})")
+    return submission.run(executor, input_dir, output_dir, epsilon, time_limit=time_limit, gpu=gpu)
+
+
+def _run_failure(result: RunResult, time_limit: float, say: Callable[[str], None]) -> str:
+    """Show the end of a failed run's output and say why it failed (the reason it is invalid)."""
+    tail = "\n".join(result.log.strip().splitlines()[-20:])
+    if tail:
+        say("last lines of its output:\n" + tail)
+    reason = (f"did not finish within the time limit of {time_limit:g} s" if result.timed_out
+              else f"exited with {result.exit_code}, not 0")
+    return f"the submission {reason}"
+
+
+def _report_outputs(path: pathlib.Path, kind: SubmissionType, output_dir: pathlib.Path,
+                    images: dict[str, np.ndarray], epsilon: int | None, say: Callable[[str], None]) -> None:
+    """Warn about missing or malformed outputs (they never make it invalid), then give the verdict."""
     warnings = (_check_defense_output(output_dir, images) if epsilon is None
                 else _check_attack_output(output_dir, images, epsilon))
     for warning in warnings:
@@ -224,7 +294,6 @@ def _validate(path: pathlib.Path, scratch: pathlib.Path, executor: Executor, tim
     if not warnings:
         say("OK: outputs complete and well-formed")
     say(f"VALID: {path} ({kind.value})" + (f", {len(warnings)} warning(s)" if warnings else ""))
-    return True
 
 
 def _check_attack_output(output_dir: pathlib.Path, images: dict[str, np.ndarray], epsilon: int) -> list[str]:

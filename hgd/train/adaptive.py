@@ -2,7 +2,7 @@
 
 HGD's denoiser is trained on attacks that never saw it (Table 1's pairs), and an attacker who
 differentiates through it breaks it at eps 4 (Athalye & Carlini 2018; the break is reproduced by
-``python -m hgd.security``). Adversarial training of the denoiser alone tries to close that gap:
+``python -m hgd.cli.security``). Adversarial training of the denoiser alone tries to close that gap:
 part of every training batch gets fresh adversarial images from PGD through the *current*
 denoiser and the frozen guiding classifiers (logits averaged: the defended model as the defense
 runs it), at a fixed eps; the loss (FGD, CGD, ...) then teaches the denoiser to undo them. The

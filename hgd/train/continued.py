@@ -1,7 +1,7 @@
 """Training that accumulates across machines: each chunk goes on from the committed weights.
 
 A CPU session is a few hours and its work folder does not survive it, so the shipped denoiser is
-trained in chunks (``python -m hgd.train continue``). A chunk
+trained in chunks (``python -m hgd.cli.train continue``). A chunk
 
 1. rebuilds the recipe's Table 1 pairs (seeded: the same pairs on every machine; resumes),
 2. trains the denoiser from the weights the configuration reads (``defense/weights/...``) with the
@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import pathlib
 
-from hgd.images import write_atomically
+from hgd.io.files import write_atomically
 from hgd.train.fit import BEST_WEIGHTS, HISTORY_FILE, RunState, fit
 from hgd.train.pairs import build_pairs
 from hgd.train.recipe import DenoiserJob, install, load_recipe

@@ -5,7 +5,7 @@ logits, cross-entropy); divided by the starting denoiser's (``initial_val_loss``
 the identity for a fresh DUNET), it reads the same for every row: below 1, training removed that
 share of the error the identity leaves; above 1, the denoiser is worse than doing nothing.
 
-    python -m hgd.train curves PGD=~/hgd-work/runs/table2_pgd FGD=~/hgd-work/runs/table2_fgd \\
+    python -m hgd.cli.train curves PGD=~/hgd-work/runs/table2_pgd FGD=~/hgd-work/runs/table2_fgd \\
         --out docs/results/table2_training.png [--x cpu-hours]
 """
 

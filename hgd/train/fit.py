@@ -39,10 +39,11 @@ import keras
 import numpy as np
 
 from hgd.attacks.losses import check_loss
-from hgd.dunet import DTYPE_POLICIES, build_dunet
-from hgd.images import IMAGE_SIZE, load_image, replace_atomically, write_atomically
+from hgd.defenses.dunet import DTYPE_POLICIES, build_dunet
+from hgd.io.files import replace_atomically, write_atomically
+from hgd.io.images import IMAGE_SIZE, load_image
 from hgd.train.adaptive import Adversary, SyncWeights, build_attacked_model
-from hgd.train.losses import Guidance, guidance_loss
+from hgd.train.guidance import Guidance, guidance_loss
 from hgd.train.pairs import TRAIN, VALIDATION, Pair, read_pairs
 from hgd.zoo import NUM_CLASSES, get_model
 
@@ -80,7 +81,7 @@ class FitConfig:
         init_weights: start the denoiser from these weights instead of a fresh DUNET (a run without
             a checkpoint yet): fine-tuning a trained denoiser, e.g. defense-aware training of the
             shipped one, spends no epochs relearning what it already does.
-        dtype_policy: the DUNET body's precision (:data:`hgd.dunet.DTYPE_POLICIES`); weights and
+        dtype_policy: the DUNET body's precision (:data:`hgd.defenses.dunet.DTYPE_POLICIES`); weights and
             checkpoints are float32 either way.
     """
 
@@ -256,7 +257,7 @@ class DenoiserTraining(keras.Model):
 
 def build_training_model(config: FitConfig) -> DenoiserTraining:
     """The DUNET of ``config`` and frozen guide heads of its target models, any image size."""
-    from hgd.defended import Member, shared_normalization
+    from hgd.defenses.defended import Member, shared_normalization
 
     targets = [get_model(name) for name in config.models]
     normalize = (targets[0] if targets else get_model("efficientnet_lite0")).normalize()

@@ -35,7 +35,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from hgd.images import load_image, read_dataset_csv, save_png, to_label0, write_atomically
+from hgd.attacks.factory import make_attack
+from hgd.io.datasets import LabelledImage, read_dataset
+from hgd.io.files import write_atomically
+from hgd.io.images import load_image, save_png
 from hgd.zoo import ModelName
 
 log = logging.getLogger("hgd.train.pairs")
@@ -45,36 +48,6 @@ PAIRS_FILE = "pairs.csv"
 ADVERSARIAL_DIR = "adversarial"
 TRAIN, VALIDATION = "train", "val"
 PAIR_FIELDS = ("image", "split", "label0", "attack", "epsilon", "clean", "adversarial")
-
-
-@dataclasses.dataclass(frozen=True)
-class LabelledImage:
-    """A clean image and its 0-based class."""
-
-    path: pathlib.Path
-    label0: int
-
-
-def read_labelled_folder(folder: pathlib.Path) -> list[LabelledImage]:
-    """The images of ``folder/images`` with their labels, sorted by file name.
-
-    Two formats: ``labels.csv`` (``filename,label0,...``: the ImageNet pool) or the competition's
-    ``dev_dataset.csv`` (``ImageId`` + ``TrueLabel`` 1..1000, for images ``<ImageId>.png``).
-    """
-    folder = pathlib.Path(folder).resolve()
-    images_dir = folder / "images"
-    if (folder / "labels.csv").is_file():
-        with open(folder / "labels.csv", newline="") as f:
-            found = [LabelledImage(images_dir / row["filename"], int(row["label0"])) for row in csv.DictReader(f)]
-    elif (folder / "dev_dataset.csv").is_file():
-        labels = read_dataset_csv(folder / "dev_dataset.csv")
-        found = [LabelledImage(images_dir / f"{image_id}.png", to_label0(true)) for image_id, (true, _) in labels.items()]
-    else:
-        raise FileNotFoundError(f"{folder}: neither labels.csv nor dev_dataset.csv (see docs/reference/datasets.md)")
-    missing = [str(image.path) for image in found if not image.path.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder}: {len(missing)} labelled images are missing, e.g. {missing[0]}")
-    return sorted(found, key=lambda image: image.path.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,14 +65,8 @@ class TableAttack:
         return self.steps * len(self.models)
 
     def build(self, seed: int) -> Any:
-        from hgd import attacks
-
-        return {
-            "noop": lambda: attacks.NoOp(),
-            "random_noise": lambda: attacks.RandomNoise(seed=seed),
-            "fgsm": lambda: attacks.FGSM(),
-            "ifgsm": lambda: attacks.IFGSM(steps=self.steps),
-        }[self.kind]()
+        parameters = {"random_noise": {"seed": seed}, "ifgsm": {"steps": self.steps}}.get(self.kind, {})
+        return make_attack(self.kind, **parameters)
 
 
 def table1_attacks(models: Sequence[ModelName]) -> list[TableAttack]:
@@ -203,7 +170,10 @@ def build_pairs(source: pathlib.Path, out_dir: pathlib.Path, spec: PairSpec, *, 
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim(out_dir, spec)
-    plan = plan_pairs(read_labelled_folder(source), spec, out_dir)
+    dataset = read_dataset(pathlib.Path(source).resolve())
+    for problem in dataset.problems:
+        log.warning("%s: %s", source, problem)
+    plan = plan_pairs(dataset.images, spec, out_dir)
     _write_plan(out_dir / PAIRS_FILE, plan, out_dir)
     log.info("%d pairs planned -> %s", len(plan), out_dir)
     attack_pairs(plan, spec.attacks(), seed=spec.seed, batch_size=batch_size, progress=progress)
@@ -235,7 +205,7 @@ def read_pairs(out_dir: pathlib.Path, *, built_only: bool = False) -> tuple[Pair
 
     An unfinished folder is refused (the message says how to finish it) unless ``built_only``: then the
     pairs built so far are returned and the missing ones logged per attack, so that training can start
-    while `python -m hgd.train data` goes on (the run's pair mix is then not yet Table 1's).
+    while `python -m hgd.cli.train data` goes on (the run's pair mix is then not yet Table 1's).
     """
     spec = PairSpec.from_json((out_dir / SPEC_FILE).read_text())
     with open(out_dir / PAIRS_FILE, newline="") as f:
@@ -245,7 +215,7 @@ def read_pairs(out_dir: pathlib.Path, *, built_only: bool = False) -> tuple[Pair
     missing = [pair for pair, there in zip(plan, exists) if not there]
     if missing and not built_only:
         raise FileNotFoundError(f"{out_dir}: {len(missing)} of {len(plan)} pairs are not built yet "
-                                f"(e.g. {missing[0].adversarial}); rerun `python -m hgd.train data` to finish, "
+                                f"(e.g. {missing[0].adversarial}); rerun `python -m hgd.cli.train data` to finish, "
                                 "or train on the built ones (--built-only)")
     if missing:
         by_attack = collections.Counter(pair.attack for pair in missing)
@@ -296,7 +266,7 @@ def _work_units(todo: Sequence[Pair], attacks: dict[str, TableAttack],
 
 def _model(cache: dict, names: tuple[ModelName, ...]) -> Callable:
     if names not in cache:
-        from hgd.defended import Member, build_defended_model
+        from hgd.defenses.defended import Member, build_defended_model
         from hgd.zoo import get_model
 
         cache[names] = build_defended_model([Member(get_model(name)) for name in names])

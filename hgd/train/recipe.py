@@ -1,4 +1,4 @@
-"""A defense's whole training recipe, read from its own ``config.json`` (``python -m hgd.train defense``).
+"""A defense's whole training recipe, read from its own ``config.json`` (``python -m hgd.cli.train defense``).
 
 A defense configuration names its denoisers' weight files; its ``training`` section says how they are
 made. Training a defense is then one resumable command: build the Table 1 pairs with the recipe's
@@ -24,7 +24,7 @@ and FGD from a 3-epoch PGD start did (``docs/results/paper-tables.md``). ``fine_
 (``runs/NAME_fine_tune``), and that run's best checkpoint is what gets installed: crops are cheap steps,
 but what a denoiser learns on a crop carries over poorly to the whole images it is used on.
 ``continue`` (e.g. ``{"crop": 299, "steps_per_epoch": 50}``) is not part of training from scratch: it
-is how ``python -m hgd.train continue`` goes on from the installed weights, a chunk at a time
+is how ``python -m hgd.cli.train continue`` goes on from the installed weights, a chunk at a time
 (:mod:`hgd.train.continued`), with those options over the last stage's.
 """
 
@@ -39,8 +39,8 @@ from typing import IO
 
 import numpy as np
 
-from hgd.defended import DefenseConfig, DenoiserSpec, load_config
-from hgd.images import write_atomically
+from hgd.defenses.defended import DefenseConfig, DenoiserSpec, load_config
+from hgd.io.files import write_atomically
 from hgd.train.fit import BEST_WEIGHTS, FitConfig, RunState, fit
 from hgd.train.pairs import PairSpec, build_pairs
 

@@ -12,7 +12,7 @@ Two families are registered:
 * the NIPS 2017 competition's four classifiers (HGD paper, section 5.5): ens-adv
   Inception v3, ens-adv Inception-ResNet-v2, ResNet152 and ResNeXt101-64x4d, all fed the 299x299
   image directly. Their public weights are downloaded and converted only by the explicit
-  ``python -m hgd.zoo.fetch`` (``hgd-fetch-weights``); until then building one raises
+  ``python -m hgd.cli.fetch`` (``hgd-fetch-weights``); until then building one raises
   :class:`~hgd.zoo.cache.WeightsNotFetched` naming that command, and
   :meth:`TargetModel.weights_available` is false. ``HGD_TINY_STANDINS=1`` replaces them by tiny
   random-weight stand-ins (:mod:`hgd.zoo.standins`) for tests and dry runs.
@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import keras
 
-from hgd.images import IMAGE_SIZE
+from hgd.io.images import IMAGE_SIZE
 from hgd.zoo import cache, efficientnet_lite, inception, resnet
 from hgd.zoo.cache import WeightsNotFetched, load_or_convert  # WeightsNotFetched: re-exported, raised by builds
 from hgd.zoo.standins import build_standin, standins_enabled

@@ -30,20 +30,20 @@ from collections.abc import Callable, Iterator
 
 import keras
 
-from hgd.images import replace_atomically, write_atomically
+from hgd.io.files import replace_atomically, write_atomically
 from hgd.zoo.efficientnet_lite import LiteVariant, build_efficientnet_lite, convert_weights
 
 CACHE_ENV = "HGD_CACHE_DIR"
 CONVERTER_VERSION = 1
 LEDGER_FILE = "ledger.json"
 LEDGER_VERSION = 1
-FETCH_COMMAND = "python -m hgd.zoo.fetch"  # also installed as the console script hgd-fetch-weights
+FETCH_COMMAND = "python -m hgd.cli.fetch"  # also installed as the console script hgd-fetch-weights
 
 log = logging.getLogger(__name__)
 
 
 class WeightsNotFetched(FileNotFoundError):
-    """A model whose weights must be fetched explicitly (``python -m hgd.zoo.fetch``) is not in the cache."""
+    """A model whose weights must be fetched explicitly (``python -m hgd.cli.fetch``) is not in the cache."""
 
 
 class HashMismatch(ValueError):

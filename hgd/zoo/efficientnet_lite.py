@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 import keras
 import numpy as np
 
-from hgd.pth import load_legacy_state_dict
+from hgd.zoo.pth import load_legacy_state_dict
 
 BN_EPSILON = 1e-3
 STEM_FILTERS = 32

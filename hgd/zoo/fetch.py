@@ -2,7 +2,7 @@
 
 The toolkit's only network access, and only when run explicitly::
 
-    python -m hgd.zoo.fetch [MODEL ...] [--cache-dir DIR] [--source-dir DIR] [--force]
+    python -m hgd.cli.fetch [MODEL ...] [--cache-dir DIR] [--source-dir DIR] [--force]
     hgd-fetch-weights ...                      # the same, as a console script
 
 Nothing here runs on import, and building a model never downloads: without fetched weights
@@ -39,7 +39,6 @@ when the command runs again (``--force`` converts again).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import hashlib
@@ -51,12 +50,10 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
-from collections.abc import Sequence
 
 import keras
 from tqdm import tqdm
 
-from hgd.entry import run_main
 from hgd.zoo import ARCHITECTURES, COMPETITION_ENSEMBLE, ModelName, cache, inception, resnet, slim
 from hgd.zoo.cache import HashMismatch
 
@@ -64,7 +61,7 @@ DOWNLOADS = "downloads"
 TIMEOUT_S = 60
 CHUNK = 1 << 20
 
-log = logging.getLogger("hgd.zoo.fetch")
+log = logging.getLogger(__name__)
 
 
 class ConversionError(ValueError):
@@ -258,72 +255,118 @@ def fetch(name: ModelName | str, *, directory: pathlib.Path | None = None, sourc
         OSError: the download failed.
     """
     name = ModelName(name)
-    if name not in SOURCES:
-        raise ValueError(f"{name.value} has no published weights to fetch; fetchable: "
-                         f"{[m.value for m in SOURCES]}")
+    _require_published(name)
     source, directory = SOURCES[name], pathlib.Path(directory or cache.cache_dir())
     if not force:
-        try:
-            weights = cache.verify_converted(name.value, directory)
-            ledger = cache.read_ledger(directory)
-            entry = ledger["converted"][name.value]
-            origin = ledger["downloads"].get(entry["source"], {}).get("origin", "ledger")
-            return Fetched(name, "cached", weights, entry["source_sha256"], origin)
-        except cache.WeightsNotFetched:
-            pass
-        except HashMismatch as exc:
-            log.warning("%s; converting again", exc)
+        cached = _reuse_converted(name, directory)
+        if cached is not None:
+            return cached
     directory.mkdir(parents=True, exist_ok=True)
     kept = directory / DOWNLOADS / source.filename
     with tempfile.TemporaryDirectory(dir=directory, prefix=".fetch-") as tmp:
         scratch = pathlib.Path(tmp)
-        downloaded = False
-        if source_dir is not None:
-            path = pathlib.Path(source_dir) / source.filename
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: not found; download {source.url} there first")
-            hashes, where = cache.file_hashes(path), str(path)
-        elif kept.is_file():
-            path, where = kept, str(kept)
-            hashes = cache.file_hashes(path)
-        else:
-            log.info("%s: downloading %s", name.value, source.url)
-            (scratch / "download").mkdir()
-            path = scratch / "download" / source.filename  # the real name: readers may go by its suffix
-            hashes, where, downloaded = download(source.url, path, timeout=timeout), source.url, True
-        try:
-            check_publisher(source, hashes, where)
-            recorded = check_ledger(source, hashes, where, directory)
-        except HashMismatch as exc:
-            if path == kept:  # the cache's own copy is damaged: drop it, the next run downloads it anew
-                kept.unlink()
-                raise HashMismatch(f"{exc}; deleted the cached download, run again to download it anew") from None
-            raise
-        log.info("%s: converting %s (SHA-256 %s)", name.value, source.filename, hashes["sha256"])
-        model = convert(source, path, scratch)
-        weights = cache.converted_weights_path(name.value, hashes["sha256"], directory)
-        cache.store_weights(model, weights)
+        path, hashes, where, downloaded = _obtain(name, source, source_dir, kept, scratch, timeout)
+        recorded = _verify(source, hashes, where, directory, path, kept)
+        weights = _convert_and_store(name, source, path, hashes, scratch, directory)
         origin = "publisher" if source.sha256 else "first-download"
         if recorded is None:
-            cache.record("downloads", source.filename, {
-                "sha256": hashes["sha256"], "md5": hashes["md5"], "bytes": path.stat().st_size, "url": source.url,
-                "origin": origin, "publisher_check": source.publisher_check(),
-                "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            }, directory)
-        cache.record("converted", name.value, {
-            "file": weights.name, "sha256": cache.file_hashes(weights)["sha256"], "source": source.filename,
-            "source_sha256": hashes["sha256"], "converter_version": cache.CONVERTER_VERSION,
-        }, directory)
+            _record_download(source, path, hashes, origin, directory)
+        _record_conversion(name, source, weights, hashes, directory)
         if downloaded and keep_download:
             kept.parent.mkdir(exist_ok=True)
             os.replace(path, kept)
     return Fetched(name, "converted", weights, hashes["sha256"], recorded["origin"] if recorded else origin)
 
 
-# ----------------------------------------------------------------------------- command line
+def _require_published(name: ModelName) -> None:
+    """Refuse a model without public weights up front, naming the ones that can be fetched."""
+    if name not in SOURCES:
+        raise ValueError(f"{name.value} has no published weights to fetch; fetchable: "
+                         f"{[m.value for m in SOURCES]}")
 
 
-def _status(directory: pathlib.Path) -> str:
+def _reuse_converted(name: ModelName, directory: pathlib.Path) -> Fetched | None:
+    """The cached conversion if the ledger still vouches for it (nothing to do), else ``None``."""
+    try:
+        weights = cache.verify_converted(name.value, directory)
+        ledger = cache.read_ledger(directory)
+        entry = ledger["converted"][name.value]
+        origin = ledger["downloads"].get(entry["source"], {}).get("origin", "ledger")
+        return Fetched(name, "cached", weights, entry["source_sha256"], origin)
+    except cache.WeightsNotFetched:
+        pass
+    except HashMismatch as exc:
+        log.warning("%s; converting again", exc)
+    return None
+
+
+def _obtain(name: ModelName, source: Source, source_dir: pathlib.Path | None, kept: pathlib.Path,
+            scratch: pathlib.Path, timeout: float) -> tuple[pathlib.Path, dict[str, str], str, bool]:
+    """The published file from ``source_dir``, the cache's kept download or the network, with its hashes.
+
+    Returns (path, hashes, where it came from for messages, whether it was downloaded now).
+    """
+    downloaded = False
+    if source_dir is not None:
+        path = pathlib.Path(source_dir) / source.filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; download {source.url} there first")
+        hashes, where = cache.file_hashes(path), str(path)
+    elif kept.is_file():
+        path, where = kept, str(kept)
+        hashes = cache.file_hashes(path)
+    else:
+        log.info("%s: downloading %s", name.value, source.url)
+        (scratch / "download").mkdir()
+        path = scratch / "download" / source.filename  # the real name: readers may go by its suffix
+        hashes, where, downloaded = download(source.url, path, timeout=timeout), source.url, True
+    return path, hashes, where, downloaded
+
+
+def _verify(source: Source, hashes: dict[str, str], where: str, directory: pathlib.Path, path: pathlib.Path,
+            kept: pathlib.Path) -> dict | None:
+    """Check the file against the publisher and the ledger (returns the ledger's entry); drop a damaged kept copy."""
+    try:
+        check_publisher(source, hashes, where)
+        return check_ledger(source, hashes, where, directory)
+    except HashMismatch as exc:
+        if path == kept:  # the cache's own copy is damaged: drop it, the next run downloads it anew
+            kept.unlink()
+            raise HashMismatch(f"{exc}; deleted the cached download, run again to download it anew") from None
+        raise
+
+
+def _convert_and_store(name: ModelName, source: Source, path: pathlib.Path, hashes: dict[str, str],
+                       scratch: pathlib.Path, directory: pathlib.Path) -> pathlib.Path:
+    """Convert the verified file to Keras weights and store them in the cache; returns their path."""
+    log.info("%s: converting %s (SHA-256 %s)", name.value, source.filename, hashes["sha256"])
+    model = convert(source, path, scratch)
+    weights = cache.converted_weights_path(name.value, hashes["sha256"], directory)
+    cache.store_weights(model, weights)
+    return weights
+
+
+def _record_download(source: Source, path: pathlib.Path, hashes: dict[str, str], origin: str,
+                     directory: pathlib.Path) -> None:
+    """Record a first-seen file's hashes in the ledger, so later downloads and uses are held to them."""
+    cache.record("downloads", source.filename, {
+        "sha256": hashes["sha256"], "md5": hashes["md5"], "bytes": path.stat().st_size, "url": source.url,
+        "origin": origin, "publisher_check": source.publisher_check(),
+        "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }, directory)
+
+
+def _record_conversion(name: ModelName, source: Source, weights: pathlib.Path, hashes: dict[str, str],
+                       directory: pathlib.Path) -> None:
+    """Record the converted weights in the ledger, so a later fetch can reuse them after checking them."""
+    cache.record("converted", name.value, {
+        "file": weights.name, "sha256": cache.file_hashes(weights)["sha256"], "source": source.filename,
+        "source_sha256": hashes["sha256"], "converter_version": cache.CONVERTER_VERSION,
+    }, directory)
+
+
+def cache_status(directory: pathlib.Path) -> str:
+    """Each fetchable model's URL, checks and whether ``directory`` holds it converted."""
     ledger = cache.read_ledger(directory)
     lines = [f"cache: {directory}"]
     for name, source in SOURCES.items():
@@ -332,56 +375,3 @@ def _status(directory: pathlib.Path) -> str:
         lines += [f"{name.value}: {done}", f"  url: {source.url}", f"  publisher's check: {source.publisher_check()}",
                   f"  recorded SHA-256: {recorded}"]
     return "\n".join(lines)
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m hgd.zoo.fetch",
-        description="Download the competition classifiers' public weights, verify them (publisher's hash, "
-                    "else the SHA-256 recorded at the first download), convert them to Keras and cache them.")
-    parser.add_argument("models", nargs="*", metavar="MODEL",
-                        help=f"models to fetch (default: all four): {', '.join(m.value for m in SOURCES)}")
-    parser.add_argument("--cache-dir", type=pathlib.Path, default=None,
-                        help=f"the cache (default ${cache.CACHE_ENV}, else ~/.cache/hgd-toolkit); the toolkit "
-                             f"reads ${cache.CACHE_ENV}, so point it here too")
-    parser.add_argument("--source-dir", type=pathlib.Path, default=None,
-                        help="take the published files from this folder (named as in the URLs) instead of "
-                             "downloading them")
-    parser.add_argument("--force", action="store_true", help="convert again even if already cached")
-    parser.add_argument("--discard-downloads", action="store_true",
-                        help="delete downloaded files after conversion (default: keep them in <cache>/downloads)")
-    parser.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds without data before giving up")
-    parser.add_argument("--list", action="store_true", help="show each model's URL, checks and cache state; fetch nothing")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point (``hgd-fetch-weights``): exit 0 if every model is available, 1 if one failed."""
-    args = parse_args(argv)
-
-    def body() -> int:
-        directory = args.cache_dir or cache.cache_dir()
-        if args.list:
-            print(_status(directory))
-            return 0
-        fetchable = [m.value for m in SOURCES]
-        unknown = [m for m in args.models if m not in fetchable]
-        if unknown:
-            raise ValueError(f"no published weights to fetch for {unknown}; fetchable: {fetchable}")
-        failed = 0
-        for model in args.models or fetchable:
-            try:
-                done = fetch(model, directory=directory, source_dir=args.source_dir, force=args.force,
-                             keep_download=not args.discard_downloads, timeout=args.timeout)
-            except (OSError, ValueError) as exc:  # hash mismatch, conversion, missing file, network
-                print(f"ERROR: {model}: {exc}", file=sys.stderr)
-                failed += 1
-                continue
-            print(f"{model}: {done.action} {done.weights} (source SHA-256 {done.source_sha256}, {done.origin})")
-        return 1 if failed else 0
-
-    run_main(body)
-
-
-if __name__ == "__main__":
-    main()

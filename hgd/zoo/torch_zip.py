@@ -5,7 +5,7 @@ competition ensemble among them). The archive holds one folder with ``data.pkl``
 state dict, whose tensors name storages by key), ``data/<key>`` (each storage's raw bytes),
 ``byteorder`` (absent in files older than torch 1.10, which are little-endian) and ``version``.
 The pickle is the legacy format's, so the allow-list unpickler, the tensor views and their
-strided materialization are those of :mod:`hgd.pth`: nothing outside its four globals is
+strided materialization are those of :mod:`hgd.zoo.pth`: nothing outside its four globals is
 ever resolved.
 """
 
@@ -19,7 +19,7 @@ import zipfile
 
 import numpy as np
 
-from hgd.pth import UnsafePickleError, _AllowListUnpickler, _collect_storages, _materialize, _StorageRef, _TensorRef
+from hgd.zoo.pth import UnsafePickleError, _AllowListUnpickler, _collect_storages, _materialize, _StorageRef, _TensorRef
 
 
 def _archive_prefix(names: list[str]) -> str:
@@ -50,7 +50,7 @@ def load_zip_state_dict(path: str | os.PathLike) -> "collections.OrderedDict[str
         The state dict, tensor name -> numpy array with the tensor's logical size.
 
     Raises:
-        UnsafePickleError: the pickle references anything outside :mod:`hgd.pth`'s allow-list.
+        UnsafePickleError: the pickle references anything outside :mod:`hgd.zoo.pth`'s allow-list.
         ValueError: not a zip-format torch state dict, big-endian, or a storage record missing or truncated.
     """
     with zipfile.ZipFile(path) as archive:

@@ -1,0 +1,426 @@
+"""Command line: ``python -m hgd.cli.runner [run options]`` and ``python -m hgd.cli.runner validate PATH``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pathlib
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from hgd.cli.run_attack import parse_epsilon
+from hgd.runner.executors import Executor
+from hgd.io.datasets import DatasetError, read_dataset
+from hgd.runner.pieces import EVAL_EPSILONS, make_batches
+from hgd.runner.submissions import SubmissionError, SubmissionType, load_submission, subfolders
+
+if TYPE_CHECKING:
+    from hgd.io.datasets import Dataset
+    from hgd.runner.harness import Outcome
+    from hgd.runner.results import Problem
+    from hgd.runner.submissions import AttackSubmission, DefenseSubmission, Discovery
+
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
+"""The checkout this package lives in: the shipped submissions and ``sample_data/`` are found here."""
+
+DEFAULT_OUTPUT = pathlib.Path("competition-output")
+
+RUN_DESCRIPTION = """\
+Run attack submissions against defense submissions the way the NIPS 2017 competition did, and score them.
+
+The dataset (images/<ImageId>.png + dev_dataset.csv) is cut into batches. Every attack runs on every
+batch (a fresh input folder with the images renamed IMG000123.png; targeted attacks also get
+target_class.csv); the harness then enforces the rules on its outputs: missing or corrupt files are
+missing, wrong sizes are bicubic-resized to 299x299, other names are ignored, and every pixel is clipped
+into the eps box around the clean image. Every defense then runs on every adversarial batch (one
+attack's one batch, names ADVBATCH012_IMG000123.png) and its result.csv is mapped back to ImageIds.
+
+Scores: EVAL's official normalized scores (with its eligibility rules) and DEV's counts, as CSV files,
+plus report.md / report.html with an accuracy heatmap, rankings, timing and every problem logged.
+Every finished work piece is stored under OUTPUT/pieces/: rerunning the same command resumes (finished
+pieces are skipped, all scores recomputed); Ctrl-C loses no finished piece.
+
+With no arguments: every oblivious attack in attacks/ (not the defense-aware ones) against defense/ and
+every baselines/*/ on sample_data/, local executor, into ./competition-output/. To check one submission:
+%(prog)s validate PATH."""
+
+VALIDATE_DESCRIPTION = """\
+Check one submission (a folder or a .zip/.tar/.tar.gz archive, extracted safely) the way the
+competition's validator did: metadata.json (type, container, container_gpu, an executable
+entry_point), then one run on random-noise 299x299 PNGs (IMG0000.png...) with a random eps from
+{4, 8, 12, 16} and, for targeted attacks, random target classes. Valid if it exits 0 within the time
+limit; missing or malformed outputs only warn. Exit status 0 = valid, 1 = invalid."""
+
+
+def _epsilon(text: str) -> int | str:
+    if text == "cycle":
+        return text
+    try:
+        return parse_epsilon(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (or 'cycle')") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
+
+
+def _prog() -> str:
+    return os.environ.get("HGD_RUNNER_PROG", "python -m hgd.cli.runner")
+
+
+def _executor_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", choices=("local", "docker"), default="local",
+                        help="how submissions run: 'local' = a subprocess on this machine in a fresh copy of the "
+                             "submission's folder (no isolation; fine for your own code), 'docker' = in the "
+                             "submission's container with EVAL's limits (--network=none, 24g memory, 3.75 CPUs), "
+                             "needs a Docker engine (default: %(default)s)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="run with GPUs: the Docker executor uses container_gpu and requests the GPUs; "
+                             "no effect with the local executor")
+    parser.add_argument("--time-limit", type=_positive_float, default=500.0, metavar="SECONDS",
+                        help="seconds per run of a submission on one batch; at the limit it is stopped "
+                             "(SIGTERM, then SIGKILL) and what it wrote counts (default: %(default)g, EVAL's limit "
+                             "per batch of 100 images)")
+
+
+def run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=_prog(), description=RUN_DESCRIPTION,
+                                     usage="%(prog)s [options]   (run; see below)\n       %(prog)s validate PATH "
+                                           "[--executor local|docker] [--gpu] [--time-limit S] [--num-images N]",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_argument_group("submissions (each flag may be repeated)")
+    sub.add_argument("--attacks-dir", type=pathlib.Path, action="append", default=[], metavar="DIR",
+                     help="a folder with one attack submission per subfolder; targeted or not is read from each "
+                          "metadata.json (default, when no attack flag is given: the oblivious attacks of attacks/ of this "
+                          "checkout; the defense-aware ones belong to `python -m hgd.cli.security`)")
+    sub.add_argument("--targeted-attacks-dir", type=pathlib.Path, action="append", default=[], metavar="DIR",
+                     help="a folder with one targeted attack submission per subfolder")
+    sub.add_argument("--attack", type=pathlib.Path, action="append", default=[], metavar="DIR",
+                     help="one attack submission folder")
+    sub.add_argument("--defenses-dir", type=pathlib.Path, action="append", default=[], metavar="DIR",
+                     help="a folder with one defense submission per subfolder")
+    sub.add_argument("--defense", type=pathlib.Path, action="append", default=[], metavar="DIR",
+                     help="one defense submission folder, e.g. defense/ or baselines/undefended (default, when "
+                          "no defense flag is given: defense/ and every baselines/*/ of this checkout)")
+    data = parser.add_argument_group("data and output")
+    data.add_argument("--dataset-dir", type=pathlib.Path, default=PROJECT_ROOT / "sample_data", metavar="DIR",
+                      help="images/<ImageId>.png + dev_dataset.csv (default: sample_data/ of this checkout)")
+    data.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                      help="use only the first N images (sorted by ImageId), for quick runs")
+    data.add_argument("--output-dir", type=pathlib.Path, default=DEFAULT_OUTPUT, metavar="DIR",
+                      help="where results, adversarial images (adv/), finished pieces (pieces/) and logs (logs/) "
+                           "go; rerunning with the same folder resumes (default: ./%(default)s)")
+    data.add_argument("--keep-attacks", action="store_true",
+                      help="reuse the finished attack pieces in the output folder even where an attack's folder "
+                           "changed since (normally they run again): new defenses are then scored on the same "
+                           "adversarial images as the earlier ones, as EVAL ran each attack once; the report "
+                           "counts such pieces")
+    rules = parser.add_argument_group("competition rules")
+    rules.add_argument("--batch-size", type=_positive_int, default=100, metavar="N",
+                       help="images per batch, i.e. per run of a submission (default: %(default)s, as EVAL)")
+    rules.add_argument("--eps", type=_epsilon, default=16, metavar="EPS|cycle",
+                       help="MAX_EPSILON in pixel levels: one value for every batch (DEV style), or 'cycle' for "
+                            f"EVAL's schedule (batch i gets {list(EVAL_EPSILONS)}[i %% 4]) (default: %(default)s)")
+    _executor_options(rules)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def validate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"{_prog()} validate", description=VALIDATE_DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", type=pathlib.Path, metavar="PATH",
+                        help="the submission: a folder, or a .zip / .tar / .tar.gz / .tgz archive")
+    _executor_options(parser)
+    parser.add_argument("--num-images", type=_positive_int, default=100, metavar="N",
+                        help="random-noise images to run it on (default: %(default)s, as the competition)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for the noise, eps and targets")
+    return parser
+
+
+class ExecutorUnavailable(Exception):
+    """The requested executor cannot be used here (e.g. no Docker engine)."""
+
+
+def make_executor(name: str) -> Executor:
+    """The executor called ``name``; the Docker one is imported only when asked for.
+
+    Raises:
+        ExecutorUnavailable: Docker was asked for and cannot be used; the message says why.
+    """
+    if name == "local":
+        from hgd.runner.local_executor import LocalExecutor
+
+        return LocalExecutor()
+    try:
+        from hgd.runner.docker_executor import DockerExecutor
+    except ImportError as error:
+        raise ExecutorUnavailable(f"the Docker executor cannot be loaded ({error}); is the 'docker' package "
+                                  "installed (pip install docker)?") from None
+    try:
+        return DockerExecutor()
+    except Exception as error:  # noqa: BLE001 - the engine's errors vary; the message is what matters
+        raise ExecutorUnavailable(f"cannot use Docker: {error}. (Or use --executor local.)") from None
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _error(text: str) -> None:
+    print(f"{_prog()}: error: {text}", file=sys.stderr, flush=True)
+
+
+def _submission_folders(args: argparse.Namespace) -> tuple[list[tuple[pathlib.Path, SubmissionType | None]],
+                                                           list[str]]:
+    """(folder, expected kind) pairs from the flags (or the defaults), and folders that do not exist."""
+    folders: list[tuple[pathlib.Path, SubmissionType | None]] = []
+    absent: list[str] = []
+
+    def parent(path: pathlib.Path, kind: SubmissionType | None, default: bool = False) -> None:
+        if not path.is_dir():
+            if not default:
+                absent.append(str(path))
+            return
+        folders.extend((p, kind) for p in subfolders(path))
+
+    def single(path: pathlib.Path, kind: SubmissionType | None) -> None:
+        if not path.is_dir():
+            absent.append(str(path))
+            return
+        folders.append((path, kind))
+
+    if not (args.attacks_dir or args.targeted_attacks_dir or args.attack):
+        parent(PROJECT_ROOT / "attacks", None, default=True)
+        aware = [path for path, _ in folders if _declares_defense_aware(path)]
+        folders[:] = [(path, kind) for path, kind in folders if path not in aware]
+        if aware:
+            _say(f"by default only the oblivious attacks run; left out (defense-aware, for `python -m hgd.cli.security` "
+                 f"or --attack): {', '.join(path.name for path in aware)}")
+    for path in args.attacks_dir:
+        parent(path, None)
+    for path in args.targeted_attacks_dir:
+        parent(path, SubmissionType.TARGETED_ATTACK)
+    for path in args.attack:
+        single(path, None)
+    if not (args.defenses_dir or args.defense):
+        single(PROJECT_ROOT / "defense", SubmissionType.DEFENSE)
+        parent(PROJECT_ROOT / "baselines", SubmissionType.DEFENSE, default=True)
+    for path in args.defenses_dir:
+        parent(path, SubmissionType.DEFENSE)
+    for path in args.defense:
+        single(path, SubmissionType.DEFENSE)
+    return folders, absent
+
+
+def _declares_defense_aware(folder: pathlib.Path) -> bool:
+    """Whether the submission in ``folder`` is a defense-aware attack (unusable: no; ``discover`` reports it)."""
+    try:
+        return load_submission(folder).defense_aware
+    except SubmissionError:
+        return False
+
+
+def run_main(argv: Sequence[str]) -> int:
+    """``python -m hgd.cli.runner [run options]``; returns the exit status."""
+    args = run_parser().parse_args(argv)
+    command = " ".join([_prog(), *map(shlex.quote, argv)])
+    dataset = _load_dataset(args)
+    if dataset is None:
+        return 2
+    found = _discover_submissions(args)
+    if found is None:
+        return 2
+    executor = _executor_or_none(args.executor)
+    if executor is None:
+        return 2
+    problems = _early_problems(args, dataset, found)
+    attacks, defenses = _runnable(found, executor, args.gpu, problems)
+    for p in problems:
+        _say(f"note: {p.submission}: {p.message}")
+    if not attacks or not defenses:
+        _error_nothing_to_run(attacks, defenses)
+        return 1
+    _announce(args, dataset, found, attacks, defenses, executor)
+    outcome = _run_harness(args, dataset, attacks, defenses, executor)
+    if outcome is None:
+        return 130
+    _write_results(args, command, executor, outcome, problems)
+    return 0
+
+
+def _load_dataset(args: argparse.Namespace) -> Dataset | None:
+    """The dataset in the competition's format; ``None`` (after saying why) when it cannot be read."""
+    try:
+        return read_dataset(args.dataset_dir, args.limit).competition_format()
+    except DatasetError as error:
+        _error(f"dataset: {error}")
+        return None
+
+
+def _discover_submissions(args: argparse.Namespace) -> Discovery | None:
+    """The submissions in the folders the flags name; ``None`` (after saying which) if a folder is missing."""
+    from hgd.runner.submissions import discover
+
+    folders, absent = _submission_folders(args)
+    if absent:
+        _error(f"no such folder: {', '.join(absent)}")
+        return None
+    return discover(folders)
+
+
+def _executor_or_none(name: str) -> Executor | None:
+    """The executor called ``name``; ``None`` (after saying why) when it cannot be used here."""
+    try:
+        return make_executor(name)
+    except ExecutorUnavailable as error:
+        _error(str(error))
+        return None
+
+
+def _early_problems(args: argparse.Namespace, dataset: Dataset, found: Discovery) -> list[Problem]:
+    """The problems found before anything runs (dataset, submission folders): the results list them too."""
+    from hgd.runner.results import Problem
+
+    problems = [Problem("dataset", str(args.dataset_dir), "", m) for m in dataset.problems]
+    problems += [Problem("submission", folder, "", reason) for folder, reason in found.problems]
+    return problems
+
+
+def _runnable(found: Discovery, executor: Executor, gpu: bool,
+              problems: list[Problem]) -> tuple[list[AttackSubmission], list[DefenseSubmission]]:
+    """The attacks and defenses ``executor`` can run: Docker needs an image; those without are added to ``problems``."""
+    from hgd.runner.results import Problem
+
+    attacks, defenses = found.all_attacks, found.defenses
+    if executor.name == "docker":
+        for s in [s for s in [*attacks, *defenses] if not s.image(gpu)]:
+            key = "container_gpu" if gpu else "container"
+            problems.append(Problem("submission", str(s.path), "", f"skipped: metadata.json has no {key}"))
+        attacks = [s for s in attacks if s.image(gpu)]
+        defenses = [s for s in defenses if s.image(gpu)]
+    return attacks, defenses
+
+
+def _error_nothing_to_run(attacks: list[AttackSubmission], defenses: list[DefenseSubmission]) -> None:
+    """Say which side (attacks, defenses or both) has no usable submission, since a run needs both."""
+    missing = " and ".join(k for k, v in (("attack", attacks), ("defense", defenses)) if not v)
+    _error(f"no usable {missing} submission found (see --help for where they are looked for)")
+
+
+def _announce(args: argparse.Namespace, dataset: Dataset, found: Discovery, attacks: list[AttackSubmission],
+              defenses: list[DefenseSubmission], executor: Executor) -> None:
+    """Say how much work the run is and where it goes, before the long part starts."""
+    if args.gpu and executor.name == "local":
+        _say("note: --gpu has no effect with the local executor")
+    batches = make_batches(dataset.image_ids, args.batch_size, args.eps)
+    pieces = len(attacks) * len(batches) * (1 + len(defenses))
+    _say(f"{len(dataset.image_ids)} images in {len(batches)} batch(es); {len(found.attacks)} attack(s), "
+         f"{len(found.targeted_attacks)} targeted attack(s), {len(defenses)} defense(s): {pieces} work pieces "
+         f"({executor.name} executor) -> {args.output_dir}")
+
+
+def _run_harness(args: argparse.Namespace, dataset: Dataset, attacks: list[AttackSubmission],
+                 defenses: list[DefenseSubmission], executor: Executor) -> Outcome | None:
+    """Run (or resume) every work piece; ``None`` (after saying how to resume) when interrupted."""
+    from hgd.runner.harness import Harness, Settings
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    settings = Settings(batch_size=args.batch_size, epsilon=args.eps, time_limit=args.time_limit, gpu=args.gpu,
+                        progress=not args.no_progress, keep_attacks=args.keep_attacks)
+    harness = Harness(dataset=dataset, attacks=attacks, defenses=defenses, executor=executor,
+                      output_dir=args.output_dir, settings=settings)
+    try:
+        return harness.run()
+    except KeyboardInterrupt:
+        _error(f"interrupted; finished pieces are kept in {args.output_dir / 'pieces'}: "
+               "run the same command again to resume")
+        return None
+
+
+def _write_results(args: argparse.Namespace, command: str, executor: Executor, outcome: Outcome,
+                   problems: list[Problem]) -> None:
+    """Score the run, write the CSV files and the report, and print the rankings."""
+    from hgd.runner import report, results
+
+    summary = {"command": command, "dataset_dir": str(args.dataset_dir), "batch_size": args.batch_size,
+               "epsilon": args.eps, "time_limit": args.time_limit, "executor": executor.name, "gpu": args.gpu,
+               "limit": args.limit}
+    scored = results.compute(outcome, problems, summary)
+    results.write(scored, args.output_dir)
+    report.write(scored, args.output_dir, command=command)
+    _print_summary(scored, args.output_dir)
+
+
+def _print_summary(scored, output_dir: pathlib.Path) -> None:
+    from hgd.runner.results import overhead
+    from hgd.runner.scoring import ranking
+
+    def fmt(value) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    for title, scores in (("defenses", scored.eval.defense), ("attacks", scored.eval.attack),
+                          ("targeted attacks", scored.eval.targeted_attack)):
+        if scores:
+            _say(f"{title} (normalized score): " + ", ".join(f"{n} {fmt(s)}" for n, s in ranking(scores)))
+    cost = overhead(scored.outcome)
+    timing = (f"; wall {cost['wall_seconds']:.1f} s, harness overhead {cost['harness_overhead_percent']:.1f}%"
+              if scored.outcome.pieces_run else "")
+    kept = (f" ({scored.outcome.attacks_kept} attack piece(s) kept from changed attacks)"
+            if scored.outcome.attacks_kept else "")
+    _say(f"{scored.outcome.pieces_run} piece(s) run, {scored.outcome.pieces_reused} reused{kept}; "
+         f"{len(scored.problems)} problem(s) logged{timing}")
+    _say(f"results: {output_dir / 'report.md'} (also report.html, *.csv) in {output_dir.resolve()}")
+
+
+def validate_main(argv: Sequence[str]) -> int:
+    """``python -m hgd.cli.runner validate PATH``; returns 0 (valid) or 1 (invalid), 2 for usage errors."""
+    from hgd.runner.validate import validate
+
+    args = validate_parser().parse_args(argv)
+    if not args.path.exists():
+        _error(f"{args.path} does not exist")
+        return 1
+    try:
+        executor = make_executor(args.executor)
+    except ExecutorUnavailable as error:
+        _error(str(error))
+        return 2
+    ok = validate(args.path, executor=executor, time_limit=args.time_limit, gpu=args.gpu,
+                  num_images=args.num_images, seed=args.seed, say=_say)
+    return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: ``validate`` as the first argument selects the validator, else a run (``run`` optional)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(name)s: %(message)s")
+    if argv[:1] == ["validate"]:
+        return validate_main(argv[1:])
+    if argv[:1] == ["run"]:
+        argv = argv[1:]
+    return run_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

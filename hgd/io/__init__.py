@@ -1,0 +1,1 @@
+"""Reading and writing the competition's files: PNG images, labels, datasets, atomic files."""
