@@ -1,11 +1,21 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and the environment every Ray process the tests start must have.
+
+Ray reads its node address rule when it is imported: with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` every
+node of a test cluster binds and talks to 127.0.0.1 only (by default Ray takes the machine's external
+interface); ``RAY_USAGE_STATS_ENABLED=0`` keeps it from reporting usage over the network. Set here, before
+any test module imports Ray, and inherited by the nodes and drivers the tests start.
+"""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 
 import pytest
+
+RAY_LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+os.environ.update(RAY_LOOPBACK)
 
 SAMPLE = pathlib.Path(__file__).resolve().parents[1] / "sample_data"
 

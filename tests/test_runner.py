@@ -25,9 +25,7 @@ from PIL import Image
 
 from hgd.cli import runner as cli
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SUBMISSIONS = ROOT / "tests" / "submissions"
-SAMPLE = ROOT / "sample_data"
+from runner_dataset import ROOT, SAMPLE, SUBMISSIONS, make_dataset
 ATTACKS = ["noop", "shift", "messy", "crasher", "vandal"]
 TARGETED = ["pixel_target"]
 DEFENSES = ["pixel", "constant", "malformed"]
@@ -36,22 +34,6 @@ N, BATCH, EPS = 12, 4, [4, 8, 12]
 RESULTS_HEADER = ("SubmissionID,ExternalSubmissionId,Score,CompletedBatches,BatchesWithError,ProcessedImages,"
                   "MinEvalTime,MaxEvalTime,MedianEvalTime,MeanEvalTime,ErrorMsg")
 CLASSIFICATION_HEADER = "AttackName,IsTargeted,DefenseName,ImageId,PredictedLabel,TrueLabel,TargetClass"
-
-
-def make_dataset(folder: pathlib.Path, n: int) -> dict[str, tuple[int, int]]:
-    """The first ``n`` sample images, labelled TrueLabel = 2 + R(0,0), TargetClass = 2 + (R +- 2)."""
-    (folder / "images").mkdir(parents=True)
-    lines = ["ImageId,URL,x1,y1,x2,y2,TrueLabel,TargetClass,OriginalLandingURL,License,Author,AuthorProfileURL"]
-    labels = {}
-    for path in sorted((SAMPLE / "images").glob("*.png"))[:n]:
-        shutil.copyfile(path, folder / "images" / path.name)
-        with Image.open(path) as im:
-            red = im.convert("RGB").getpixel((0, 0))[0]
-        target = red + 2 if red + 2 <= 255 else red - 2
-        labels[path.stem] = (2 + red, 2 + target)
-        lines.append(f"{path.stem},u,0,0,1,1,{2 + red},{2 + target},u,l,a,p")
-    (folder / "dev_dataset.csv").write_text("\n".join(lines) + "\n")
-    return labels
 
 
 def read_csv(path: pathlib.Path) -> list[dict[str, str]]:

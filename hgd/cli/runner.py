@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from hgd.cli.run_attack import parse_epsilon
-from hgd.runner.executors import Executor
+from hgd.runner.executors import ExecutorUnavailable, make_executor
 from hgd.io.datasets import DatasetError, read_dataset
 from hgd.runner.pieces import EVAL_EPSILONS, make_batches
 from hgd.runner.submissions import SubmissionError, SubmissionType, load_submission, subfolders
 
 if TYPE_CHECKING:
     from hgd.io.datasets import Dataset
+    from hgd.runner.dispatch import Dispatch
     from hgd.runner.harness import Outcome
     from hgd.runner.results import Problem
     from hgd.runner.submissions import AttackSubmission, DefenseSubmission, Discovery
@@ -142,6 +143,16 @@ def run_parser() -> argparse.ArgumentParser:
                        help="MAX_EPSILON in pixel levels: one value for every batch (DEV style), or 'cycle' for "
                             f"EVAL's schedule (batch i gets {list(EVAL_EPSILONS)}[i %% 4]) (default: %(default)s)")
     _executor_options(rules)
+    cluster = parser.add_argument_group("on a Ray cluster (pip install -e \".[cluster]\"; docs/guide/cluster.md)")
+    cluster.add_argument("--cluster", metavar="ADDRESS", default=None,
+                         help="run every piece as a Ray task on the cluster at ADDRESS (HOST:PORT, ray://HOST:PORT, "
+                              "or 'auto' for the cluster started on this machine), with --executor on each node; "
+                              "this machine prepares the inputs, checks and stores every piece")
+    cluster.add_argument("--piece-cpus", type=_positive_float, default=1.0, metavar="N",
+                         help="CPUs one piece asks the cluster for; a node runs as many pieces at once as its CPUs "
+                              "allow (default: %(default)g)")
+    cluster.add_argument("--piece-memory", type=_positive_float, default=None, metavar="GIB",
+                         help="memory one piece asks the cluster for, in GiB (default: none reserved)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -156,31 +167,6 @@ def validate_parser() -> argparse.ArgumentParser:
                         help="random-noise images to run it on (default: %(default)s, as the competition)")
     parser.add_argument("--seed", type=int, default=None, help="seed for the noise, eps and targets")
     return parser
-
-
-class ExecutorUnavailable(Exception):
-    """The requested executor cannot be used here (e.g. no Docker engine)."""
-
-
-def make_executor(name: str) -> Executor:
-    """The executor called ``name``; the Docker one is imported only when asked for.
-
-    Raises:
-        ExecutorUnavailable: Docker was asked for and cannot be used; the message says why.
-    """
-    if name == "local":
-        from hgd.runner.local_executor import LocalExecutor
-
-        return LocalExecutor()
-    try:
-        from hgd.runner.docker_executor import DockerExecutor
-    except ImportError as error:
-        raise ExecutorUnavailable(f"the Docker executor cannot be loaded ({error}); is the 'docker' package "
-                                  "installed (pip install docker)?") from None
-    try:
-        return DockerExecutor()
-    except Exception as error:  # noqa: BLE001 - the engine's errors vary; the message is what matters
-        raise ExecutorUnavailable(f"cannot use Docker: {error}. (Or use --executor local.)") from None
 
 
 def _say(text: str) -> None:
@@ -251,21 +237,21 @@ def run_main(argv: Sequence[str]) -> int:
     found = _discover_submissions(args)
     if found is None:
         return 2
-    executor = _executor_or_none(args.executor)
-    if executor is None:
+    dispatch = _dispatch_or_none(args)
+    if dispatch is None:
         return 2
     problems = _early_problems(args, dataset, found)
-    attacks, defenses = _runnable(found, executor, args.gpu, problems)
+    attacks, defenses = _runnable(found, args.executor, args.gpu, problems)
     for p in problems:
         _say(f"note: {p.submission}: {p.message}")
     if not attacks or not defenses:
         _error_nothing_to_run(attacks, defenses)
         return 1
-    _announce(args, dataset, found, attacks, defenses, executor)
-    outcome = _run_harness(args, dataset, attacks, defenses, executor)
+    _announce(args, dataset, found, attacks, defenses)
+    outcome = _run_harness(args, dataset, attacks, defenses, dispatch)
     if outcome is None:
         return 130
-    _write_results(args, command, executor, outcome, problems)
+    _write_results(args, command, outcome, problems)
     return 0
 
 
@@ -289,11 +275,25 @@ def _discover_submissions(args: argparse.Namespace) -> Discovery | None:
     return discover(folders)
 
 
-def _executor_or_none(name: str) -> Executor | None:
-    """The executor called ``name``; ``None`` (after saying why) when it cannot be used here."""
+def _dispatch_or_none(args: argparse.Namespace) -> Dispatch | None:
+    """Where the pieces run: here with the executor, or on the cluster; ``None`` (after saying why) when
+    the executor or the cluster cannot be used."""
+    from hgd.cluster import ClusterUnavailable, connect
+    from hgd.runner.dispatch import SequentialDispatch
+
+    if args.cluster is None:
+        try:
+            return SequentialDispatch(make_executor(args.executor))
+        except ExecutorUnavailable as error:
+            _error(str(error))
+            return None
     try:
-        return make_executor(name)
-    except ExecutorUnavailable as error:
+        connect(args.cluster)
+        from hgd.runner.ray_dispatch import RayDispatch
+
+        return RayDispatch(args.executor, cpus=args.piece_cpus, memory_gib=args.piece_memory,
+                           progress=not args.no_progress)
+    except ClusterUnavailable as error:
         _error(str(error))
         return None
 
@@ -307,13 +307,13 @@ def _early_problems(args: argparse.Namespace, dataset: Dataset, found: Discovery
     return problems
 
 
-def _runnable(found: Discovery, executor: Executor, gpu: bool,
+def _runnable(found: Discovery, executor: str, gpu: bool,
               problems: list[Problem]) -> tuple[list[AttackSubmission], list[DefenseSubmission]]:
     """The attacks and defenses ``executor`` can run: Docker needs an image; those without are added to ``problems``."""
     from hgd.runner.results import Problem
 
     attacks, defenses = found.all_attacks, found.defenses
-    if executor.name == "docker":
+    if executor == "docker":
         for s in [s for s in [*attacks, *defenses] if not s.image(gpu)]:
             key = "container_gpu" if gpu else "container"
             problems.append(Problem("submission", str(s.path), "", f"skipped: metadata.json has no {key}"))
@@ -329,26 +329,27 @@ def _error_nothing_to_run(attacks: list[AttackSubmission], defenses: list[Defens
 
 
 def _announce(args: argparse.Namespace, dataset: Dataset, found: Discovery, attacks: list[AttackSubmission],
-              defenses: list[DefenseSubmission], executor: Executor) -> None:
+              defenses: list[DefenseSubmission]) -> None:
     """Say how much work the run is and where it goes, before the long part starts."""
-    if args.gpu and executor.name == "local":
+    if args.gpu and args.executor == "local":
         _say("note: --gpu has no effect with the local executor")
     batches = make_batches(dataset.image_ids, args.batch_size, args.eps)
     pieces = len(attacks) * len(batches) * (1 + len(defenses))
     _say(f"{len(dataset.image_ids)} images in {len(batches)} batch(es); {len(found.attacks)} attack(s), "
          f"{len(found.targeted_attacks)} targeted attack(s), {len(defenses)} defense(s): {pieces} work pieces "
-         f"({executor.name} executor) -> {args.output_dir}")
+         f"({args.executor} executor{f' on the cluster at {args.cluster}' if args.cluster else ''}) -> "
+         f"{args.output_dir}")
 
 
 def _run_harness(args: argparse.Namespace, dataset: Dataset, attacks: list[AttackSubmission],
-                 defenses: list[DefenseSubmission], executor: Executor) -> Outcome | None:
+                 defenses: list[DefenseSubmission], dispatch: Dispatch) -> Outcome | None:
     """Run (or resume) every work piece; ``None`` (after saying how to resume) when interrupted."""
     from hgd.runner.harness import Harness, Settings
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     settings = Settings(batch_size=args.batch_size, epsilon=args.eps, time_limit=args.time_limit, gpu=args.gpu,
                         progress=not args.no_progress, keep_attacks=args.keep_attacks)
-    harness = Harness(dataset=dataset, attacks=attacks, defenses=defenses, executor=executor,
+    harness = Harness(dataset=dataset, attacks=attacks, defenses=defenses, dispatch=dispatch,
                       output_dir=args.output_dir, settings=settings)
     try:
         return harness.run()
@@ -358,14 +359,13 @@ def _run_harness(args: argparse.Namespace, dataset: Dataset, attacks: list[Attac
         return None
 
 
-def _write_results(args: argparse.Namespace, command: str, executor: Executor, outcome: Outcome,
-                   problems: list[Problem]) -> None:
+def _write_results(args: argparse.Namespace, command: str, outcome: Outcome, problems: list[Problem]) -> None:
     """Score the run, write the CSV files and the report, and print the rankings."""
     from hgd.runner import report, results
 
     summary = {"command": command, "dataset_dir": str(args.dataset_dir), "batch_size": args.batch_size,
-               "epsilon": args.eps, "time_limit": args.time_limit, "executor": executor.name, "gpu": args.gpu,
-               "limit": args.limit}
+               "epsilon": args.eps, "time_limit": args.time_limit, "executor": args.executor, "gpu": args.gpu,
+               "limit": args.limit, "cluster": args.cluster}
     scored = results.compute(outcome, problems, summary)
     results.write(scored, args.output_dir)
     report.write(scored, args.output_dir, command=command)
@@ -373,7 +373,7 @@ def _write_results(args: argparse.Namespace, command: str, executor: Executor, o
 
 
 def _print_summary(scored, output_dir: pathlib.Path) -> None:
-    from hgd.runner.results import overhead
+    from hgd.runner.results import cost_sentence
     from hgd.runner.scoring import ranking
 
     def fmt(value) -> str:
@@ -383,12 +383,12 @@ def _print_summary(scored, output_dir: pathlib.Path) -> None:
                           ("targeted attacks", scored.eval.targeted_attack)):
         if scores:
             _say(f"{title} (normalized score): " + ", ".join(f"{n} {fmt(s)}" for n, s in ranking(scores)))
-    cost = overhead(scored.outcome)
-    timing = (f"; wall {cost['wall_seconds']:.1f} s, harness overhead {cost['harness_overhead_percent']:.1f}%"
-              if scored.outcome.pieces_run else "")
+    cost = cost_sentence(scored.outcome)
+    timing = f"; {cost}" if cost else ""
     kept = (f" ({scored.outcome.attacks_kept} attack piece(s) kept from changed attacks)"
             if scored.outcome.attacks_kept else "")
-    _say(f"{scored.outcome.pieces_run} piece(s) run, {scored.outcome.pieces_reused} reused{kept}; "
+    retried = f", {scored.outcome.pieces_retried} retried after a node died" if scored.outcome.pieces_retried else ""
+    _say(f"{scored.outcome.pieces_run} piece(s) run{retried}, {scored.outcome.pieces_reused} reused{kept}; "
          f"{len(scored.problems)} problem(s) logged{timing}")
     _say(f"results: {output_dir / 'report.md'} (also report.html, *.csv) in {output_dir.resolve()}")
 

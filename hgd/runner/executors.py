@@ -62,3 +62,28 @@ class Executor(Protocol):
     name: str
 
     def run(self, request: RunRequest) -> RunResult: ...
+
+
+class ExecutorUnavailable(Exception):
+    """The requested executor cannot be used here (e.g. no Docker engine)."""
+
+
+def make_executor(name: str) -> Executor:
+    """The executor called ``name``; the Docker one is imported only when asked for.
+
+    Raises:
+        ExecutorUnavailable: Docker was asked for and cannot be used; the message says why.
+    """
+    if name == "local":
+        from hgd.runner.local_executor import LocalExecutor
+
+        return LocalExecutor()
+    try:
+        from hgd.runner.docker_executor import DockerExecutor
+    except ImportError as error:
+        raise ExecutorUnavailable(f"the Docker executor cannot be loaded ({error}); is the 'docker' package "
+                                  "installed (pip install docker)?") from None
+    try:
+        return DockerExecutor()
+    except Exception as error:  # noqa: BLE001 - the engine's errors vary; the message is what matters
+        raise ExecutorUnavailable(f"cannot use Docker: {error}. (Or use --executor local.)") from None

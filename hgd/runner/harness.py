@@ -23,7 +23,10 @@ is *errored*; a defense that crashed or hit the time limit after writing one
 keeps its predictions. An adversarial batch with no image is not given to the
 defenses (there is nothing to classify).
 
-Every finished piece is stored before the next starts (:class:`~hgd.runner.pieces.PieceStore`).
+Every finished piece is stored as it finishes (:class:`~hgd.runner.pieces.PieceStore`). Where a piece
+runs is the dispatch's business (:mod:`hgd.runner.dispatch`): here, one after another, or on a Ray
+cluster; its inputs are prepared and its outputs checked here either way, so the rules above hold
+unchanged wherever it ran.
 """
 
 from __future__ import annotations
@@ -33,9 +36,7 @@ import dataclasses
 import logging
 import os
 import pathlib
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -47,10 +48,11 @@ from hgd.attacks.base import Box
 from hgd.io.competition_csv import read_predictions_csv
 from hgd.io.images import ImageError, load_image, save_png
 from hgd.io.labels import NUM_LABELS
-from hgd.runner.executors import Executor, RunResult
-from hgd.io.files import write_text_atomic
-from hgd.runner.workdirs import force_rmtree, make_read_only, make_world_writable
 from hgd.io.datasets import Dataset
+from hgd.io.files import write_text_atomic
+from hgd.runner.dispatch import THIS_MACHINE, Dispatch, PieceJob, PieceRun, SequentialDispatch, last_line
+from hgd.runner.executors import Executor, RunResult
+from hgd.runner.workdirs import force_rmtree
 from hgd.runner.pieces import (AttackRecord, DefenseRecord, ImageBatch, PieceStore, adv_batch_id,
                                make_batches)
 from hgd.runner.submissions import DEFENSE_OUTPUT_FILE, AttackSubmission, DefenseSubmission
@@ -98,6 +100,7 @@ class Outcome:
         attacks_kept: the reused attack pieces whose attack folder has changed since (``keep_attacks``).
         wall_seconds: the harness's own wall time (both phases).
         submission_seconds: the summed run time of the submissions run now (as their executor measured).
+        nodes: where the pieces run now ran (``local`` without a cluster) -> what each node did.
     """
 
     dataset: Dataset
@@ -111,6 +114,36 @@ class Outcome:
     attacks_kept: int = 0
     wall_seconds: float = 0.0
     submission_seconds: float = 0.0
+    nodes: dict[str, NodeWork] = dataclasses.field(default_factory=dict)
+
+    def note_run(self, seconds: float, run: PieceRun) -> None:
+        """Counts one piece run now, and where it ran."""
+        self.pieces_run += 1
+        self.submission_seconds += seconds
+        work = self.nodes.setdefault(run.node, NodeWork())
+        work.pieces += 1
+        work.busy_seconds += seconds
+        work.retried += run.attempts > 1
+
+    @property
+    def on_cluster(self) -> bool:
+        """Whether the pieces run now ran on cluster nodes rather than on this machine."""
+        return any(node != THIS_MACHINE for node in self.nodes)
+
+    @property
+    def pieces_retried(self) -> int:
+        """Pieces started more than once because a node died under them."""
+        return sum(work.retried for work in self.nodes.values())
+
+
+@dataclasses.dataclass
+class NodeWork:
+    """What one node did in a run: pieces finished there, their summed run time, and how many of them
+    had been started before on a node that died."""
+
+    pieces: int = 0
+    busy_seconds: float = 0.0
+    retried: int = 0
 
 
 class Harness:
@@ -120,17 +153,25 @@ class Harness:
         dataset: the images and labels.
         attacks: non-targeted and targeted attacks (their order numbers the ADVBATCH ids).
         defenses: the defenses.
-        executor: how each submission runs.
+        executor: how each submission runs (on this machine, when no ``dispatch`` is given).
         output_dir: results, adversarial images, stored pieces and logs.
         settings: batch size, epsilon, time limit, GPU, progress bars.
+        dispatch: where the pieces run (default: here, one after another, with ``executor``;
+            :class:`hgd.runner.ray_dispatch.RayDispatch` for a cluster). Either way the harness prepares
+            every piece's inputs and checks its outputs on this machine.
     """
 
     def __init__(self, *, dataset: Dataset, attacks: Sequence[AttackSubmission], defenses: Sequence[DefenseSubmission],
-                 executor: Executor, output_dir: pathlib.Path, settings: Settings = Settings()) -> None:
+                 executor: Executor | None = None, output_dir: pathlib.Path, settings: Settings = Settings(),
+                 dispatch: Dispatch | None = None) -> None:
+        if dispatch is None:
+            if executor is None:
+                raise ValueError("give an executor or a dispatch")
+            dispatch = SequentialDispatch(executor)
         self.dataset = dataset
         self.attacks = list(attacks)
         self.defenses = list(defenses)
-        self.executor = executor
+        self.dispatch = dispatch
         self.output_dir = output_dir.resolve()  # submissions run elsewhere: every path they get is absolute
         self.settings = settings
         self.store = PieceStore(self.output_dir)
@@ -158,22 +199,27 @@ class Harness:
     # ------------------------------------------------------------------ attacks
 
     def _attack_phase(self, outcome: Outcome, fingerprints: dict[str, str], work: pathlib.Path) -> None:
-        total = len(self.attacks) * len(self.batches)
-        with self._bar(total, "attack pieces") as bar:
+        planned: dict[str, tuple[AttackSubmission, ImageBatch]] = {}
+        with self._bar(len(self.attacks) * len(self.batches), "attack pieces") as bar:
             for attack in self.attacks:
                 for batch in self.batches:
-                    bar.set_postfix_str(f"{attack.name} {batch.label}", refresh=False)
                     record = self.store.load_attack(attack.name, batch.index)
                     if self._attack_reusable(record, attack, batch, fingerprints[attack.name]):
                         outcome.pieces_reused += 1
                         outcome.attacks_kept += record.fingerprint != fingerprints[attack.name]
+                        outcome.attack_records[attack.name, batch.index] = record
+                        bar.update()
                     else:
-                        record = self.run_attack_piece(attack, batch, fingerprints[attack.name], work)
-                        self.store.save_attack(record)
-                        outcome.pieces_run += 1
-                        outcome.submission_seconds += record.seconds
-                    outcome.attack_records[attack.name, batch.index] = record
-                    bar.update()
+                        planned[attack_key(attack.name, batch.index)] = attack, batch
+            jobs = (self.attack_job(attack, batch, work) for attack, batch in planned.values())
+            for job, run in self.dispatch.run(jobs, work):
+                attack, batch = planned[job.key]
+                record = self.attack_record(attack, batch, fingerprints[attack.name], run)
+                self.store.save_attack(record)
+                outcome.note_run(record.seconds, run)
+                outcome.attack_records[attack.name, batch.index] = record
+                bar.set_postfix_str(f"{attack.name} {batch.label}", refresh=False)
+                bar.update()
 
     def _attack_reusable(self, record: AttackRecord | None, attack: AttackSubmission, batch: ImageBatch,
                          fingerprint: str) -> bool:
@@ -183,118 +229,140 @@ class Harness:
                 and record.names == batch.attack_names()
                 and all((self.adv_dir(attack.name) / f"{i}.png").is_file() for i in record.produced))
 
-    def run_attack_piece(self, attack: AttackSubmission, batch: ImageBatch, fingerprint: str,
-                         work: pathlib.Path) -> AttackRecord:
-        """Runs one attack on one batch and enforces the rules on its outputs."""
+    def attack_job(self, attack: AttackSubmission, batch: ImageBatch, work: pathlib.Path) -> PieceJob:
+        """The run of one attack on one batch: the batch's clean images under anonymized names (and, for a
+        targeted attack, ``target_class.csv``: ``IMG000123.png,<target>`` lines, no header)."""
         names = batch.attack_names()
-        scratch = pathlib.Path(tempfile.mkdtemp(prefix=f"{batch.label}-", dir=work))
-        try:
-            input_dir, output_dir = scratch / "input", scratch / "output"
-            input_dir.mkdir()
-            for anonymized, image_id in names.items():
-                shutil.copyfile(self.dataset.image_path(image_id), input_dir / anonymized)
-            if attack.targeted:
+        inputs = {anonymized: self.dataset.image_path(image_id) for anonymized, image_id in names.items()}
+        if attack.targeted:
+            targets = work / "targets" / f"{batch.label}.csv"
+            if not targets.exists():
                 lines = "".join(f"{a},{self.dataset.target_class(i)}\n" for a, i in names.items())
-                (input_dir / "target_class.csv").write_text(lines, encoding="utf-8")
-            make_read_only(input_dir)
-            make_world_writable(output_dir)
-            result, infra_error = self._execute(lambda: attack.run(
-                self.executor, input_dir, output_dir, batch.epsilon,
-                time_limit=self.settings.time_limit, gpu=self.settings.gpu))
-            problems = run_problems(result, self.settings.time_limit, infra_error)
-            produced, output_problems = enforce_epsilon(output_dir, names, self.dataset, batch.epsilon,
-                                                        self.adv_dir(attack.name))
-            write_text_atomic(self.store.attack_log(attack.name, batch.index), result.log)
-        finally:
-            force_rmtree(scratch)
+                write_text_atomic(targets, lines)
+            inputs["target_class.csv"] = targets
+        request = attack.request(work, work, batch.epsilon, time_limit=self.settings.time_limit,
+                                 gpu=self.settings.gpu)
+        return PieceJob(key=attack_key(attack.name, batch.index), submission=attack, request=request,
+                        inputs=inputs, inputs_key=f"clean/{batch.label}/{'targeted' if attack.targeted else 'plain'}",
+                        needs_gpu=self._needs_gpu(attack))
+
+    def attack_record(self, attack: AttackSubmission, batch: ImageBatch, fingerprint: str,
+                      run: PieceRun) -> AttackRecord:
+        """Enforces the rules on what one attack piece wrote; the piece's record."""
+        names = batch.attack_names()
+        problems = run_problems(run.result, self.settings.time_limit, run.infra_error)
+        produced, output_problems = enforce_epsilon(run.output_dir, names, self.dataset, batch.epsilon,
+                                                    self.adv_dir(attack.name))
+        write_text_atomic(self.store.attack_log(attack.name, batch.index), run.result.log)
         return AttackRecord(attack=attack.name, targeted=attack.targeted, batch=batch.index,
                             epsilon=batch.epsilon, image_ids=list(batch.image_ids), names=names,
-                            produced=produced, exit_code=result.exit_code, timed_out=result.timed_out,
-                            seconds=round(result.seconds, 3), problems=problems + output_problems,
-                            fingerprint=fingerprint, token=uuid.uuid4().hex, infra_error=infra_error)
+                            produced=produced, exit_code=run.result.exit_code, timed_out=run.result.timed_out,
+                            seconds=round(run.result.seconds, 3), problems=problems + output_problems,
+                            fingerprint=fingerprint, token=uuid.uuid4().hex, infra_error=run.infra_error)
 
     # ----------------------------------------------------------------- defenses
 
     def _defense_phase(self, outcome: Outcome, fingerprints: dict[str, str], work: pathlib.Path) -> None:
+        """Every defense on every adversarial batch, planned batch by batch so that a remote dispatch
+        sends each adversarial batch once for all the defenses."""
+        planned: dict[str, tuple[DefenseSubmission, AttackRecord, str]] = {}
         total = len(self.defenses) * len(self.attacks) * len(self.batches)
         with self._bar(total, "defense pieces") as bar:
-            for defense in self.defenses:
-                for attack_index, attack in enumerate(self.attacks):
-                    for batch in self.batches:
-                        bar.set_postfix_str(f"{defense.name} on {attack.name} {batch.label}", refresh=False)
-                        attack_record = outcome.attack_records[attack.name, batch.index]
+            for attack_index, attack in enumerate(self.attacks):
+                for batch in self.batches:
+                    attack_record = outcome.attack_records[attack.name, batch.index]
+                    adv_id = adv_batch_id(attack_index, batch, len(self.batches))
+                    for defense in self.defenses:
                         record = self.store.load_defense(defense.name, attack.name, batch.index)
                         if (record is not None and record.infra_error is None
                                 and record.attack_token == attack_record.token
                                 and record.fingerprint == fingerprints[defense.name]):
                             outcome.pieces_reused += 1
-                        else:
-                            adv_id = adv_batch_id(attack_index, batch, len(self.batches))
-                            record = self.run_defense_piece(defense, attack_record, adv_id,
-                                                            fingerprints[defense.name], work)
+                        elif not attack_record.produced:  # nothing to classify
+                            record = self.empty_defense_record(defense, attack_record, adv_id,
+                                                               fingerprints[defense.name])
                             self.store.save_defense(record)
                             outcome.pieces_run += 1
-                            outcome.submission_seconds += record.seconds
+                        else:
+                            planned[defense_key(defense.name, attack.name, batch.index)] = (
+                                defense, attack_record, adv_id)
+                            continue
                         outcome.defense_records[defense.name, attack.name, batch.index] = record
                         bar.update()
+            jobs = (self.defense_job(defense, attack_record, adv_id, work)
+                    for defense, attack_record, adv_id in planned.values())
+            for job, run in self.dispatch.run(jobs, work):
+                defense, attack_record, adv_id = planned[job.key]
+                record = self.defense_record(defense, attack_record, adv_id, fingerprints[defense.name], run)
+                self.store.save_defense(record)
+                outcome.note_run(record.seconds, run)
+                outcome.defense_records[defense.name, attack_record.attack, attack_record.batch] = record
+                bar.set_postfix_str(f"{defense.name} on {attack_record.attack} batch{attack_record.batch:04d}",
+                                    refresh=False)
+                bar.update()
 
-    def run_defense_piece(self, defense: DefenseSubmission, attack_record: AttackRecord, adv_id: str, fingerprint: str,
-                          work: pathlib.Path) -> DefenseRecord:
-        """Runs one defense on one attack's adversarial batch and reads its predictions."""
+    @staticmethod
+    def defense_names(attack_record: AttackRecord, adv_id: str) -> dict[str, str]:
+        """The names a defense sees for one adversarial batch (``ADVBATCH012_IMG000123.png``) -> ImageId."""
         produced = set(attack_record.produced)
-        names = {f"{adv_id}_{anonymized}": image_id for anonymized, image_id in attack_record.names.items()
-                 if image_id in produced}
-        record = DefenseRecord(defense=defense.name, attack=attack_record.attack, batch=attack_record.batch,
-                               adv_batch=adv_id, given=list(names.values()), names=names, predictions={},
-                               ran=False, exit_code=None, timed_out=False, seconds=0.0, error=None,
-                               problems=[], fingerprint=fingerprint, attack_token=attack_record.token)
-        if not names:
-            return record  # nothing to classify
-        scratch = pathlib.Path(tempfile.mkdtemp(prefix=f"{adv_id}-", dir=work))
-        try:
-            input_dir, output_dir = scratch / "input", scratch / "output"
-            input_dir.mkdir()
-            adv_dir = self.adv_dir(attack_record.attack)
-            for name, image_id in names.items():
-                shutil.copyfile(adv_dir / f"{image_id}.png", input_dir / name)
-            make_read_only(input_dir)
-            make_world_writable(output_dir)
-            result, infra_error = self._execute(lambda: defense.run(
-                self.executor, input_dir, output_dir, time_limit=self.settings.time_limit, gpu=self.settings.gpu))
-            problems = run_problems(result, self.settings.time_limit, infra_error)
-            predictions, error, parse_problems = read_defense_output(output_dir / DEFENSE_OUTPUT_FILE, names)
-            write_text_atomic(self.store.defense_log(defense.name, attack_record.attack, attack_record.batch),
-                              result.log)
-        finally:
-            force_rmtree(scratch)
-        if infra_error:
-            error = f"executor error: {infra_error}"
+        return {f"{adv_id}_{anonymized}": image_id for anonymized, image_id in attack_record.names.items()
+                if image_id in produced}
+
+    def empty_defense_record(self, defense: DefenseSubmission, attack_record: AttackRecord, adv_id: str,
+                             fingerprint: str) -> DefenseRecord:
+        """The record of a defense piece with nothing to classify (or before its run is read)."""
+        names = self.defense_names(attack_record, adv_id)
+        return DefenseRecord(defense=defense.name, attack=attack_record.attack, batch=attack_record.batch,
+                             adv_batch=adv_id, given=list(names.values()), names=names, predictions={},
+                             ran=False, exit_code=None, timed_out=False, seconds=0.0, error=None,
+                             problems=[], fingerprint=fingerprint, attack_token=attack_record.token)
+
+    def defense_job(self, defense: DefenseSubmission, attack_record: AttackRecord, adv_id: str,
+                    work: pathlib.Path) -> PieceJob:
+        """The run of one defense on one attack's adversarial batch."""
+        adv_dir = self.adv_dir(attack_record.attack)
+        inputs = {name: adv_dir / f"{image_id}.png"
+                  for name, image_id in self.defense_names(attack_record, adv_id).items()}
+        request = defense.request(work, work, time_limit=self.settings.time_limit, gpu=self.settings.gpu)
+        return PieceJob(key=defense_key(defense.name, attack_record.attack, attack_record.batch),
+                        submission=defense, request=request, inputs=inputs,
+                        inputs_key=f"adv/{attack_record.attack}/{attack_record.token}",
+                        needs_gpu=self._needs_gpu(defense))
+
+    def defense_record(self, defense: DefenseSubmission, attack_record: AttackRecord, adv_id: str, fingerprint: str,
+                       run: PieceRun) -> DefenseRecord:
+        """Reads one defense piece's predictions; the piece's record."""
+        record = self.empty_defense_record(defense, attack_record, adv_id, fingerprint)
+        problems = run_problems(run.result, self.settings.time_limit, run.infra_error)
+        predictions, error, parse_problems = read_defense_output(run.output_dir / DEFENSE_OUTPUT_FILE, record.names)
+        write_text_atomic(self.store.defense_log(defense.name, attack_record.attack, attack_record.batch),
+                          run.result.log)
+        if run.infra_error:
+            error = f"executor error: {run.infra_error}"
         elif error and problems:
             error = f"{error} ({problems[0]})"
-        return dataclasses.replace(record, predictions=predictions, ran=True, exit_code=result.exit_code,
-                                   timed_out=result.timed_out, seconds=round(result.seconds, 3), error=error,
-                                   problems=problems + parse_problems, infra_error=infra_error)
+        return dataclasses.replace(record, predictions=predictions, ran=True, exit_code=run.result.exit_code,
+                                   timed_out=run.result.timed_out, seconds=round(run.result.seconds, 3), error=error,
+                                   problems=problems + parse_problems, infra_error=run.infra_error)
 
     # ------------------------------------------------------------------ helpers
 
-    @staticmethod
-    def _execute(run) -> tuple[RunResult, str | None]:
-        """Runs a submission. The executor failing (it raised, or it reports no exit status: the code
-        could not be copied, the engine or the image is missing) is an infra error: the piece is
-        recorded, counted as errored, and run again on resume."""
-        try:
-            result = run()
-        except Exception as error:  # noqa: BLE001 - reported, the piece is retried on resume
-            log.warning("executor error: %s", error)
-            message = f"{type(error).__name__}: {error}"
-            return RunResult(exit_code=None, timed_out=False, seconds=0.0, log=message), message
-        if result.exit_code is None and not result.timed_out:
-            return result, last_line(result.log) or "the executor reported no exit status"
-        return result, None
+    def _needs_gpu(self, submission: AttackSubmission | DefenseSubmission) -> bool:
+        return self.settings.gpu and submission.container_gpu is not None
 
     def _bar(self, total: int, desc: str) -> tqdm:
         return tqdm(total=total, desc=desc, unit="piece", file=sys.stderr, disable=not self.settings.progress,
                     dynamic_ncols=True)
+
+
+def attack_key(attack: str, batch: int) -> str:
+    """The piece key of one attack's one batch."""
+    return f"attack/{attack}/batch{batch:04d}"
+
+
+def defense_key(defense: str, attack: str, batch: int) -> str:
+    """The piece key of one defense on one attack's one batch."""
+    return f"defense/{defense}/{attack}/batch{batch:04d}"
 
 
 def run_problems(result: RunResult, time_limit: float, infra_error: str | None) -> list[str]:
@@ -309,15 +377,6 @@ def run_problems(result: RunResult, time_limit: float, infra_error: str | None) 
         status = "no exit status" if result.exit_code is None else f"exit code {result.exit_code}"
         problems.append(f"{status}" + (f": {last}" if last else ""))
     return problems
-
-
-def last_line(text: str, limit: int = 300) -> str:
-    """The last non-empty line of a log, shortened."""
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line:
-            return line if len(line) <= limit else line[: limit - 3] + "..."
-    return ""
 
 
 def listed(names: Sequence[str]) -> str:

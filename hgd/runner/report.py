@@ -16,7 +16,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 
 from hgd.io.files import write_bytes_atomic, write_text_atomic
-from hgd.runner.results import ATTACK, DEFENSE, TARGETED_ATTACK, Results, overhead
+from hgd.runner.results import ATTACK, DEFENSE, TARGETED_ATTACK, Results, cost_sentence
 from hgd.runner.scoring import RunStats, WorstCase, ranking
 
 HEATMAP_FILE = "accuracy_matrix.png"
@@ -74,7 +74,7 @@ def blocks(results: Results, *, command: str, heatmap: bool) -> list[Block]:
     """The report's content."""
     return [*_introduction(results, command), *_accuracy_section(heatmap), *_scoring_rules(),
             *_defense_section(results), *_defense_aware_section(results), *_attack_sections(results),
-            *_timing_section(results), *_problems_section(results), *_files_section()]
+            *_timing_section(results), *_nodes_section(results), *_problems_section(results), *_files_section()]
 
 
 def _introduction(results: Results, command: str) -> list[Block]:
@@ -90,7 +90,7 @@ def _introduction(results: Results, command: str) -> list[Block]:
 def _run_description(results: Results) -> str:
     """The dataset, the rules, the submissions and the work done, in one paragraph, for context."""
     outcome, settings = results.outcome, results.settings
-    cost = overhead(outcome)
+    cost = cost_sentence(outcome)
     return (f"Dataset `{settings.get('dataset_dir', outcome.dataset.folder)}`: {results.num_images} images in "
             f"{len(outcome.batches)} batch(es) of up to {settings.get('batch_size', '?')}; "
             f"epsilon {settings.get('epsilon', '?')}; executor `{settings.get('executor', '?')}`, "
@@ -98,9 +98,7 @@ def _run_description(results: Results) -> str:
             f"{len(results.attacks)} attack(s), {len(results.targeted_attacks)} targeted attack(s), "
             f"{len(results.defenses)} defense(s). This invocation ran {outcome.pieces_run} piece(s) and "
             f"reused {outcome.pieces_reused} finished one(s)" + (
-                f"; wall {cost['wall_seconds']:.1f} s, of which the submissions ran "
-                f"{cost['submission_seconds']:.1f} s (harness overhead {cost['harness_overhead_percent']:.1f}%)."
-                if outcome.pieces_run else ".") + (
+                f"; {cost}." if cost else ".") + (
                 f" {outcome.attacks_kept} reused attack piece(s) were made by an earlier version of their "
                 "attack's folder (`--keep-attacks`): their adversarial images are that version's."
                 if outcome.attacks_kept else ""))
@@ -200,6 +198,22 @@ def _timing_section(results: Results) -> list[Block]:
                   "quote. All values: `timing.csv`."),
         Table(["submission", "type", "batches", "clean", "timed out", "median s/batch",
                "median s/100 images", "min s", "max s"], rows),
+    ]
+
+
+def _nodes_section(results: Results) -> list[Block]:
+    """Where this invocation's pieces ran, one line per cluster node (nothing on one machine)."""
+    nodes = results.outcome.nodes
+    if not results.outcome.on_cluster:
+        return []
+    rows = [[name, str(work.pieces), f"{work.busy_seconds:.1f}", str(work.retried)]
+            for name, work in sorted(nodes.items())]
+    return [
+        Heading("Cluster nodes"),
+        Paragraph(f"Pieces run by this invocation, by the node that finished them; busy seconds are the submissions' "
+                  f"run time there. {results.outcome.pieces_retried} piece(s) were started again after their node "
+                  "died (retried); a piece the cluster gave up on is listed as `lost` and runs again on resume."),
+        Table(["node", "pieces", "busy s", "retried"], rows),
     ]
 
 

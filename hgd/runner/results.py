@@ -224,7 +224,9 @@ def write(results: Results, output_dir: pathlib.Path) -> list[pathlib.Path]:
     summary.update(images=results.num_images, batches=len(results.outcome.batches),
                    attacks=attacks, targeted_attacks=targeted, defenses=defenses, defense_aware=ev.defense_aware,
                    pieces_run=results.outcome.pieces_run, pieces_reused=results.outcome.pieces_reused,
-                   attacks_kept=results.outcome.attacks_kept, problems=len(results.problems))
+                   attacks_kept=results.outcome.attacks_kept, problems=len(results.problems),
+                   pieces_retried=results.outcome.pieces_retried,
+                   nodes={name: dataclasses.asdict(work) for name, work in sorted(results.outcome.nodes.items())})
     write_json_atomic(output_dir / "run_summary.json", summary)
     out.append(output_dir / "run_summary.json")
     return out
@@ -246,8 +248,23 @@ def timing_rows(results: Results) -> list[list[Any]]:
 
 
 def overhead(outcome: Outcome) -> dict[str, float]:
-    """The harness's own share of this invocation's wall time (preparing inputs, enforcing, parsing)."""
+    """The harness's own share of this invocation's wall time (preparing inputs, enforcing, parsing), and how
+    many pieces ran at once on average (``parallelism``: the submissions' summed time over the wall time; on
+    one machine about 1, and then the rest of the wall time is the harness's own)."""
     wall, own = outcome.wall_seconds, outcome.wall_seconds - outcome.submission_seconds
     return {"wall_seconds": round(wall, 3), "submission_seconds": round(outcome.submission_seconds, 3),
             "harness_overhead_seconds": round(own, 3),
-            "harness_overhead_percent": round(100 * own / wall, 2) if wall > 0 else 0.0}
+            "harness_overhead_percent": round(100 * own / wall, 2) if wall > 0 else 0.0,
+            "parallelism": round(outcome.submission_seconds / wall, 2) if wall > 0 else 0.0}
+
+
+def cost_sentence(outcome: Outcome) -> str:
+    """This invocation's wall time and where it went, in words (empty when it ran nothing)."""
+    if not outcome.pieces_run:
+        return ""
+    cost = overhead(outcome)
+    if outcome.on_cluster:
+        return (f"wall {cost['wall_seconds']:.1f} s; the submissions ran {cost['submission_seconds']:.1f} s in all on "
+                f"{len(outcome.nodes)} node(s), {cost['parallelism']:.2f} at a time on average")
+    return (f"wall {cost['wall_seconds']:.1f} s, of which the submissions ran {cost['submission_seconds']:.1f} s "
+            f"(harness overhead {cost['harness_overhead_percent']:.1f}%)")

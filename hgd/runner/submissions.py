@@ -102,20 +102,30 @@ class AttackSubmission(Submission):
     def targeted(self) -> bool:
         return self.type is SubmissionType.TARGETED_ATTACK
 
+    def request(self, input_dir: pathlib.Path, output_dir: pathlib.Path, epsilon: int, *, time_limit: float,
+                gpu: bool = False) -> RunRequest:
+        """The run on one batch; a targeted attack finds ``target_class.csv`` in ``input_dir``."""
+        return self._request(input_dir, output_dir, None, (str(epsilon),), time_limit, gpu)
+
     def run(self, executor: Executor, input_dir: pathlib.Path, output_dir: pathlib.Path, epsilon: int,
             *, time_limit: float, gpu: bool = False) -> RunResult:
-        """Runs the attack on one batch; a targeted attack finds ``target_class.csv`` in ``input_dir``."""
-        return executor.run(self._request(input_dir, output_dir, None, (str(epsilon),), time_limit, gpu))
+        """Runs the attack on one batch."""
+        return executor.run(self.request(input_dir, output_dir, epsilon, time_limit=time_limit, gpu=gpu))
 
 
 @dataclasses.dataclass(frozen=True)
 class DefenseSubmission(Submission):
     """A defense: ``./<entry_point> INPUT_DIR OUTPUT_DIR/result.csv``."""
 
+    def request(self, input_dir: pathlib.Path, output_dir: pathlib.Path, *, time_limit: float,
+                gpu: bool = False) -> RunRequest:
+        """The run on one batch; it writes ``output_dir/result.csv``."""
+        return self._request(input_dir, output_dir, DEFENSE_OUTPUT_FILE, (), time_limit, gpu)
+
     def run(self, executor: Executor, input_dir: pathlib.Path, output_dir: pathlib.Path,
             *, time_limit: float, gpu: bool = False) -> RunResult:
-        """Runs the defense on one batch; it writes ``output_dir/result.csv``."""
-        return executor.run(self._request(input_dir, output_dir, DEFENSE_OUTPUT_FILE, (), time_limit, gpu))
+        """Runs the defense on one batch."""
+        return executor.run(self.request(input_dir, output_dir, time_limit=time_limit, gpu=gpu))
 
 
 def _digest_folder(digest: Any, folder: pathlib.Path) -> None:
