@@ -86,6 +86,20 @@ def dunet_weights(tmp_path_factory):
     return {"width": width, **paths}
 
 
+@pytest.fixture
+def defense_dir(tmp_path, dunet_weights) -> pathlib.Path:
+    """A one-member HGD defense folder (Lite0 behind a small random-weight DUNET)."""
+    import json
+
+    folder = tmp_path / "defense"
+    (folder / "weights").mkdir(parents=True)
+    shutil.copyfile(dunet_weights["small"], folder / "weights" / "dunet.weights.h5")
+    (folder / "config.json").write_text(json.dumps({
+        "members": [{"model": "efficientnet_lite0",
+                     "denoiser": {"weights": "weights/dunet.weights.h5", "width": dunet_weights["width"]}}]}))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def small_source(tmp_path_factory) -> pathlib.Path:
     """Four sample images in the competition's format (``images/`` + ``dev_dataset.csv``)."""

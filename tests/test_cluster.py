@@ -201,6 +201,37 @@ def test_a_killed_driver_resumes_without_rerunning_finished_pieces(cluster, data
     assert summary(out)["pieces_run"] == (3 - done_before) + 3
 
 
+def test_sharded_security_evaluation_equals_one_machine(cluster, defense_dir, small_source, tmp_path):
+    """Each run's batches on the two worker nodes (the defense folder sent as a bundle): the same results file."""
+    from hgd.evaluation.security import Evaluation, SecuritySpec
+
+    spec = SecuritySpec(epsilons=(4,), steps=2, restarts=1, transfer_steps=2, queries=3, limit=4)
+    results = {}
+    for where in ("here", "cluster"):
+        evaluation = Evaluation(defense_dir, small_source, tmp_path / where, spec, batch_size=1,
+                                cluster=where == "cluster")
+        evaluation.clean()
+        for kind in evaluation.kinds(4):
+            evaluation.run(kind, 4)
+        results[where] = json.loads((tmp_path / where / "results.json").read_text())
+    assert set(results["here"]["runs"]) == {"fgsm@4", "pgd@4", "transfer@4", "square@4"}
+    assert results["cluster"]["runs"] == results["here"]["runs"]
+    assert results["cluster"]["loss_curves"] == results["here"]["loss_curves"]
+
+
+def test_sharded_pair_building_equals_one_machine(cluster, small_source, tmp_path):
+    from hgd.train.pairs import PairSpec, build_pairs
+
+    spec = PairSpec(source=str(small_source), models=("efficientnet_lite0",), attacks_per_image=3,
+                    validation_fraction=0.25)
+    built = {}
+    for where in ("here", "cluster"):
+        build_pairs(small_source, tmp_path / where, spec, batch_size=2, progress=False, cluster=where == "cluster")
+        folder = tmp_path / where / "adversarial"
+        built[where] = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+    assert len(built["here"]) >= 4 and built["cluster"] == built["here"]
+
+
 def test_without_ray_the_cluster_flag_names_the_extra(data, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     status = cli.main([*run_args(data, tmp_path / "out", attacks=["noop"], defenses=["pixel"]),

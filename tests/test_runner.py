@@ -499,10 +499,16 @@ def test_defense_aware_attacks_are_reported_beside_the_score(tmp_path):
     assert json.loads((out / "run_summary.json").read_text())["defense_aware"] == ["aware_shift"]
 
 
-def test_the_default_attack_set_leaves_out_the_defense_aware_attacks(capsys):
-    """No attack flag: every oblivious attack of attacks/ (the competition's kind), none of the defense-aware
-    ones (they belong to the security evaluation and run far past the 500 s limit on a CPU)."""
+def test_the_default_run_is_the_tour_and_all_leaves_out_the_defense_aware_attacks(capsys):
+    """No flag: the tour's few attacks against defense/ and baselines/undefended. ``--all``: every oblivious
+    attack of attacks/ (the competition's kind) against every defense, none of the defense-aware attacks
+    (they belong to the security evaluation and run far past the 500 s limit on a CPU)."""
     folders, absent = cli._submission_folders(cli.run_parser().parse_args([]))
+    assert not absent
+    assert [path.name for path, _ in folders] == [*cli.TOUR_ATTACKS, "defense", "undefended"]
+    assert "the tour" in capsys.readouterr().out
+
+    folders, absent = cli._submission_folders(cli.run_parser().parse_args(["--all"]))
     names = {path.name for path, _ in folders}
     shipped = {path.name for path in (cli.PROJECT_ROOT / "attacks").iterdir() if (path / "metadata.json").is_file()}
     aware = {name for name in shipped if json.loads((cli.PROJECT_ROOT / "attacks" / name / "metadata.json")
@@ -511,6 +517,6 @@ def test_the_default_attack_set_leaves_out_the_defense_aware_attacks(capsys):
     assert names >= shipped - aware and not names & aware
     assert {"defense", "undefended", "jpeg", "bit_depth"} <= names
     assert "left out (defense-aware" in capsys.readouterr().out
-    asked = cli.run_parser().parse_args(["--attack", str(cli.PROJECT_ROOT / "attacks" / "adaptive_pgd")])
+    asked = cli.run_parser().parse_args(["--all", "--attack", str(cli.PROJECT_ROOT / "attacks" / "adaptive_pgd")])
     folders, _ = cli._submission_folders(asked)
     assert "adaptive_pgd" in {path.name for path, _ in folders}  # asked for by name: it runs

@@ -31,18 +31,6 @@ def test_sanity_checks_flag_masked_gradients_and_rising_curves():
                       "pgd reaches 0 accuracy"}
 
 
-@pytest.fixture
-def defense_dir(tmp_path, dunet_weights):
-    """A one-member HGD defense (Lite0 behind a small random-weight DUNET)."""
-    folder = tmp_path / "defense"
-    (folder / "weights").mkdir(parents=True)
-    shutil.copyfile(dunet_weights["small"], folder / "weights" / "dunet.weights.h5")
-    (folder / "config.json").write_text(json.dumps({
-        "members": [{"model": "efficientnet_lite0",
-                     "denoiser": {"weights": "weights/dunet.weights.h5", "width": dunet_weights["width"]}}]}))
-    return folder
-
-
 @pytest.mark.slow
 def test_evaluation_runs_resumes_and_reports(defense_dir, small_source, tmp_path):
     out = tmp_path / "out"
@@ -104,7 +92,7 @@ def test_transfer_examples_are_shared_by_defenses_over_the_same_classifiers(defe
     shutil.copytree(defense_dir, other)
     second = security.Evaluation(other, small_source, tmp_path / "second", spec, 2, cache)
     assert second.transfer_dir == first.transfer_dir and second.kinds(4) == ("fgsm", "pgd", "transfer")
-    second.surrogate = None  # attacking it would fail: the examples must come from the cache
+    second.models.surrogate = None  # attacking it would fail: the examples must come from the cache
     assert second.run("transfer", 4) == accuracy and list(cache.glob("*/*.npy")) == [written]
     assert np.load(written).dtype == np.uint8
     undefended = tmp_path / "undefended"

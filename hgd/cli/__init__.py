@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from hgd.cluster import ClusterUnavailable
 from hgd.defenses import MissingWeights
 
 EXIT_REFUSED = 2
@@ -30,10 +31,29 @@ def run_main(body: Callable[[], int]) -> NoReturn:
     except MissingWeights as refusal:
         print(f"REFUSED: {refusal}", file=sys.stderr)
         code = EXIT_REFUSED
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+    except (FileNotFoundError, NotADirectoryError, ValueError, ClusterUnavailable) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         code = EXIT_REFUSED
     sys.exit(code)
+
+
+def add_cluster_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--cluster ADDRESS``: spread ``what`` over a Ray cluster (the results are the same as here)."""
+    parser.add_argument("--cluster", metavar="ADDRESS", default=None,
+                        help=f"spread {what} over the Ray cluster at ADDRESS (HOST:PORT, ray://HOST:PORT, or 'auto' "
+                             "for the one started on this machine; pip install -e \".[cluster]\"); the results are "
+                             "the same as on one machine")
+
+
+def join_cluster(address: str | None) -> bool:
+    """Joins the cluster ``--cluster`` names, if any; whether there is one. Raises
+    :class:`~hgd.cluster.ClusterUnavailable` (``run_main`` prints it) when it cannot be joined."""
+    if address is None:
+        return False
+    from hgd.cluster import connect
+
+    connect(address)
+    return True
 
 
 def named_path(text: str) -> tuple[str, pathlib.Path]:

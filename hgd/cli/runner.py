@@ -29,6 +29,14 @@ PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 DEFAULT_OUTPUT = pathlib.Path("competition-output")
 
+TOUR_ATTACKS = ("noop", "fgsm", "step_target_class")
+"""The attacks of attacks/ that the no-argument run uses: the clean baseline, one gradient step and one
+targeted step, so that a first run shows every part of the harness and scoring in a few minutes (every
+run of a submission pays its start-up: an iterative attack and its defense pieces would double it)."""
+
+TOUR_DEFENSES = ("defense", "baselines/undefended")
+"""The defenses the no-argument run uses: the shipped HGD defense beside the ensemble it defends."""
+
 RUN_DESCRIPTION = """\
 Run attack submissions against defense submissions the way the NIPS 2017 competition did, and score them.
 
@@ -44,9 +52,10 @@ plus report.md / report.html with an accuracy heatmap, rankings, timing and ever
 Every finished work piece is stored under OUTPUT/pieces/: rerunning the same command resumes (finished
 pieces are skipped, all scores recomputed); Ctrl-C loses no finished piece.
 
-With no arguments: every oblivious attack in attacks/ (not the defense-aware ones) against defense/ and
-every baselines/*/ on sample_data/, local executor, into ./competition-output/. To check one submission:
-%(prog)s validate PATH."""
+With no arguments, a tour of a few minutes: the attacks noop, fgsm and step_target_class against
+defense/ and baselines/undefended on sample_data/, local executor, into ./competition-output/.
+--all: every oblivious attack in attacks/ (not the defense-aware ones) against defense/ and every
+baselines/*/. To check one submission: %(prog)s validate PATH."""
 
 VALIDATE_DESCRIPTION = """\
 Check one submission (a folder or a .zip/.tar/.tar.gz archive, extracted safely) the way the
@@ -112,8 +121,9 @@ def run_parser() -> argparse.ArgumentParser:
     sub = parser.add_argument_group("submissions (each flag may be repeated)")
     sub.add_argument("--attacks-dir", type=pathlib.Path, action="append", default=[], metavar="DIR",
                      help="a folder with one attack submission per subfolder; targeted or not is read from each "
-                          "metadata.json (default, when no attack flag is given: the oblivious attacks of attacks/ of this "
-                          "checkout; the defense-aware ones belong to `python -m hgd.cli.security`)")
+                          "metadata.json (default, when no attack flag is given: the tour's attacks of attacks/ of "
+                          "this checkout, or with --all its oblivious ones; the defense-aware ones belong to "
+                          "`python -m hgd.cli.security`)")
     sub.add_argument("--targeted-attacks-dir", type=pathlib.Path, action="append", default=[], metavar="DIR",
                      help="a folder with one targeted attack submission per subfolder")
     sub.add_argument("--attack", type=pathlib.Path, action="append", default=[], metavar="DIR",
@@ -122,7 +132,11 @@ def run_parser() -> argparse.ArgumentParser:
                      help="a folder with one defense submission per subfolder")
     sub.add_argument("--defense", type=pathlib.Path, action="append", default=[], metavar="DIR",
                      help="one defense submission folder, e.g. defense/ or baselines/undefended (default, when "
-                          "no defense flag is given: defense/ and every baselines/*/ of this checkout)")
+                          "no defense flag is given: defense/ and baselines/undefended of this checkout, or with "
+                          "--all defense/ and every baselines/*/)")
+    sub.add_argument("--all", action="store_true",
+                     help="where no attack (defense) flag is given, every oblivious attack of attacks/ (defense/ and "
+                          "every baselines/*/) instead of the tour's few: the full competition of this checkout")
     data = parser.add_argument_group("data and output")
     data.add_argument("--dataset-dir", type=pathlib.Path, default=PROJECT_ROOT / "sample_data", metavar="DIR",
                       help="images/<ImageId>.png + dev_dataset.csv (default: sample_data/ of this checkout)")
@@ -197,12 +211,18 @@ def _submission_folders(args: argparse.Namespace) -> tuple[list[tuple[pathlib.Pa
         folders.append((path, kind))
 
     if not (args.attacks_dir or args.targeted_attacks_dir or args.attack):
-        parent(PROJECT_ROOT / "attacks", None, default=True)
-        aware = [path for path, _ in folders if _declares_defense_aware(path)]
-        folders[:] = [(path, kind) for path, kind in folders if path not in aware]
-        if aware:
-            _say(f"by default only the oblivious attacks run; left out (defense-aware, for `python -m hgd.cli.security` "
-                 f"or --attack): {', '.join(path.name for path in aware)}")
+        if args.all:
+            parent(PROJECT_ROOT / "attacks", None, default=True)
+            aware = [path for path, _ in folders if _declares_defense_aware(path)]
+            folders[:] = [(path, kind) for path, kind in folders if path not in aware]
+            if aware:
+                _say(f"--all runs the oblivious attacks; left out (defense-aware, for `python -m hgd.cli.security` "
+                     f"or --attack): {', '.join(path.name for path in aware)}")
+        else:
+            for name in TOUR_ATTACKS:
+                single(PROJECT_ROOT / "attacks" / name, None)
+            _say("the tour: a few attacks against defense/ and baselines/undefended (--all: every oblivious attack "
+                 "against every defense of this checkout)")
     for path in args.attacks_dir:
         parent(path, None)
     for path in args.targeted_attacks_dir:
@@ -210,8 +230,12 @@ def _submission_folders(args: argparse.Namespace) -> tuple[list[tuple[pathlib.Pa
     for path in args.attack:
         single(path, None)
     if not (args.defenses_dir or args.defense):
-        single(PROJECT_ROOT / "defense", SubmissionType.DEFENSE)
-        parent(PROJECT_ROOT / "baselines", SubmissionType.DEFENSE, default=True)
+        if args.all:
+            single(PROJECT_ROOT / "defense", SubmissionType.DEFENSE)
+            parent(PROJECT_ROOT / "baselines", SubmissionType.DEFENSE, default=True)
+        else:
+            for name in TOUR_DEFENSES:
+                single(PROJECT_ROOT / name, SubmissionType.DEFENSE)
     for path in args.defenses_dir:
         parent(path, SubmissionType.DEFENSE)
     for path in args.defense:

@@ -9,7 +9,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from hgd.cli import run_main
+from hgd.cli import add_cluster_option, join_cluster, run_main
 from hgd.evaluation.security import REPORT_FILE, Evaluation, SecuritySpec, evaluate, read_oblivious_score, write_report
 
 
@@ -33,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--transfer-cache", type=pathlib.Path, default=None,
                         help="keep the transfer examples here, shared by evaluations of defenses over the same "
                              "classifiers (they do not depend on the defense)")
+    add_cluster_option(parser, "each run's batches")
     parser.add_argument("--runner-output", type=pathlib.Path, default=None,
                         help="a runner output folder: its normalized (oblivious) score for this defense goes beside")
     args = parser.parse_args(argv)
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                             check_epsilon=args.check_epsilon, limit=args.limit, tolerance=args.tolerance,
                             seed=args.seed)
         evaluation = Evaluation(args.defense_dir, args.dataset_dir, args.out_dir, spec, args.batch_size,
-                                args.transfer_cache)
+                                args.transfer_cache, cluster=join_cluster(args.cluster))
         summary = evaluate(evaluation)
         command = " ".join(["python -m hgd.cli.security", *map(str, argv or sys.argv[1:])])
         write_report(evaluation, summary, command, score)

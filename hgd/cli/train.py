@@ -21,7 +21,7 @@ import logging
 import pathlib
 import sys
 
-from hgd.cli import named_path, run_main
+from hgd.cli import add_cluster_option, join_cluster, named_path, run_main
 from hgd.train.guidance import Guidance
 from hgd.zoo import ModelName
 
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--max-epsilon", type=int, default=16, help="eps is drawn per pair from 1..this")
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--batch-size", type=int, default=16, help="images per attack call")
+    add_cluster_option(data, "the attack calls")
     data.add_argument("--no-progress", action="store_true")
 
     fit = commands.add_parser("fit", help="train a denoiser on pairs (resumes in RUN_DIR)")
@@ -127,7 +128,8 @@ def _data(args: argparse.Namespace) -> int:
     spec = PairSpec(source=str(args.source.resolve()), models=tuple(args.models), seed=args.seed,
                     validation_fraction=args.validation_fraction, max_epsilon=args.max_epsilon,
                     attacks_per_image=args.attacks_per_image)
-    plan = build_pairs(args.source, args.out_dir, spec, batch_size=args.batch_size, progress=not args.no_progress)
+    plan = build_pairs(args.source, args.out_dir, spec, batch_size=args.batch_size, progress=not args.no_progress,
+                       cluster=join_cluster(args.cluster))
     print(f"{len(plan)} pairs in {args.out_dir}")
     return 0
 

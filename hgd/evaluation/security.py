@@ -27,10 +27,13 @@ batch), ``security.md`` (tables and checks), ``curves.png``, ``loss_curve.png``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import pathlib
+import zlib
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -43,6 +46,8 @@ log = logging.getLogger(__name__)
 RESULTS_FILE, REPORT_FILE = "results.json", "security.md"
 CURVES_FILE, LOSS_CURVE_FILE, PER_EXAMPLE_FILE = "curves.png", "loss_curve.png", "per_example.csv"
 KINDS = ("fgsm", "pgd", "transfer", "square")
+SEEDING = "per-batch"
+"""How the random attacks are seeded: each batch by (seed, run, first image), so sharding changes nothing."""
 DEFENSE_AWARE = ("fgsm", "pgd", "square")
 
 
@@ -61,7 +66,7 @@ class SecuritySpec:
         limit: only the first N images (sorted by ImageId).
         tolerance: how much worse (in accuracy) an attack may do than one it should beat before
             a check flags it (sampling noise of a random start).
-        seed: seeds every random start and square.
+        seed: seeds every random start and square, with each batch's run and first image.
     """
 
     epsilons: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -83,12 +88,15 @@ class SecuritySpec:
         if self.check_epsilon not in self.epsilons:
             raise ValueError(f"check_epsilon {self.check_epsilon} must be one of the epsilons {self.epsilons}")
 
-    def attack(self, kind: str, epsilon: int, *, stronger: bool = False, record_loss: bool = False):
-        """The attack object of ``kind`` at ``epsilon`` (``stronger``: the convergence check's PGD)."""
+    def attack(self, kind: str, epsilon: int, *, stronger: bool = False, record_loss: bool = False,
+               seed: int | None = None):
+        """The attack object of ``kind`` at ``epsilon`` (``stronger``: the convergence check's PGD), seeded
+        by ``seed`` (default: the spec's)."""
+        seed = self.seed if seed is None else seed
         if kind == "fgsm":
             return make_attack("fgsm")
         if kind == "square":
-            return make_attack("square", queries=self.queries, loss="margin", seed=self.seed)
+            return make_attack("square", queries=self.queries, loss="margin", seed=seed)
         if kind == "transfer":
             steps, restarts = self.transfer_steps, 1
         else:
@@ -96,7 +104,7 @@ class SecuritySpec:
         # Through the defense, an image stops at its first saved success (what the evaluation counts;
         # a broken defense then costs a few steps per image, not 100). The transfer attack runs every
         # step on the surrogate: barely fooling the surrogate would transfer worse.
-        return make_attack("pgd", steps=steps, alpha=2.5 * epsilon / steps, seed=self.seed, loss="margin",
+        return make_attack("pgd", steps=steps, alpha=2.5 * epsilon / steps, seed=seed, loss="margin",
                            restarts=restarts, record_loss=record_loss, early_stop=kind == "pgd")
 
 
@@ -104,26 +112,77 @@ def run_key(kind: str, epsilon: int, stronger: bool = False) -> str:
     return f"{kind}{'_stronger' if stronger else ''}@{epsilon}"
 
 
-class Evaluation:
-    """One defense on one dataset: the models, the images, and the resumable results file."""
+class DefenseUnderAttack:
+    """The defense's models, built from its folder (here, or on a cluster node), and one batch of one run.
 
-    def __init__(self, defense_dir: pathlib.Path, dataset_dir: pathlib.Path, out_dir: pathlib.Path,
-                 spec: SecuritySpec, batch_size: int, transfer_cache: pathlib.Path | None = None) -> None:
+    Each batch's attack is seeded by the evaluation's seed, the run and the batch's first image, so a
+    batch gives the same result whatever ran before it and wherever it runs.
+    """
+
+    def __init__(self, defense_dir: pathlib.Path, spec: SecuritySpec) -> None:
         from hgd.attacks.config import defense_model
         from hgd.defenses.defended import Member, build_defended_model, load_config
 
         config = load_config(defense_dir / "config.json")
         config.require_weights()
-        self.spec, self.batch_size, self.out_dir = spec, batch_size, out_dir
-        self.ids, self.images, self.labels = load_pixels(read_dataset(dataset_dir, spec.limit))
+        self.spec = spec
         self.attacked = defense_model(config)  # EOT over a random transform
         random = config.transform is not None and config.transform.random
         # What scores the images: one draw of a random transform, as the submission classifies.
         self.deployed = defense_model(config, eot_draws=None) if random else self.attacked
         self.surrogate = build_defended_model([Member(m.target) for m in config.members])  # no denoiser
         self.own_surrogate = config.transform is None and not config.denoisers()
+        self.members = [m.target.name.value for m in config.members]
+
+    def correct(self, images: np.ndarray, labels: np.ndarray) -> list[bool]:
+        from hgd.attacks import as_model
+
+        logits = as_model(self.deployed).logits(images.astype(np.float32))
+        return (logits.argmax(axis=1) == labels).tolist()
+
+    def attack_batch(self, kind: str, epsilon: int, stronger: bool, start: int, images: np.ndarray,
+                     labels: np.ndarray, given: np.ndarray | None = None,
+                     ) -> tuple[list[bool], list[float] | None, np.ndarray | None]:
+        """One batch of one run: which images the defense still gets right, the mean loss curve (PGD at
+        ``check_epsilon``), and the transfer examples made now (for the cache; ``given``: made earlier).
+
+        Args:
+            start: the batch's first image index (it seeds the batch's attack).
+        """
+        spec = self.spec
+        key = run_key(kind, epsilon, stronger)
+        record = kind == "pgd" and epsilon == spec.check_epsilon and not stronger
+        seed = zlib.crc32(f"{spec.seed}/{key}/{start}".encode())
+        attack = spec.attack(kind, epsilon, stronger=stronger, record_loss=record, seed=seed)
+        made = None
+        if kind == "transfer":
+            adversarial = given if given is not None else attack(self.surrogate, images, labels, epsilon=epsilon)
+            made = None if given is not None else adversarial
+        else:
+            adversarial = attack(self.attacked, images, labels, epsilon=epsilon)
+        curve = (np.nanmean(attack.loss_curve[0], axis=1).tolist()  # restart 0, mean over images
+                 if record and attack.loss_curve is not None else None)
+        return self.correct(adversarial, labels), curve, made
+
+
+class Evaluation:
+    """One defense on one dataset: the models, the images, and the resumable results file.
+
+    ``cluster``: the batches of every run go to the Ray cluster this process joined, one per free worker
+    (each builds the defense's models once, from the defense folder sent through the object store); the
+    results file is written here as they come back in order, so the results equal the ones on one machine.
+    """
+
+    def __init__(self, defense_dir: pathlib.Path, dataset_dir: pathlib.Path, out_dir: pathlib.Path,
+                 spec: SecuritySpec, batch_size: int, transfer_cache: pathlib.Path | None = None,
+                 cluster: bool = False) -> None:
+        self.spec, self.batch_size, self.out_dir, self.cluster = spec, batch_size, out_dir, cluster
+        self.defense_dir = defense_dir.resolve()
+        self.ids, self.images, self.labels = load_pixels(read_dataset(dataset_dir, spec.limit))
+        self.models = DefenseUnderAttack(self.defense_dir, spec)
+        self.own_surrogate = self.models.own_surrogate
         self.transfer_dir = None if transfer_cache is None else transfer_cache / _transfer_key(
-            [m.target.name.value for m in config.members], dataset_dir, self.ids, spec, batch_size)
+            self.models.members, dataset_dir, self.ids, spec, batch_size)
         self.results = self._load(defense_dir, dataset_dir)
 
     def kinds(self, epsilon: int) -> tuple[str, ...]:
@@ -138,11 +197,12 @@ class Evaluation:
     def _load(self, defense_dir: pathlib.Path, dataset_dir: pathlib.Path) -> dict:
         path = self.out_dir / RESULTS_FILE
         header = {"defense": str(defense_dir.resolve()), "dataset": str(dataset_dir.resolve()),
-                  "spec": dataclasses.asdict(self.spec), "images": self.ids}
+                  "spec": dataclasses.asdict(self.spec), "images": self.ids, "seeding": SEEDING}
         if path.is_file():
             results = json.loads(path.read_text())
             if {k: results.get(k) for k in header} != json.loads(json.dumps(header)):
-                raise ValueError(f"{path} holds another evaluation; use another OUT_DIR or the same arguments")
+                raise ValueError(f"{path} holds another evaluation (or one seeded by an earlier version); use "
+                                 "another OUT_DIR or the same arguments")
             return results
         return {**header, "runs": {}, "loss_curves": {}}
 
@@ -151,44 +211,49 @@ class Evaluation:
         write_atomically(self.out_dir / RESULTS_FILE, "w", lambda f: json.dump(self.results, f))
 
     def correct(self, images: np.ndarray, labels: np.ndarray) -> list[bool]:
-        from hgd.attacks import as_model
-
-        logits = as_model(self.deployed).logits(images.astype(np.float32))
-        return (logits.argmax(axis=1) == labels).tolist()
+        return self.models.correct(images, labels)
 
     def run(self, kind: str, epsilon: int, *, stronger: bool = False) -> float:
         """Accuracy under ``kind`` at ``epsilon``; batches already in the results file are kept."""
         key = run_key(kind, epsilon, stronger)
         done: list[bool] = self.results["runs"].setdefault(key, [])
-        record = kind == "pgd" and epsilon == self.spec.check_epsilon and not stronger
-        attack = self.spec.attack(kind, epsilon, stronger=stronger, record_loss=record)
-        model = self.surrogate if kind == "transfer" else self.attacked
-        while len(done) < len(self.ids):
-            batch = slice(len(done), min(len(done) + self.batch_size, len(self.ids)))
-            images, labels = self.images[batch], self.labels[batch]
-            if kind == "transfer":
-                adversarial = self._transfer(attack, images, labels, epsilon, batch.start)
-            else:
-                adversarial = attack(model, images, labels, epsilon=epsilon)
-            done += self.correct(adversarial, labels)
-            if record and attack.loss_curve is not None:
-                curves = self.results["loss_curves"].setdefault(key, [])
-                curves.append(np.nanmean(attack.loss_curve[0], axis=1).tolist())  # restart 0, mean over images
+        starts = range(len(done), len(self.ids), self.batch_size)
+        shards = ((kind, epsilon, stronger, start, self.images[start:start + self.batch_size],
+                   self.labels[start:start + self.batch_size], self._cached_transfer(kind, epsilon, start))
+                  for start in starts)
+        for start, (correct, curve, made) in zip(starts, self._attack_batches(shards)):
+            if made is not None:
+                self._cache_transfer(made, epsilon, start)
+            done += correct
+            if curve is not None:
+                self.results["loss_curves"].setdefault(key, []).append(curve)
             self._save()
             log.info("%s: %d/%d images, accuracy so far %.3f", key, len(done), len(self.ids), np.mean(done))
         return float(np.mean(done))
 
-    def _transfer(self, attack, images: np.ndarray, labels: np.ndarray, epsilon: int, start: int) -> np.ndarray:
-        """The transfer examples of one batch: from the cache when another evaluation made them."""
-        if self.transfer_dir is None:
-            return attack(self.surrogate, images, labels, epsilon=epsilon)
+    def _attack_batches(self, shards: Iterator[tuple]) -> Iterator[tuple]:
+        """Each shard's ``attack_batch`` result, in order: here, or on the cluster."""
+        if not self.cluster:
+            return (self.models.attack_batch(*shard) for shard in shards)
+        from hgd.cluster.bundles import pack
+        from hgd.cluster.shards import map_shards
+
+        bundle = pack(self.defense_dir, (), _folder_digest(self.defense_dir))
+        return map_shards(functools.partial(_remote_defense, bundle, self.spec), "attack_batch", shards)
+
+    def _cached_transfer(self, kind: str, epsilon: int, start: int) -> np.ndarray | None:
+        """The batch's transfer examples when another evaluation made them (``--transfer-cache``)."""
+        if kind != "transfer" or self.transfer_dir is None:
+            return None
         path = self.transfer_dir / f"eps{epsilon}_{start:05d}.npy"
-        if path.is_file():
-            return np.load(path)
-        adversarial = attack(self.surrogate, images, labels, epsilon=epsilon)
+        return np.load(path) if path.is_file() else None
+
+    def _cache_transfer(self, adversarial: np.ndarray, epsilon: int, start: int) -> None:
+        if self.transfer_dir is None:
+            return
+        path = self.transfer_dir / f"eps{epsilon}_{start:05d}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, "wb", lambda f: np.save(f, adversarial))
-        return adversarial
 
     def clean(self) -> float:
         if "clean" not in self.results:
@@ -197,6 +262,23 @@ class Evaluation:
                                                            self.labels[start:start + self.batch_size])]
             self._save()
         return float(np.mean(self.results["clean"]))
+
+
+def _remote_defense(bundle, spec: SecuritySpec) -> DefenseUnderAttack:
+    """The defense's models on a cluster node, from its folder sent as a bundle."""
+    from hgd.cluster.bundles import unpack
+
+    return DefenseUnderAttack(unpack(bundle), spec)
+
+
+def _folder_digest(folder: pathlib.Path) -> str:
+    """Names, sizes and modification times of a folder's files: the bundle's cache key on the nodes."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def evaluate(evaluation: Evaluation) -> dict:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import functools
 import json
 import logging
 import pathlib
@@ -163,10 +164,11 @@ def plan_pairs(images: Sequence[LabelledImage], spec: PairSpec, out_dir: pathlib
 
 
 def build_pairs(source: pathlib.Path, out_dir: pathlib.Path, spec: PairSpec, *, batch_size: int = 16,
-                progress: bool = True) -> list[Pair]:
+                progress: bool = True, cluster: bool = False) -> list[Pair]:
     """Attack every clean image of ``source`` as ``spec`` says, into ``out_dir``; resumes.
 
-    Returns the plan; every pair of it exists on disk when this returns.
+    ``cluster``: attack the batches on the Ray cluster this process joined (:func:`hgd.cluster.connect`);
+    the pairs are the same as here. Returns the plan; every pair of it exists on disk when this returns.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim(out_dir, spec)
@@ -176,28 +178,54 @@ def build_pairs(source: pathlib.Path, out_dir: pathlib.Path, spec: PairSpec, *, 
     plan = plan_pairs(dataset.images, spec, out_dir)
     _write_plan(out_dir / PAIRS_FILE, plan, out_dir)
     log.info("%d pairs planned -> %s", len(plan), out_dir)
-    attack_pairs(plan, spec.attacks(), seed=spec.seed, batch_size=batch_size, progress=progress)
+    attack_pairs(plan, spec.attacks(), seed=spec.seed, batch_size=batch_size, progress=progress, cluster=cluster)
     return plan
 
 
 def attack_pairs(pairs: Sequence[Pair], attacks: Sequence[TableAttack], *, seed: int, batch_size: int = 16,
-                 progress: bool = True) -> None:
-    """Write every pair's adversarial PNG that does not exist yet (``pair.attack`` names one of ``attacks``)."""
+                 progress: bool = True, cluster: bool = False) -> None:
+    """Write every pair's adversarial PNG that does not exist yet (``pair.attack`` names one of ``attacks``).
+
+    The work goes in batches of pairs that share an attack and an eps, each seeded by its first image, so
+    a batch gives the same images wherever it runs: here, or with ``cluster`` on the Ray cluster this
+    process joined, one batch per free worker, written here as they come back in order.
+    """
     todo = [pair for pair in pairs if not pair.adversarial.is_file()]
-    by_name = {attack.name: attack for attack in attacks}
-    models: dict[tuple[ModelName, ...], Any] = {}
+    units = list(_work_units(todo, {attack.name: attack for attack in attacks}, batch_size))
     log.info("%d of %d pairs to attack", len(todo), len(pairs))
-    with tqdm(total=len(todo), unit="pair", desc="attacks", disable=not progress) as bar:
-        for attack_name, epsilon, chunk in _work_units(todo, by_name, batch_size):
-            attack = by_name[attack_name]
-            model = _model(models, attack.models) if attack.models else None
+
+    def shards() -> Iterator[tuple[str, int, np.ndarray, int]]:
+        for attack_name, epsilon, chunk in units:
             clean = np.stack([load_image(pair.clean)[0] for pair in chunk])
-            chunk_seed = zlib.crc32(f"{seed}/{attack_name}/{chunk[0].image}".encode())  # stable across runs
-            adversarial = attack.build(chunk_seed)(model, clean, epsilon=epsilon)
+            yield attack_name, epsilon, clean, zlib.crc32(f"{seed}/{attack_name}/{chunk[0].image}".encode())
+
+    if cluster:
+        from hgd.cluster.shards import map_shards
+
+        results = map_shards(functools.partial(PairAttacker, tuple(attacks)), "attack", shards())
+    else:
+        attacker = PairAttacker(attacks)
+        results = (attacker.attack(*shard) for shard in shards())
+    with tqdm(total=len(todo), unit="pair", desc="attacks", disable=not progress) as bar:
+        for (_, _, chunk), adversarial in zip(units, results):
             for pair, image in zip(chunk, adversarial):
                 pair.adversarial.parent.mkdir(parents=True, exist_ok=True)
                 save_png(pair.adversarial, image)
             bar.update(len(chunk))
+
+
+class PairAttacker:
+    """Attacks one batch of pairs; builds each set of attacked models once (here, or on a cluster node)."""
+
+    def __init__(self, attacks: Sequence[TableAttack]) -> None:
+        self.attacks = {attack.name: attack for attack in attacks}
+        self.models: dict[tuple[ModelName, ...], Any] = {}
+
+    def attack(self, attack_name: str, epsilon: int, clean: np.ndarray, seed: int) -> np.ndarray:
+        """The batch's adversarial uint8 images (the attack's label is each model's own prediction)."""
+        attack = self.attacks[attack_name]
+        model = _model(self.models, attack.models) if attack.models else None
+        return attack.build(seed)(model, clean, epsilon=epsilon)
 
 
 def read_pairs(out_dir: pathlib.Path, *, built_only: bool = False) -> tuple[PairSpec, list[Pair]]:
