@@ -169,7 +169,7 @@ def driver_rate(subs, work: pathlib.Path, attacks: int, defenses: int, batches: 
     from hgd.runner.ray_dispatch import RayDispatch
 
     dataset = write_dataset(work / f"driver-data-{batches}", batches)
-    copies = work / f"driver-subs-{attacks}x{defenses}"
+    copies = work / f"driver-subs-{attacks}x{defenses}x{batches}"
     attack_dirs = [shutil.copytree(subs["copy"], copies / f"attack{i:03d}") for i in range(attacks)]
     defense_dirs = [shutil.copytree(subs["ones"], copies / f"defense{i:03d}") for i in range(defenses)]
     wall, cpu = time.perf_counter(), time.process_time()
