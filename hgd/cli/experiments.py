@@ -90,7 +90,26 @@ def _parser() -> argparse.ArgumentParser:
     draw.add_argument("--eps", type=int, default=16, choices=TEST_EPSILONS)
     draw.add_argument("--images", type=int, default=100, help="how many test images")
     draw.add_argument("--out", type=pathlib.Path, required=True, help="folder for the PNGs and figures.json")
+    transfer = commands.add_parser("held-out", help="transfer to a held-out member: each shipped transfer attack "
+                                                    "against plain MI-FGSM (resumes attack by attack)")
+    transfer.add_argument("source", type=pathlib.Path, help="labelled folder (nips17_dev)")
+    transfer.add_argument("--json", type=pathlib.Path, required=True, help="results file (attacks in it are kept)")
+    transfer.add_argument("--craft", nargs="+", choices=models, default=[m.value for m in
+                                                                        (ModelName.LITE0, ModelName.LITE1)])
+    transfer.add_argument("--held-out", choices=models, default=ModelName.LITE2.value)
+    transfer.add_argument("--eps", type=int, default=16)
+    transfer.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by ImageId)")
+    transfer.add_argument("--batch-size", type=int, default=16)
     return parser
+
+
+def _held_out(args: argparse.Namespace) -> int:
+    from hgd.evaluation.held_out import held_out_transfer, markdown
+
+    results = held_out_transfer(args.source, args.json, craft=args.craft, held_out=args.held_out,
+                                epsilon=args.eps, limit=args.limit, batch_size=args.batch_size)
+    print(markdown(results))
+    return 0
 
 
 def _testsets(args: argparse.Namespace) -> int:
@@ -148,7 +167,8 @@ def _figures(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.getLogger("hgd").setLevel(logging.INFO)
-    run_main(lambda: {"testsets": _testsets, "evaluate": _evaluate, "figures": _figures}[args.command](args))
+    run_main(lambda: {"testsets": _testsets, "evaluate": _evaluate, "figures": _figures,
+                      "held-out": _held_out}[args.command](args))
 
 
 if __name__ == "__main__":
