@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--built-only", action="store_true",
                      help="train on the pairs built so far while `data` goes on (the mix is then not Table 1's)")
     fit.add_argument("--no-progress", action="store_true", help="one log line per epoch instead of a bar")
+    _parallel_arguments(fit)
 
     defense = commands.add_parser("defense", help="train every denoiser of a defense configuration by its "
                                   "'training' recipe and install the weights where the configuration reads them")
@@ -77,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     defense.add_argument("--built-only", action="store_true",
                          help="train on the pairs built so far instead of finishing them first")
     defense.add_argument("--no-progress", action="store_true")
+    _parallel_arguments(defense)
     more = commands.add_parser("continue", help="one more chunk of a defense's training from its installed weights "
                                "(the 'continue' section of its recipe); installs the result if it is better")
     _recipe_arguments(more)
@@ -84,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     more.add_argument("--history-dir", type=pathlib.Path, default=None,
                       help="append the chunk to NAME.csv here and redraw NAME.png (e.g. docs/results/training)")
     more.add_argument("--no-progress", action="store_true")
+    _parallel_arguments(more)
     validate = commands.add_parser("validate", help="the validation loss a run of these options reports, for any "
                                    "denoiser weights (e.g. a bfloat16-trained checkpoint scored in float32)")
     validate.add_argument("pairs_dir", type=pathlib.Path, help="a folder made by `data`")
@@ -115,6 +118,27 @@ def _run_arguments(parser: argparse.ArgumentParser, models: list[str]) -> None:
                         help="the DUNET body's precision (weights stay float32; default float32)")
 
 
+def _parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    """Data parallelism (:mod:`hgd.train.distributed`, the JAX backend): devices of this host, and a
+    multi-host job (or ``HGD_COORDINATOR``, ``HGD_NUM_PROCESSES``, ``HGD_PROCESS_ID`` from a launcher)."""
+    group = parser.add_argument_group("data parallel (KERAS_BACKEND=jax; docs/guide/training.md)")
+    group.add_argument("--devices", default=None, metavar="N|all",
+                       help="split every batch over N devices of this host, or all of them (default: one; with "
+                            "several processes: all)")
+    group.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="several hosts: process 0's address, which it binds (every process gives the same)")
+    group.add_argument("--num-processes", type=int, default=None, help="several hosts: how many processes, one per host")
+    group.add_argument("--process-id", type=int, default=None, help="several hosts: this process's id, 0..N-1 "
+                       "(process 0 writes checkpoints, history and installed weights)")
+
+
+def _placement(args: argparse.Namespace):
+    from hgd.train.distributed import place
+
+    return place(args.devices, coordinator=args.coordinator, num_processes=args.num_processes,
+                 process_id=args.process_id)
+
+
 def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """What every recipe command reads: the defense configuration, the clean images, the work folder."""
     parser.add_argument("config", type=pathlib.Path, help="a defense config.json (or profile) with a 'training' section")
@@ -135,6 +159,7 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    placement = _placement(args)  # before any model is built
     from hgd.train.fit import BEST_WEIGHTS, FitConfig, fit
 
     config = FitConfig(guidance=Guidance(args.guidance), models=tuple(args.models), width=args.width,
@@ -148,7 +173,7 @@ def _fit(args: argparse.Namespace) -> int:
                        init_weights=None if args.init_weights is None else str(args.init_weights.resolve()),
                        dtype_policy=args.dtype_policy)
     state = fit(args.pairs_dir, args.run_dir, config, verbose=2 if args.no_progress else "auto",
-                built_only=args.built_only)
+                built_only=args.built_only, placement=placement)
     print(f"{state.summary()} -> {args.run_dir / BEST_WEIGHTS}")
     return 0
 
@@ -157,7 +182,7 @@ def _defense(args: argparse.Namespace) -> int:
     from hgd.train.recipe import train_defense
 
     trained = train_defense(args.config, args.source, args.work_dir, built_only=args.built_only,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, placement=_placement(args))
     for job, state in trained:
         print(f"{job.name}: {state.summary()} -> {job.spec.weights}")
     return 0
@@ -167,7 +192,8 @@ def _continue(args: argparse.Namespace) -> int:
     from hgd.train.continued import continue_training
 
     for result in continue_training(args.config, args.source, args.work_dir, max_hours=args.max_hours,
-                                    history_dir=args.history_dir, progress=not args.no_progress):
+                                    history_dir=args.history_dir, progress=not args.no_progress,
+                                    placement=_placement(args)):
         outcome = "installed" if result.installed else "not better, not installed"
         print(f"{result.job.name} chunk {result.chunk}: {result.state.summary()} -> {result.job.spec.weights} "
               f"({outcome})")

@@ -27,6 +27,7 @@ import pathlib
 
 from hgd.io.files import write_atomically
 from hgd.train.fit import BEST_WEIGHTS, HISTORY_FILE, RunState, fit
+from hgd.train.distributed import Placement
 from hgd.train.pairs import build_pairs
 from hgd.train.recipe import DenoiserJob, install, load_recipe
 
@@ -52,11 +53,12 @@ class ChunkResult:
 
 def continue_training(config_path: pathlib.Path, source: pathlib.Path, work_dir: pathlib.Path, *,
                       max_hours: float, history_dir: pathlib.Path | None = None,
-                      progress: bool = True) -> list[ChunkResult]:
+                      progress: bool = True, placement: Placement = Placement()) -> list[ChunkResult]:
     """One chunk of ``config_path``'s ``continue`` training for every denoiser it runs (see the module doc).
 
     ``history_dir`` holds ``NAME.csv`` and ``NAME.png`` per denoiser (e.g. ``docs/results/training``);
-    without it, chunks are numbered from 1 and nothing is appended.
+    without it, chunks are numbered from 1 and nothing is appended. ``placement``: a data-parallel run
+    (:mod:`hgd.train.distributed`); only process 0 builds pairs, installs weights and appends history.
     """
     recipe = load_recipe(config_path)
     missing = [job.name for job in recipe.jobs if job.continued is None]
@@ -64,7 +66,8 @@ def continue_training(config_path: pathlib.Path, source: pathlib.Path, work_dir:
         raise ValueError(f"{config_path}: no 'continue' section in 'training' (denoisers {missing})")
     recipe.defense.require_weights()  # nothing to continue from: train the recipe first (hgd.train defense)
     pairs_dir = recipe.pairs_dir(work_dir)
-    build_pairs(source, pairs_dir, recipe.pair_spec(source), progress=progress)
+    if placement.writes:
+        build_pairs(source, pairs_dir, recipe.pair_spec(source), progress=progress)
     results = []
     for job in recipe.jobs:
         history = None if history_dir is None else history_dir / f"{job.name}.csv"
@@ -73,9 +76,9 @@ def continue_training(config_path: pathlib.Path, source: pathlib.Path, work_dir:
         config = dataclasses.replace(job.continued, init_weights=str(job.spec.weights.resolve()), max_hours=max_hours,
                                      learning_rate=_last_learning_rate(history) or job.continued.learning_rate)
         log.info("%s: chunk %d from %s in %s (%s h at most)", job.name, chunk, job.spec.weights, run_dir, max_hours)
-        state = fit(pairs_dir, run_dir, config, verbose="auto" if progress else 2)
-        installed = _install_if_better(run_dir, state, job.spec.weights)
-        if history is not None:
+        state = fit(pairs_dir, run_dir, config, verbose="auto" if progress else 2, placement=placement)
+        installed = placement.writes and _install_if_better(run_dir, state, job.spec.weights)
+        if history is not None and placement.writes:
             _append_chunk(history, chunk, run_dir, state, config.batch_size, config.steps_per_epoch)
             plot_history(history, history.with_suffix(".png"))
         results.append(ChunkResult(job, chunk, state, installed))

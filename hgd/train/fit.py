@@ -43,6 +43,7 @@ from hgd.defenses.dunet import DTYPE_POLICIES, build_dunet
 from hgd.io.files import replace_atomically, write_atomically
 from hgd.io.images import IMAGE_SIZE, load_image
 from hgd.train.adaptive import Adversary, SyncWeights, build_attacked_model
+from hgd.train.distributed import Placement
 from hgd.train.guidance import Guidance, guidance_loss
 from hgd.train.pairs import TRAIN, VALIDATION, Pair, read_pairs
 from hgd.zoo import NUM_CLASSES, get_model
@@ -172,12 +173,13 @@ class PairBatches(keras.utils.PyDataset):
     """
 
     def __init__(self, pairs: Sequence[Pair], batch_size: int, *, crop: int | None, shuffle: bool, seed: int,
-                 steps: int | None = None, adversary: Adversary | None = None) -> None:
+                 steps: int | None = None, adversary: Adversary | None = None, shard: tuple[int, int] = (0, 1)) -> None:
         super().__init__()
         if not pairs:
             raise ValueError("no pairs to train or validate on")
         self.pairs, self.batch_size, self.crop, self.shuffle, self.seed = list(pairs), batch_size, crop, shuffle, seed
         self.adversary = adversary
+        self.shard = shard
         self.steps = steps or math.ceil(len(self.pairs) / batch_size)
         self.epoch = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(4)
@@ -192,13 +194,17 @@ class PairBatches(keras.utils.PyDataset):
         else:
             start = (self.epoch * self.steps + index) * self.batch_size
             chosen = [self.pairs[self._order(position)] for position in range(start, start + self.batch_size)]
-        loaded = list(self._pool.map(lambda pair: (load_image(pair.adversarial)[0], load_image(pair.clean)[0]), chosen))
+        part, parts = self.shard
+        first, last = part * len(chosen) // parts, (part + 1) * len(chosen) // parts  # this process's share
+        loaded = list(self._pool.map(lambda pair: (load_image(pair.adversarial)[0], load_image(pair.clean)[0]),
+                                     chosen[first:last]))
         adversarial, clean = (np.stack(images).astype(np.float32) for images in zip(*loaded))
         if self.shuffle:
-            adversarial, clean = self._augment(adversarial, clean, index)
-        labels = np.array([pair.label0 for pair in chosen], dtype=np.int32)
+            adversarial, clean = self._augment(adversarial, clean, index, first, len(chosen))
+        labels = np.array([pair.label0 for pair in chosen[first:last]], dtype=np.int32)
         if self.adversary is not None:
-            self.adversary.replace(adversarial, clean, labels, (self.seed, 7, self.epoch, index))
+            seed = (self.seed, 7, self.epoch, index) + ((part,) if parts > 1 else ())
+            self.adversary.replace(adversarial, clean, labels, seed)
         return {"adversarial": adversarial, "clean": clean}, labels
 
     def _order(self, position: int) -> int:
@@ -207,13 +213,16 @@ class PairBatches(keras.utils.PyDataset):
             self._shuffle = (shuffle_index, np.random.default_rng([self.seed, shuffle_index]).permutation(len(self.pairs)))
         return int(self._shuffle[1][offset])
 
-    def _augment(self, adversarial: np.ndarray, clean: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _augment(self, adversarial: np.ndarray, clean: np.ndarray, index: int, first: int,
+                 total: int) -> tuple[np.ndarray, np.ndarray]:
+        """Crops and flips drawn for the whole global batch of ``total`` (so a process's share gets the
+        draws it would get in one process), applied to the images from position ``first`` on."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
         side = self.crop or IMAGE_SIZE
+        draws = [(*rng.integers(0, IMAGE_SIZE - side + 1, size=2), rng.random() < 0.5) for _ in range(total)]
         out = [np.empty((len(adversarial), side, side, 3), np.float32) for _ in range(2)]
         for i in range(len(adversarial)):
-            top, left = rng.integers(0, IMAGE_SIZE - side + 1, size=2)
-            flip = rng.random() < 0.5
+            top, left, flip = draws[first + i]
             for source, target in zip((adversarial, clean), out):
                 window = source[i, top:top + side, left:left + side]
                 target[i] = window[:, ::-1] if flip else window
@@ -270,29 +279,34 @@ def build_training_model(config: FitConfig) -> DenoiserTraining:
 
 
 def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, verbose: int | str = "auto",
-        built_only: bool = False) -> RunState:
+        built_only: bool = False, placement: Placement = Placement()) -> RunState:
     """Train (or go on training) ``config`` on the pairs of ``pairs_dir``, in ``run_dir``.
 
     ``built_only`` trains on the pairs built so far of an unfinished pair folder (see ``read_pairs``).
+    ``placement``: the devices and processes of a data-parallel run (:func:`hgd.train.distributed.place`,
+    called before this); each process loads its share of every global batch, only process 0 writes.
     Returns the final state; ``run_dir / best.weights.h5`` holds the trained denoiser.
     """
+    placement.check_batch(config.batch_size)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = _claim(run_dir, config)
+    config = _claim(run_dir, config, write=placement.writes)
     state = _load_state(run_dir, config)
     if state.finished:
         log.info("%s: already finished (%s)", run_dir, state.finished)
         return state
     train_pairs, val_pairs = _split(pairs_dir, config, built_only)
     log.info("%d training pairs, %d validation pairs scored per epoch", len(train_pairs), len(val_pairs))
+    if placement.num_processes > 1:
+        keras.utils.set_random_seed(config.seed)  # every process starts from the same fresh weights
     model = build_training_model(config)
     adversary = model.adversary(config) if config.adaptive_fraction else None
     if adversary is not None:
         log.info("defense-aware examples: %.0f%% of every batch, %d-step PGD at eps %d through the current denoiser",
                  100 * config.adaptive_fraction, config.adaptive_steps, config.adaptive_epsilon)
     train = PairBatches(train_pairs, config.batch_size, crop=config.crop, shuffle=True, seed=config.seed,
-                        steps=config.steps_per_epoch, adversary=adversary)
-    validation = PairBatches(val_pairs, config.batch_size, crop=None, shuffle=False, seed=config.seed,
-                             adversary=adversary)
+                        steps=config.steps_per_epoch, adversary=adversary, shard=placement.shard)
+    validation = PairBatches(_whole_batches(val_pairs, config.batch_size, placement), config.batch_size, crop=None,
+                             shuffle=False, seed=config.seed, adversary=adversary, shard=placement.shard)
     model.compile(optimizer=keras.optimizers.Adam(state.learning_rate))
     sync = [SyncWeights()] if adversary is not None else []
     _restore(run_dir, model, config.init_weights)
@@ -300,14 +314,26 @@ def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, ve
         state.initial_val_loss = float(model.evaluate(validation, verbose=0, callbacks=sync))
         log.info("validation loss of the starting denoiser (%s): %.5f", config.init_weights or "untrained",
                  state.initial_val_loss)
-        _save_state(run_dir, state)
-    checkpointer = Checkpointer(run_dir, config, state, train)
+        if placement.writes:
+            _save_state(run_dir, state)
+    checkpointer = Checkpointer(run_dir, config, state, train, writes=placement.writes)
     model.fit(train, validation_data=validation, epochs=config.max_epochs, initial_epoch=state.epoch,
               callbacks=[*sync, checkpointer], verbose=verbose)
     if not state.finished and state.epoch >= config.max_epochs:
         state.finished = f"reached max_epochs={config.max_epochs}"
-        _save_state(run_dir, state)
+        if placement.writes:
+            _save_state(run_dir, state)
     return state
+
+
+def _whole_batches(pairs: list[Pair], batch_size: int, placement: Placement) -> list[Pair]:
+    """Data parallel: the validation pairs cut to whole batches (every batch must split over the devices)."""
+    if placement.devices == 1:
+        return pairs
+    kept = len(pairs) - len(pairs) % batch_size
+    if not kept:
+        raise ValueError(f"{len(pairs)} validation pairs do not fill one batch of {batch_size}")
+    return pairs[:kept]
 
 
 def validation_loss(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitConfig) -> float:
@@ -327,9 +353,11 @@ def validation_loss(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitC
 class Checkpointer(keras.callbacks.Callback):
     """Per epoch: the learning-rate schedule, the best and last checkpoints, the history, the stop."""
 
-    def __init__(self, run_dir: pathlib.Path, config: FitConfig, state: RunState, train: PairBatches) -> None:
+    def __init__(self, run_dir: pathlib.Path, config: FitConfig, state: RunState, train: PairBatches,
+                 writes: bool = True) -> None:
         super().__init__()
         self.run_dir, self.config, self.state, self.train = run_dir, config, state, train
+        self.writes = writes  # several processes: all keep the schedule, only process 0 writes
         self._started = self._cpu_started = 0.0
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
@@ -344,12 +372,14 @@ class Checkpointer(keras.callbacks.Callback):
         denoiser = self.model.denoiser
         if val_loss < state.best_val_loss:
             state.best_val_loss, state.epochs_without_improvement = val_loss, 0
-            _save_weights(denoiser, self.run_dir / BEST_WEIGHTS)
+            if self.writes:
+                _save_weights(denoiser, self.run_dir / BEST_WEIGHTS)
         else:
             state.epochs_without_improvement += 1
-        _append_history(self.run_dir / HISTORY_FILE,
-                        [epoch + 1, state.learning_rate, float(logs["loss"]), val_loss, round(seconds, 1),
-                         round(cpu_seconds, 1)])
+        if self.writes:
+            _append_history(self.run_dir / HISTORY_FILE,
+                            [epoch + 1, state.learning_rate, float(logs["loss"]), val_loss, round(seconds, 1),
+                             round(cpu_seconds, 1)])
         log.info("epoch %d: loss %.5f, val_loss %.5f (best %.5f), lr %g, %.0f s", epoch + 1, logs["loss"], val_loss,
                  state.best_val_loss, state.learning_rate, seconds)
         if state.epochs_without_improvement >= config.patience:
@@ -360,9 +390,10 @@ class Checkpointer(keras.callbacks.Callback):
         state.epoch, state.hours = epoch + 1, state.hours + seconds / 3600
         if not state.finished and config.max_hours is not None and state.hours >= config.max_hours:
             state.finished = f"reached max_hours={config.max_hours} ({state.hours:.2f} h)"
-        _save_weights(denoiser, self.run_dir / LAST_WEIGHTS)
-        _save_optimizer(self.model.optimizer, self.run_dir / OPTIMIZER_FILE)
-        _save_state(self.run_dir, state)
+        if self.writes:
+            _save_weights(denoiser, self.run_dir / LAST_WEIGHTS)
+            _save_optimizer(self.model.optimizer, self.run_dir / OPTIMIZER_FILE)
+            _save_state(self.run_dir, state)
         if state.finished:
             self.model.stop_training = True
 
@@ -380,7 +411,7 @@ def _split(pairs_dir: pathlib.Path, config: FitConfig, built_only: bool) -> tupl
     return train, [validation[i] for i in keep]
 
 
-def _claim(run_dir: pathlib.Path, config: FitConfig) -> FitConfig:
+def _claim(run_dir: pathlib.Path, config: FitConfig, write: bool = True) -> FitConfig:
     path = run_dir / CONFIG_FILE
     if path.is_file():
         existing = FitConfig.from_json(path.read_text())
@@ -388,7 +419,8 @@ def _claim(run_dir: pathlib.Path, config: FitConfig) -> FitConfig:
         if {k: v for k, v in dataclasses.asdict(existing).items() if k not in RESUMABLE_CHANGES} != fixed:
             raise ValueError(f"{run_dir} trains another configuration:\n{existing}\nasked:\n{config}\n"
                              f"only {', '.join(RESUMABLE_CHANGES)} may change when resuming")
-    write_atomically(path, "w", lambda f: f.write(config.to_json()))
+    if write:
+        write_atomically(path, "w", lambda f: f.write(config.to_json()))
     return config
 
 

@@ -42,6 +42,7 @@ import numpy as np
 from hgd.defenses.defended import DefenseConfig, DenoiserSpec, load_config
 from hgd.io.files import write_atomically
 from hgd.train.fit import BEST_WEIGHTS, FitConfig, RunState, fit
+from hgd.train.distributed import Placement
 from hgd.train.pairs import PairSpec, build_pairs
 
 log = logging.getLogger("hgd.train.recipe")
@@ -156,18 +157,20 @@ def _stage_options(key: str, stage: object, options: dict) -> dict | None:
 
 
 def train_defense(config_path: pathlib.Path, source: pathlib.Path, work_dir: pathlib.Path, *,
-                  built_only: bool = False, progress: bool = True) -> list[tuple[DenoiserJob, RunState]]:
+                  built_only: bool = False, progress: bool = True,
+                  placement: Placement = Placement()) -> list[tuple[DenoiserJob, RunState]]:
     """Run ``config_path``'s recipe in ``work_dir`` (pairs, runs) and install the trained denoisers.
 
     Resumes everything: finished pairs and epochs are kept. A denoiser whose run stopped early (a
     ``max_hours`` limit) is still installed: its best checkpoint is the result so far, and rerunning
     with a raised limit goes on. ``built_only`` trains on the pairs built so far instead of building
-    the rest first (:func:`hgd.train.pairs.read_pairs`).
+    the rest first (:func:`hgd.train.pairs.read_pairs`). ``placement``: a data-parallel run
+    (:mod:`hgd.train.distributed`); only process 0 builds pairs and installs weights.
     """
     recipe = load_recipe(config_path)
     spec = recipe.pair_spec(source)
     pairs_dir = recipe.pairs_dir(work_dir)
-    if not built_only:
+    if not built_only and placement.writes:
         build_pairs(source, pairs_dir, spec, progress=progress)
     trained = []
     for job in recipe.jobs:
@@ -180,9 +183,11 @@ def train_defense(config_path: pathlib.Path, source: pathlib.Path, work_dir: pat
             if start is not None:
                 config = dataclasses.replace(config, init_weights=str(start))
             log.info("stage %s: %s, crop %s, in %s", name, config.guidance.value, config.crop, stage_dir)
-            state = fit(pairs_dir, stage_dir, config, verbose="auto" if progress else 2, built_only=built_only)
+            state = fit(pairs_dir, stage_dir, config, verbose="auto" if progress else 2, built_only=built_only,
+                        placement=placement)
             start = stage_dir / BEST_WEIGHTS
-        install(start, job.spec.weights, float16=recipe.float16_weights)
+        if placement.writes:
+            install(start, job.spec.weights, float16=recipe.float16_weights)
         trained.append((job, state))
     return trained
 
