@@ -13,18 +13,24 @@ side (299: whole images; a smaller side is also what a lower working resolution 
 the DUNET's dtype policy (``mixed_bfloat16``), and the share of defense-aware examples
 (``--adaptive-fractions``: PGD through the current denoiser before the step, as the data pipeline
 does). ``--threads N`` limits the process to N threads (run it once per N, in one shell loop, to
-compare). ``--flops`` adds the analytic forward GFLOP per image of the DUNET and of each model up to
+compare). ``--devices 1 2`` splits each batch over that many devices with Keras' ``DataParallel``
+(the JAX backend: ``KERAS_BACKEND=jax``; on a CPU the devices are simulated, XLA's host platform cut
+into that many, so they share the same cores: a correctness and overhead figure, not a speed-up; on a
+GPU machine they are its GPUs). ``--flops`` adds the analytic forward GFLOP per image of the DUNET and of each model up to
 its guide layer, the numbers a step's time should follow.
 
     python bench/train_step.py --models efficientnet_lite0 efficientnet_lite1 efficientnet_lite2 \\
         --guidances pgd fgd --widths 0.5 --crops 299 --flops
     python bench/train_step.py --models efficientnet_lite0 efficientnet_lite1 efficientnet_lite2 \\
         --widths 0.25 0.5 --crops 299 224 --dtype-policies float32 mixed_bfloat16 --batches 8 16
+    KERAS_BACKEND=jax python bench/train_step.py --models efficientnet_lite0 efficientnet_lite1 \\
+        efficientnet_lite2 --widths 0.5 --batches 16 --devices 1 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 
@@ -45,12 +51,19 @@ def main() -> None:
                         help="shares of each batch attacked through the current denoiser (0: oblivious pairs)")
     parser.add_argument("--adaptive-steps", type=int, default=4, help="PGD steps of that attack")
     parser.add_argument("--threads", type=int, default=None, help="limit the process to this many threads")
+    parser.add_argument("--devices", type=int, nargs="+", default=[1],
+                        help="devices each batch is split over (DataParallel, KERAS_BACKEND=jax; simulated on a CPU)")
     parser.add_argument("--steps", type=int, default=2, help="steps per timed call")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flops", action="store_true", help="also print the analytic GFLOP per image")
     args = parser.parse_args()
     if args.threads:
         limit_threads(args.threads)
+    if max(args.devices) > 1:
+        if os.environ.get("KERAS_BACKEND") != "jax":
+            parser.error("--devices above 1 needs KERAS_BACKEND=jax (Keras' DataParallel)")
+        os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "
+                                   f"--xla_force_host_platform_device_count={max(args.devices)}").strip()
 
     import keras
 
@@ -59,19 +72,21 @@ def main() -> None:
     rng = np.random.default_rng(0)
     variants = {}
     grid = itertools.product(args.guidances, args.widths, args.crops, args.batches, args.dtype_policies,
-                             args.adaptive_fractions)
-    for guidance, width, crop, batch, policy, fraction in grid:
+                             args.adaptive_fractions, args.devices)
+    for guidance, width, crop, batch, policy, fraction, devices in grid:
         config = FitConfig(guidance=guidance, models=tuple(args.models), width=width, adaptive_fraction=fraction,
                            adaptive_steps=args.adaptive_steps, dtype_policy=policy)
-        model = build_training_model(config)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        scope = _devices_scope(devices)
+        with scope():
+            model = build_training_model(config)
+            model.compile(optimizer=keras.optimizers.Adam(1e-3))
         pixels = {key: rng.uniform(0, 255, (batch, crop, crop, 3)).astype("float32")
                   for key in ("adversarial", "clean")}
         labels = rng.integers(0, 1000, batch).astype("int32")
-        step = _step(model, config, pixels, labels)
+        step = _step(model, config, pixels, labels, scope)
         for _ in range(2):
             step()
-        name = f"{guidance}/{width}/{crop}/{batch}/{policy}/{fraction}"
+        name = f"{guidance}/{width}/{crop}/{batch}/{policy}/{fraction}/{devices}"
         log(f"{name}: warmed up")
         variants[name] = lambda s=step: [s() for _ in range(args.steps)]
     times = interleaved(variants, args.rounds)
@@ -83,7 +98,7 @@ def main() -> None:
         rows.append([*name.split("/"), f"{pairs / wall:.2f}", f"{pairs / cpu:.3f}", f"{wall / args.steps:.2f}"])
     print(f"guided by {' + '.join(args.models)}, threads {args.threads or 'all'}, defense-aware examples: "
           f"{args.adaptive_steps}-step PGD, backend {keras.backend.backend()}\n")
-    print(table(["loss", "width", "crop", "batch", "dtype policy", "adaptive share", "pairs/s (wall)",
+    print(table(["loss", "width", "crop", "batch", "dtype policy", "adaptive share", "devices", "pairs/s (wall)",
                  "pairs/CPU-s", "s/step (wall)"], rows))
     if args.flops:
         print()
@@ -129,14 +144,27 @@ def flops_table(models: list[str], widths: list[float], crops: list[int]) -> str
             + table(["part", "crop", "GFLOP/image"], rows))
 
 
-def _step(model, config, pixels: dict, labels: np.ndarray):
+def _devices_scope(devices: int):
+    """A context for building and stepping a model on ``devices`` devices (nothing for one)."""
+    if devices == 1:
+        return contextlib.nullcontext
+    import keras
+
+    available = keras.distribution.list_devices()
+    if devices > len(available):
+        raise SystemExit(f"{devices} devices asked for, {len(available)} here: {available}")
+    return keras.distribution.DataParallel(devices=available[:devices]).scope
+
+
+def _step(model, config, pixels: dict, labels: np.ndarray, scope=contextlib.nullcontext):
     """One training step as ``fit`` takes it: the batch's defense-aware share attacked first."""
     adversary = model.adversary(config) if config.adaptive_fraction else None
 
     def step():
         if adversary is not None:
             adversary.replace(pixels["adversarial"], pixels["clean"], labels, (0,))
-        return model.train_on_batch(pixels, labels)
+        with scope():
+            return model.train_on_batch(pixels, labels)
 
     return step
 

@@ -133,6 +133,18 @@ def test_fit_on_two_simulated_devices_gives_a_checkpoint_the_defense_runs(pairs_
     assert logits.shape == (2, 1000) and np.isfinite(logits).all()
 
 
+def test_defense_aware_fit_runs_on_two_simulated_devices(pairs_dir, tmp_path):
+    """The adversary's PGD (input gradients through the current denoiser, in the data pipeline) works
+    under the distribution: each process attacks its share of the batch."""
+    run = tmp_path / "run"
+    result = _run([sys.executable, "-m", "hgd.cli.train", "fit", str(pairs_dir), str(run), "--guidance", "fgd",
+                   "--models", "efficientnet_lite0", "--width", "0.125", "--crop", "64", "--batch-size", "2",
+                   "--steps-per-epoch", "1", "--validation-pairs", "2", "--max-epochs", "1", "--adaptive-fraction",
+                   "0.5", "--adaptive-steps", "1", "--devices", "2", "--no-progress"], _env(2))
+    assert "finished: reached max_epochs=1" in result.stdout and "defense-aware examples: 50%" in result.stderr
+    assert (run / "best.weights.h5").is_file()
+
+
 def test_fit_in_two_processes_only_process_0_writes(pairs_dir, tmp_path):
     command = [sys.executable, "-m", "hgd.cli.train", "fit", str(pairs_dir)]
     processes = _two_processes(command, tmp_path / "logs", extra=[[str(tmp_path / "run0"), *FIT, "--max-epochs", "1"],
