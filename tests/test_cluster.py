@@ -232,6 +232,26 @@ def test_sharded_pair_building_equals_one_machine(cluster, small_source, tmp_pat
     assert len(built["here"]) >= 4 and built["cluster"] == built["here"]
 
 
+@pytest.mark.jax
+def test_data_parallel_training_as_a_ray_job_one_process_per_node(cluster, small_source, tmp_path):
+    """``train fit --cluster ADDRESS --num-processes 2``: one JAX process on each worker node, coordinated
+    through the first; the run folder (shared here: one machine) gets process 0's checkpoint."""
+    pytest.importorskip("jax", reason="data parallelism runs on the JAX backend")
+    from hgd.cli import train as train_cli
+    from hgd.train.pairs import PairSpec, build_pairs
+
+    pairs = tmp_path / "pairs"
+    build_pairs(small_source, pairs, PairSpec(source=str(small_source), models=("efficientnet_lite0",),
+                                              attacks_per_image=2, validation_fraction=0.5), progress=False)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(["fit", str(pairs), str(run), "--guidance", "pgd", "--width", "0.125", "--crop", "64",
+                        "--batch-size", "2", "--steps-per-epoch", "2", "--validation-pairs", "2", "--max-epochs", "1",
+                        "--no-progress", "--cluster", cluster[0].address, "--num-processes", "2"])
+    assert exit_info.value.code == 0
+    assert (run / "best.weights.h5").is_file() and json.loads((run / "state.json").read_text())["epoch"] == 1
+
+
 def test_without_ray_the_cluster_flag_names_the_extra(data, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     status = cli.main([*run_args(data, tmp_path / "out", attacks=["noop"], defenses=["pixel"]),

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 def test_rows_resume_and_another_setting_is_refused(small_source, tmp_path):
     out = tmp_path / "held_out.json"
     settings = {"MI-FGSM": {"attack": "mifgsm", "steps": 2, "mu": 1.0},
-                "TI (TI-MI-FGSM)": {"attack": "mifgsm", "steps": 2, "mu": 1.0, "ti_kernel": 5}}
+                "TI (TI-MI-FGSM)": {"attack": "di_mifgsm", "steps": 2, "mu": 1.0, "diversity_prob": 0.0,
+                                    "ti_kernel": 5}}
     kwargs = dict(craft=["efficientnet_lite0"], held_out="efficientnet_lite1", epsilon=16, limit=2, batch_size=2)
     results = held_out_transfer(small_source, out, settings=settings, **kwargs)
     assert list(results["rows"]) == ["clean", "MI-FGSM", "TI (TI-MI-FGSM)"]

@@ -130,6 +130,11 @@ def _parallel_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-processes", type=int, default=None, help="several hosts: how many processes, one per host")
     group.add_argument("--process-id", type=int, default=None, help="several hosts: this process's id, 0..N-1 "
                        "(process 0 writes checkpoints, history and installed weights)")
+    group.add_argument("--cluster", metavar="ADDRESS", default=None,
+                       help="launch the job on the Ray cluster at ADDRESS: --num-processes processes on as many "
+                            "distinct nodes, the coordinator found for them (docs/guide/cluster.md)")
+    group.add_argument("--process-cpus", type=float, default=1.0, help="with --cluster: CPUs each process reserves")
+    group.add_argument("--process-gpus", type=float, default=0.0, help="with --cluster: GPUs each process reserves")
 
 
 def _placement(args: argparse.Namespace):
@@ -232,11 +237,39 @@ def _curves(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logging.getLogger("hgd").setLevel(logging.INFO)
-    run_main(lambda: {"data": _data, "fit": _fit, "defense": _defense, "continue": _continue, "validate": _validate,
-                      "install": _install,
-                      "curves": _curves}[args.command](args))
+    commands = {"data": _data, "fit": _fit, "defense": _defense, "continue": _continue, "validate": _validate,
+                "install": _install, "curves": _curves}
+    if getattr(args, "cluster", None) and args.command in ("fit", "defense", "continue"):
+        run_main(lambda: _on_cluster(args, argv))
+    run_main(lambda: commands[args.command](args))
+
+
+JOB_FLAGS = ("--cluster", "--coordinator", "--num-processes", "--process-id")
+
+
+def _on_cluster(args: argparse.Namespace, argv: list[str]) -> int:
+    """The same command as a multi-host job on the Ray cluster: one process per node (``--num-processes``)."""
+    from hgd.cluster.jobs import run_per_node
+
+    if not args.num_processes or args.num_processes < 1:
+        raise ValueError("--cluster needs --num-processes: how many nodes (one process each) train together")
+    join_cluster(args.cluster)
+    kept, skip = [], False
+    for token in argv:  # the command as given, without the job's flags (each process gets them from HGD_*)
+        if skip:
+            skip = False
+        elif token in JOB_FLAGS:
+            skip = True
+        elif not token.startswith(tuple(f"{flag}=" for flag in JOB_FLAGS)):
+            kept.append(token)
+    results = run_per_node(["-m", "hgd.cli.train", *kept], args.num_processes, cpus=args.process_cpus,
+                           gpus=args.process_gpus, env={"KERAS_BACKEND": "jax"})  # the distribution API's backend
+    for result in results:
+        print(f"process {result.process_id} on {result.node}: exit {result.exit_code}\n{result.tail.rstrip()}")
+    return max(result.exit_code for result in results)
 
 
 if __name__ == "__main__":
