@@ -246,7 +246,7 @@ def test_data_parallel_training_as_a_ray_job_one_process_per_node(cluster, small
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         train_cli.main(["fit", str(pairs), str(run), "--guidance", "pgd", "--width", "0.125", "--crop", "64",
-                        "--batch-size", "2", "--steps-per-epoch", "2", "--validation-pairs", "2", "--max-epochs", "1",
+                        "--batch-size", "2", "--steps-per-epoch", "1", "--validation-pairs", "2", "--max-epochs", "1",
                         "--no-progress", "--cluster", cluster[0].address, "--num-processes", "2"])
     assert exit_info.value.code == 0
     assert (run / "best.weights.h5").is_file() and json.loads((run / "state.json").read_text())["epoch"] == 1
