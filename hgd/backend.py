@@ -140,3 +140,20 @@ def input_gradient(loss: Callable[[Tensor], Tensor], x: np.ndarray, *,
             return (value.detach().cpu().numpy(), out[1].detach().cpu().numpy()), grad
         return value.detach().cpu().numpy(), grad
     raise NotImplementedError(f"input gradients are not implemented for the {backend!r} backend")
+
+
+def replica_share(loss: Tensor) -> Tensor:
+    """A replica's share of a batch loss that the distribution sums over replicas.
+
+    Under ``tf.distribute`` each replica computes the loss of its part of the batch and the gradients
+    are summed across replicas, so a mean loss must be divided by the replica count (what Keras' own
+    losses do inside; a model that computes its loss itself, as ``hgd.train.fit`` does, must do it too).
+    JAX's ``DataParallel`` computes the loss once over the whole sharded batch: nothing to divide.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            return loss / replicas
+    return loss

@@ -2,6 +2,7 @@
 
     python tests/distributed_probe.py OUT_DIR --devices N                        # N simulated devices, one process
     python tests/distributed_probe.py OUT_DIR --process-id I --num-processes P --coordinator 127.0.0.1:PORT
+    python tests/distributed_probe.py OUT_DIR --devices N --backend tensorflow   # N logical CPU devices, tf.distribute
 
 Each process trains on its share of the same global batches (SGD, so a step's update is the gradient
 itself) and writes its denoiser's flattened weights after every step to ``OUT_DIR/p{I}_step{S}.npy``.
@@ -15,8 +16,6 @@ import os
 import pathlib
 import sys
 
-os.environ["KERAS_BACKEND"] = "jax"
-
 GLOBAL_BATCH, STEPS = 4, 3
 
 
@@ -27,9 +26,16 @@ def main() -> None:
     parser.add_argument("--coordinator", default=None)
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
+    parser.add_argument("--backend", choices=["jax", "tensorflow"], default="jax")
     args = parser.parse_args()
-    if args.devices:
+    os.environ["KERAS_BACKEND"] = args.backend
+    if args.devices and args.backend == "jax":
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+    if args.devices and args.backend == "tensorflow":
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]  # always two logical CPUs: the same setup for 1 and 2
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import numpy as np
 

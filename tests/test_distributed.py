@@ -1,8 +1,9 @@
 """Data-parallel denoiser training (``hgd.train.distributed``) on simulated CPU devices and CPU processes.
 
-Everything runs the JAX backend in subprocesses (this process runs TensorFlow): two simulated devices
-of one process (``XLA_FLAGS=--xla_force_host_platform_device_count=2``), and two processes with one
-device each, joined over 127.0.0.1 by JAX's coordinator and reducing over gloo.
+Everything runs in subprocesses: on the JAX backend, two simulated devices of one process
+(``XLA_FLAGS=--xla_force_host_platform_device_count=2``) and two processes with one device each,
+joined over 127.0.0.1 by JAX's coordinator and reducing over gloo; on the TensorFlow backend, two
+logical CPU devices under ``tf.distribute.MirroredStrategy``.
 
 Tolerance for "the same weights": the runs differ only in the order in which a gradient's per-example
 terms are summed (per device, then across devices). In float32 (epsilon 1.2e-7) over the few thousand
@@ -88,6 +89,17 @@ def test_two_devices_train_as_one_device_with_the_same_global_batch(tmp_path):
         one, two = _weights(tmp_path / "one", 0, step), _weights(tmp_path / "two", 0, step)
         np.testing.assert_allclose(two, one, rtol=0, atol=1e-5)
     assert not np.array_equal(_weights(tmp_path / "one", 0, 0), _weights(tmp_path / "one", 0, STEPS - 1))  # it trained
+
+
+def test_tensorflow_mirrored_over_two_devices_trains_as_one_device(tmp_path):
+    """The TensorFlow backend's path (tf.distribute over two logical CPU devices): the loss is each
+    replica's share and batch normalization takes the whole batch's statistics, as on one device."""
+    tf_env = {**_env(), "KERAS_BACKEND": "tensorflow"}
+    _run([sys.executable, str(PROBE), str(tmp_path / "one"), "--devices", "1", "--backend", "tensorflow"], tf_env)
+    _run([sys.executable, str(PROBE), str(tmp_path / "two"), "--devices", "2", "--backend", "tensorflow"], tf_env)
+    for step in range(STEPS):
+        np.testing.assert_allclose(_weights(tmp_path / "two", 0, step), _weights(tmp_path / "one", 0, step),
+                                   rtol=0, atol=1e-5)
 
 
 def test_two_processes_hold_identical_weights_equal_to_one_process(tmp_path):

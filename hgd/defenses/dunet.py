@@ -151,8 +151,12 @@ def _conv_blocks(
             name=f"{prefix}_conv{k}",
             dtype=dtype,
         )(x)
+        # synchronized: under tf.distribute, the statistics of the whole batch, not of each device's part (as
+        # JAX's DataParallel computes them; Keras accepts the flag on TensorFlow only), so that data-parallel
+        # training takes the single-device step.
         x = keras.layers.BatchNormalization(
-            momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=f"{prefix}_bn{k}", dtype=dtype
+            momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, synchronized=keras.backend.backend() == "tensorflow",
+            name=f"{prefix}_bn{k}", dtype=dtype
         )(x)
         x = keras.layers.ReLU(name=f"{prefix}_relu{k}", dtype=dtype)(x)
     return x

@@ -181,8 +181,7 @@ class RayDispatch:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self._ray = ray
-        self.name = executor_name
-        self.executor_name = executor_name
+        self.name = executor_name  # the executor each node makes
         self.cpus = cpus
         self.memory_bytes = None if memory_gib is None else int(memory_gib * 1024 ** 3)
         self.max_retries = max_retries
@@ -247,7 +246,7 @@ class RayDispatch:
         if self.memory_bytes:
             options["memory"] = self.memory_bytes
         return self._task.options(**options).remote(job.key, self._bundles[name], job.request,
-                                                    inputs[job.inputs_key][0], self.executor_name, self._ledger)
+                                                    inputs[job.inputs_key][0], self.name, self._ledger)
 
     @staticmethod
     def _release(inputs_key: str, inputs: dict[str, list[Any]]) -> None:

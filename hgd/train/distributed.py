@@ -6,8 +6,9 @@ batch over N devices of this host; with a coordinator (``--coordinator HOST:PORT
 ``HGD_PROCESS_ID``) it spans every device of P processes, one per host. Nothing here averages
 gradients by hand: on the JAX backend ``keras.distribution.DataParallel`` shards the batch and
 replicates the weights, and XLA reduces the gradients (over ``jax.distributed`` between processes; on
-CPUs with gloo). The TensorFlow backend has no such distribution in Keras; it is refused with the
-reason (set ``KERAS_BACKEND=jax``).
+CPUs with gloo). Keras' distribution API does not cover the TensorFlow backend: there ``--devices N``
+uses ``tf.distribute.MirroredStrategy`` over N devices of this host (its GPUs, else its logical CPU
+devices), and several hosts are refused with the reason (use the JAX backend).
 
 With several processes each loads only its own part of the global batch (:attr:`Placement.shard`),
 every process runs the same schedule on the same (globally reduced) losses, and only process 0 writes
@@ -17,9 +18,11 @@ several hosts it lies on a file system they share.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,11 @@ class Placement:
     devices: int = 1
     process_id: int = 0
     num_processes: int = 1
+    strategy: Any = None
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        """Where the model and its optimizer must be built (TensorFlow's strategy; JAX's is global)."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
     @property
     def writes(self) -> bool:
@@ -72,8 +80,8 @@ def place(devices: str | int | None = None, *, coordinator: str | None = None, n
             binds that address only.
 
     Raises:
-        ValueError: an impossible request (more devices than the host has, a half-given job), or a
-            backend without Keras data parallelism.
+        ValueError: an impossible request (more devices than the host has, a half-given job), several
+            hosts on TensorFlow, or a backend with neither distribution.
     """
     coordinator = coordinator or os.environ.get("HGD_COORDINATOR")
     num_processes = num_processes or int(os.environ.get("HGD_NUM_PROCESSES", "1"))
@@ -86,9 +94,10 @@ def place(devices: str | int | None = None, *, coordinator: str | None = None, n
         return Placement()
     import keras
 
+    if keras.backend.backend() == "tensorflow":
+        return _mirrored(devices, num_processes)
     if keras.backend.backend() != "jax":
-        raise ValueError(f"data-parallel training uses Keras' distribution API, which needs the JAX backend "
-                         f"(KERAS_BACKEND=jax); this process runs {keras.backend.backend()}")
+        raise ValueError(f"data-parallel training needs the JAX or TensorFlow backend, not {keras.backend.backend()}")
     if num_processes > 1:
         _join(coordinator, num_processes, process_id)
     local = _local_devices()
@@ -104,6 +113,22 @@ def place(devices: str | int | None = None, *, coordinator: str | None = None, n
     log.info("data parallel over %d device(s) (%d per process, %d process(es)): %s", len(chosen), wanted,
              num_processes, chosen)
     return Placement(devices=len(chosen), process_id=process_id, num_processes=num_processes)
+
+
+def _mirrored(devices: str | int | None, num_processes: int) -> Placement:
+    """TensorFlow: ``MirroredStrategy`` over devices of this host (GPUs, else logical CPU devices)."""
+    if num_processes > 1:
+        raise ValueError("several hosts need the JAX backend (KERAS_BACKEND=jax): Keras' distribution API covers "
+                         "JAX only, and the toolkit does not set up TensorFlow's multi-worker strategy")
+    import tensorflow as tf
+
+    local = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    wanted = len(local) if devices in (None, "all") else int(devices)
+    if not 1 <= wanted <= len(local):
+        raise ValueError(f"{wanted} devices asked for, this host has {len(local)}: {[d.name for d in local]}")
+    strategy = tf.distribute.MirroredStrategy([d.name for d in local[:wanted]])
+    log.info("data parallel (tf.distribute) over %d device(s): %s", wanted, [d.name for d in local[:wanted]])
+    return Placement(devices=wanted, strategy=strategy)
 
 
 def _join(coordinator: str, num_processes: int, process_id: int) -> None:

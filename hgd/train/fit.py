@@ -39,6 +39,7 @@ import keras
 import numpy as np
 
 from hgd.attacks.losses import check_loss
+from hgd.backend import replica_share
 from hgd.defenses.dunet import DTYPE_POLICIES, build_dunet
 from hgd.io.files import replace_atomically, write_atomically
 from hgd.io.images import IMAGE_SIZE, load_image
@@ -261,7 +262,7 @@ class DenoiserTraining(keras.Model):
         return self.denoiser(self.normalize(inputs["adversarial"]), training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training: bool = True):
-        return guidance_loss(self.guidance, y_pred, self.normalize(x["clean"]), y, self.heads)
+        return replica_share(guidance_loss(self.guidance, y_pred, self.normalize(x["clean"]), y, self.heads))
 
 
 def build_training_model(config: FitConfig) -> DenoiserTraining:
@@ -298,7 +299,8 @@ def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, ve
     log.info("%d training pairs, %d validation pairs scored per epoch", len(train_pairs), len(val_pairs))
     if placement.num_processes > 1:
         keras.utils.set_random_seed(config.seed)  # every process starts from the same fresh weights
-    model = build_training_model(config)
+    with placement.scope():  # TensorFlow: the model's variables mirrored over the devices
+        model = build_training_model(config)
     adversary = model.adversary(config) if config.adaptive_fraction else None
     if adversary is not None:
         log.info("defense-aware examples: %.0f%% of every batch, %d-step PGD at eps %d through the current denoiser",
@@ -307,9 +309,10 @@ def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, ve
                         steps=config.steps_per_epoch, adversary=adversary, shard=placement.shard)
     validation = PairBatches(_whole_batches(val_pairs, config.batch_size, placement), config.batch_size, crop=None,
                              shuffle=False, seed=config.seed, adversary=adversary, shard=placement.shard)
-    model.compile(optimizer=keras.optimizers.Adam(state.learning_rate))
+    with placement.scope():
+        model.compile(optimizer=keras.optimizers.Adam(state.learning_rate))
+        _restore(run_dir, model, config.init_weights)
     sync = [SyncWeights()] if adversary is not None else []
-    _restore(run_dir, model, config.init_weights)
     if state.epoch == 0 and state.initial_val_loss is None:
         state.initial_val_loss = float(model.evaluate(validation, verbose=0, callbacks=sync))
         log.info("validation loss of the starting denoiser (%s): %.5f", config.init_weights or "untrained",
