@@ -184,7 +184,7 @@ def driver_rate(subs, work: pathlib.Path, attacks: int, defenses: int, batches: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pieces", type=int, default=8, help="CPU-bound pieces in the speed-up test")
+    parser.add_argument("--pieces", type=int, default=12, help="CPU-bound pieces in the speed-up test")
     parser.add_argument("--busy", type=float, default=4.0, help="CPU-seconds of each CPU-bound piece")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--piece-seconds", type=float, default=21.4,
