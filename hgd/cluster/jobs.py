@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from hgd.cluster import ClusterUnavailable, import_ray
+from hgd.train.distributed import ENVIRONMENT as JOB_ENVIRONMENT
 
 TAIL_CHARS = 4000
 
@@ -79,9 +80,9 @@ def run_per_node(arguments: Sequence[str], processes: int, *, cpus: float = 1.0,
         host, port = ray.get(on(0, _free_port).remote())
         coordinator = f"{host}:{port}"
         command = [sys.executable, *arguments]
-        futures = [on(i, _run_process).remote(command, {**(env or {}), "HGD_COORDINATOR": coordinator,
-                                                        "HGD_NUM_PROCESSES": str(processes),
-                                                        "HGD_PROCESS_ID": str(i)}, i)
+        coordinator_var, processes_var, id_var = JOB_ENVIRONMENT
+        futures = [on(i, _run_process).remote(command, {**(env or {}), coordinator_var: coordinator,
+                                                        processes_var: str(processes), id_var: str(i)}, i)
                    for i in range(processes)]
         return ray.get(futures, timeout=timeout)
     finally:

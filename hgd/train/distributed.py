@@ -40,6 +40,7 @@ class Placement:
     Attributes:
         devices: devices the global batch is split over (all processes together).
         process_id, num_processes: this process among the job's.
+        strategy: TensorFlow's ``MirroredStrategy`` (``None`` on JAX, whose distribution is global).
     """
 
     devices: int = 1
@@ -83,9 +84,10 @@ def place(devices: str | int | None = None, *, coordinator: str | None = None, n
         ValueError: an impossible request (more devices than the host has, a half-given job), several
             hosts on TensorFlow, or a backend with neither distribution.
     """
-    coordinator = coordinator or os.environ.get("HGD_COORDINATOR")
-    num_processes = num_processes or int(os.environ.get("HGD_NUM_PROCESSES", "1"))
-    process_id = process_id if process_id is not None else int(os.environ.get("HGD_PROCESS_ID", "0"))
+    coordinator_var, processes_var, id_var = ENVIRONMENT
+    coordinator = coordinator or os.environ.get(coordinator_var)
+    num_processes = num_processes or int(os.environ.get(processes_var, "1"))
+    process_id = process_id if process_id is not None else int(os.environ.get(id_var, "0"))
     if num_processes > 1 and not coordinator:
         raise ValueError("several processes need a coordinator (--coordinator HOST:PORT or HGD_COORDINATOR)")
     if not 0 <= process_id < num_processes:
