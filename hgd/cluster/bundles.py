@@ -19,6 +19,8 @@ import tarfile
 import tempfile
 from collections.abc import Sequence
 
+from hgd.io.files import digest_folder
+
 CACHE_FOLDER = "hgd-cluster-code"
 """The node's bundle cache, under its temporary folder."""
 
@@ -38,8 +40,9 @@ class Bundle:
     entry: str
 
 
-def pack(folder: pathlib.Path, reads: Sequence[pathlib.Path], fingerprint: str) -> Bundle:
-    """Archives ``folder`` and ``reads`` relative to their common parent (``__pycache__``, ``*.pyc`` left out)."""
+def pack(folder: pathlib.Path, reads: Sequence[pathlib.Path] = ()) -> Bundle:
+    """Archives ``folder`` and ``reads`` relative to their common parent (``__pycache__``, ``*.pyc`` left out);
+    the key digests their files' names, sizes and modification times (as a submission's fingerprint does)."""
     folders = [pathlib.Path(p).resolve() for p in (folder, *reads)]
     root = pathlib.Path(os.path.commonpath(folders)) if len(folders) > 1 else folders[0].parent
     buffer = io.BytesIO()
@@ -47,8 +50,11 @@ def pack(folder: pathlib.Path, reads: Sequence[pathlib.Path], fingerprint: str) 
         for path in folders:
             tar.add(path, arcname=path.relative_to(root).as_posix(), filter=_leave_out_caches)
     entry = folders[0].relative_to(root).as_posix()
-    layout = "\n".join(p.relative_to(root).as_posix() for p in folders)
-    key = hashlib.sha256(f"{fingerprint}\n{layout}".encode()).hexdigest()[:20]
+    digest = hashlib.sha256()
+    for path in folders:
+        digest.update(f"{path.relative_to(root).as_posix()}\n".encode())
+        digest_folder(digest, path)
+    key = digest.hexdigest()[:20]
     return Bundle(key=key, archive=buffer.getvalue(), entry=entry)
 
 

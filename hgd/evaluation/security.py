@@ -238,7 +238,7 @@ class Evaluation:
         from hgd.cluster.bundles import pack
         from hgd.cluster.shards import map_shards
 
-        bundle = pack(self.defense_dir, (), _folder_digest(self.defense_dir))
+        bundle = pack(self.defense_dir)
         return map_shards(functools.partial(_remote_defense, bundle, self.spec), "attack_batch", shards)
 
     def _cached_transfer(self, kind: str, epsilon: int, start: int) -> np.ndarray | None:
@@ -269,16 +269,6 @@ def _remote_defense(bundle, spec: SecuritySpec) -> DefenseUnderAttack:
     from hgd.cluster.bundles import unpack
 
     return DefenseUnderAttack(unpack(bundle), spec)
-
-
-def _folder_digest(folder: pathlib.Path) -> str:
-    """Names, sizes and modification times of a folder's files: the bundle's cache key on the nodes."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            stat = path.stat()
-            digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
 
 
 def evaluate(evaluation: Evaluation) -> dict:

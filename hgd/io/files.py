@@ -74,3 +74,19 @@ def read_json(path: pathlib.Path) -> Any | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def digest_folder(digest: Any, folder: pathlib.Path) -> None:
+    """Adds every file's relative name, size and mtime under ``folder`` (``__pycache__``, ``*.pyc`` left out)."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            if name.endswith(".pyc"):
+                continue
+            file = pathlib.Path(root, name)
+            try:
+                stat = file.lstat()
+            except OSError:
+                continue
+            rel = file.relative_to(folder).as_posix()
+            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())

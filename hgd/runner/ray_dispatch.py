@@ -239,8 +239,7 @@ class RayDispatch:
         inputs[job.inputs_key][1] += 1
         name = job.submission.name
         if name not in self._bundles:
-            self._bundles[name] = ray.put(pack(job.submission.path, job.submission.reads,
-                                               job.submission.fingerprint()))
+            self._bundles[name] = ray.put(pack(job.submission.path, job.submission.reads))
         options: dict[str, Any] = {"num_cpus": self.cpus, "num_gpus": 1 if job.needs_gpu else 0,
                                    "max_retries": self.max_retries, "retry_exceptions": False}
         if self.memory_bytes:

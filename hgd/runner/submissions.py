@@ -28,8 +28,8 @@ import json
 import os
 import pathlib
 from collections.abc import Iterable, Sequence
-from typing import Any
 
+from hgd.io.files import digest_folder
 from hgd.runner.executors import Executor, RunRequest, RunResult
 
 METADATA_FILE = "metadata.json"
@@ -84,7 +84,7 @@ class Submission:
         digest.update(self.entry_point.encode())
         for index, folder in enumerate((self.path, *self.reads)):
             digest.update(f"folder {index}\n".encode())
-            _digest_folder(digest, folder)
+            digest_folder(digest, folder)
         return digest.hexdigest()[:16]
 
     def _request(self, input_dir: pathlib.Path, output_dir: pathlib.Path, output_file: str | None,
@@ -126,22 +126,6 @@ class DefenseSubmission(Submission):
             *, time_limit: float, gpu: bool = False) -> RunResult:
         """Runs the defense on one batch."""
         return executor.run(self.request(input_dir, output_dir, time_limit=time_limit, gpu=gpu))
-
-
-def _digest_folder(digest: Any, folder: pathlib.Path) -> None:
-    """Adds every file's relative name, size and mtime under ``folder`` (``__pycache__``, ``*.pyc`` left out)."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(files):
-            if name.endswith(".pyc"):
-                continue
-            file = pathlib.Path(root, name)
-            try:
-                stat = file.lstat()
-            except OSError:
-                continue
-            rel = file.relative_to(folder).as_posix()
-            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
 
 
 METADATA_KEYS = frozenset({"type", "container", "container_gpu", "entry_point", "defense_aware", "reads"})
