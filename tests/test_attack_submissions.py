@@ -226,6 +226,17 @@ def test_submissions_are_the_expected_set():
                                              "adaptive_pgd", "adaptive_pgd_targeted", "square"}
 
 
+@pytest.mark.parametrize("name", ["mifgsm", "di_mifgsm", "ti_di_mifgsm", "si_ni_ti_di_fgsm"])
+def test_the_evaluations_transfer_attacks_are_the_shipped_submissions(name):
+    """The security evaluation and the held-out check run these settings: they must be the submission's."""
+    from hgd.attacks.factory import SHIPPED_TRANSFER_ATTACKS, all_parameters
+
+    config = json.loads((ATTACKS / name / "config.json").read_text())
+    assert {k: v for k, v in config.items() if k == "attack" or k in all_parameters()} == SHIPPED_TRANSFER_ATTACKS[name]
+    assert config["model"] == {"members": ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]}
+    assert sorted(SHIPPED_TRANSFER_ATTACKS) == sorted(["mifgsm", "di_mifgsm", "ti_di_mifgsm", "si_ni_ti_di_fgsm"])
+
+
 @pytest.mark.parametrize("submission", SUBMISSIONS, ids=lambda p: p.name)
 def test_submission_metadata_and_config_are_valid(submission):
     from hgd.attacks.config import load_attack_config

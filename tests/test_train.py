@@ -30,7 +30,7 @@ from hgd.train.pairs import (
     table1_attacks,
 )
 from hgd.io.datasets import read_dataset
-from hgd.train.recipe import install, load_recipe
+from hgd.train.recipe import PairChoice, install, load_recipe
 from hgd.zoo import ModelName, get_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -92,6 +92,22 @@ def test_pairs_are_attacked_cheapest_first(small_source, tmp_path):
     assert order == ["noop", "random_noise", "fgsm_efficientnet_lite0", "fgsm_efficientnet_lite1", "fgsm_ensemble",
                      "ifgsm2_ensemble", "ifgsm4_ensemble", "ifgsm8_ensemble"]
     assert [attacks[name].cost for name in order] == [0, 0, 1, 1, 2, 4, 8, 16]
+
+
+def test_the_competition_set_adds_the_harness_10_step_attacks_on_the_ensemble(tmp_path):
+    """Table 1's attacks first (a plan's earlier draws stay as they were), then the harness's I-FGSM and
+    MI-FGSM as attacks/ ships them: 10 steps of eps/10, momentum 1.0."""
+    models = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+    table1, competition = (PairSpec(source="x", models=models, attack_set=name).attacks()
+                           for name in ("table1", "competition"))
+    assert competition[:len(table1)] == table1
+    added = competition[len(table1):]
+    assert [(a.name, a.cost) for a in added] == [("ifgsm10_ensemble", 30), ("mifgsm10_ensemble", 30)]
+    ifgsm, mifgsm = (a.build(seed=0) for a in added)
+    assert (ifgsm.steps, mifgsm.steps, mifgsm.mu) == (10, 10, 1.0) and type(mifgsm).__name__ == "MomentumIterativeMethod"
+    assert PairSpec.from_json(PairSpec(source="x").to_json()).attack_set == "table1"
+    with pytest.raises(ValueError, match="attack_set"):
+        PairSpec(source="x", attack_set="Table1")
 
 
 @pytest.mark.parametrize("bad", [{"validation_fraction": 0.0}, {"max_epsilon": 0}, {"attacks_per_image": 9}])
@@ -374,7 +390,8 @@ def test_shipped_defense_recipe_trains_the_denoiser_it_runs():
     shared = recipe.defense.shared_denoiser
     assert job.spec == shared and job.config.width == shared.width
     assert set(job.config.models) == {member.target.name.value for member in recipe.defense.members}
-    assert set(recipe.attack_models) <= set(job.config.models)
+    assert set(recipe.pairs.attack_models) <= set(job.config.models)
+    assert set(recipe.continue_pairs.attack_models) <= set(job.config.models)
     assert job.config.guidance == Guidance.FGD and job.warm_start.guidance == Guidance.PGD
     assert dataclasses.replace(job.warm_start, guidance=Guidance.FGD, max_epochs=job.config.max_epochs) == job.config
     assert job.fine_tune.crop in (None, 299) and job.fine_tune.guidance == Guidance.FGD
@@ -385,9 +402,9 @@ def test_pixel_profile_recipe_trains_on_the_table2_pair_set_and_installs_float16
     the denoiser the profile runs; its pairs are the shipped recipe's (one folder, built once)."""
     recipe = load_recipe(REPO / "defense" / "profiles" / "lite_pgd_pixel.json")
     (job,) = recipe.jobs
-    assert recipe.pair_spec(SAMPLE).attacks_per_image == 2 and recipe.float16_weights
-    assert recipe.pairs_dir(tmp_path).name == "pairs_efficientnet_lite0+efficientnet_lite1_k2"
-    assert load_recipe(REPO / "defense" / "config.json").pair_spec(SAMPLE) == recipe.pair_spec(SAMPLE)  # one folder
+    assert recipe.pairs.spec(SAMPLE).attacks_per_image == 2 and recipe.float16_weights
+    assert recipe.pairs.folder(tmp_path).name == "pairs_efficientnet_lite0+efficientnet_lite1_k2"
+    assert load_recipe(REPO / "defense" / "config.json").pairs == recipe.pairs  # one folder
     assert job.config.guidance == Guidance.PGD and job.config.width == job.spec.width
 
 
@@ -541,6 +558,22 @@ def test_continue_section_layers_its_options_over_the_last_stage(tmp_path):
     config.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="unknown 'continue' keys"):
         load_recipe(config)
+
+
+def test_continue_section_may_choose_another_pair_set_for_the_chunks(tmp_path):
+    config = _continuable_defense(tmp_path, {"max_epochs": 3, "attack_set": "competition", "attacks_per_image": 2})
+    recipe = load_recipe(config)
+    assert recipe.pairs == PairChoice((LITE0,), 1, "table1")  # the recipe's own stages keep theirs
+    assert recipe.continue_pairs == PairChoice((LITE0,), 2, "competition")
+    assert recipe.continue_pairs.folder(tmp_path).name == f"pairs_{LITE0}_k2_competition"
+    assert recipe.jobs[0].continued.max_epochs == 3  # the pair keys are not fit options
+    raw = json.loads(config.read_text())
+    for bad, message in (({"attack_set": "table2"}, "attack_set must be one of"),
+                         ({"attack_models": ["resnet18"]}, "resnet18"), ({"attacks_per_image": 99}, "attacks_per_image")):
+        raw["training"]["continue"] = bad
+        config.write_text(json.dumps(raw))
+        with pytest.raises(ValueError, match=message):
+            load_recipe(config)
 
 
 @pytest.mark.slow

@@ -71,3 +71,28 @@ def make_attack(name: AttackName | str, **parameters: Any) -> Any:
     if rejected:
         raise ValueError(f"attack {name.value!r} takes no parameter(s) {rejected}; it takes {accepted}")
     return name.attack_class()(**parameters)
+
+
+SHIPPED_TRANSFER_ATTACKS: dict[str, dict[str, Any]] = {
+    "mifgsm": {"attack": "mifgsm", "steps": 10, "mu": 1.0},
+    "di_mifgsm": {"attack": "di_mifgsm", "steps": 10, "mu": 1.0, "diversity_prob": 0.5, "seed": 0},
+    "ti_di_mifgsm": {"attack": "ti_di_mifgsm", "steps": 10, "mu": 1.0, "diversity_prob": 0.5, "ti_kernel": 15,
+                     "seed": 0},
+    "si_ni_ti_di_fgsm": {"attack": "si_ni_ti_di_fgsm", "steps": 3, "mu": 1.0, "nesterov": True, "scale_copies": 5,
+                         "diversity_prob": 0.5, "ti_kernel": 7, "seed": 0},
+}
+"""The shipped untargeted ensemble attacks built to transfer, by submission name, with the attack settings
+of ``attacks/<name>/config.json`` (a test holds the two equal): what the security evaluation's oblivious
+transfer rows and the held-out transfer check run, so they measure the attacks the harness ships."""
+
+
+def make_transfer_attack(name: str, seed: int | None = None) -> Any:
+    """The shipped transfer attack ``name`` (:data:`SHIPPED_TRANSFER_ATTACKS`), its random draws seeded by
+    ``seed`` where it takes one (default: the submission's seed)."""
+    if name not in SHIPPED_TRANSFER_ATTACKS:
+        raise ValueError(f"no shipped transfer attack {name!r}; shipped: {sorted(SHIPPED_TRANSFER_ATTACKS)}")
+    parameters = dict(SHIPPED_TRANSFER_ATTACKS[name])
+    attack = parameters.pop("attack")
+    if seed is not None and "seed" in accepted_parameters(attack):
+        parameters["seed"] = seed
+    return make_attack(attack, **parameters)

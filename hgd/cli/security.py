@@ -9,6 +9,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
+from hgd.attacks.factory import SHIPPED_TRANSFER_ATTACKS
 from hgd.cli import add_cluster_option, join_cluster, run_main
 from hgd.evaluation.security import REPORT_FILE, Evaluation, SecuritySpec, evaluate, read_oblivious_score, write_report
 
@@ -24,6 +25,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--restarts", type=int, default=defaults.restarts)
     parser.add_argument("--transfer-steps", type=int, default=defaults.transfer_steps)
+    parser.add_argument("--transfer-attacks", nargs="*", choices=sorted(SHIPPED_TRANSFER_ATTACKS),
+                        default=list(defaults.transfer_attacks), metavar="NAME",
+                        help="shipped transfer attacks crafted on the undefended classifiers beside the PGD transfer "
+                             f"(default: {' '.join(defaults.transfer_attacks)}; none: the flag alone); one of "
+                             f"{', '.join(sorted(SHIPPED_TRANSFER_ATTACKS))}")
     parser.add_argument("--queries", type=int, default=defaults.queries, help="Square attack budget (0: none)")
     parser.add_argument("--check-epsilon", type=int, default=defaults.check_epsilon)
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
@@ -44,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         score = (None if args.runner_output is None
                  else read_oblivious_score(args.runner_output, args.defense_dir.resolve().name))
         spec = SecuritySpec(epsilons=tuple(args.epsilons), steps=args.steps, restarts=args.restarts,
-                            transfer_steps=args.transfer_steps, queries=args.queries,
+                            transfer_steps=args.transfer_steps, transfer_attacks=tuple(args.transfer_attacks),
+                            queries=args.queries,
                             check_epsilon=args.check_epsilon, limit=args.limit, tolerance=args.tolerance,
                             seed=args.seed)
         evaluation = Evaluation(args.defense_dir, args.dataset_dir, args.out_dir, spec, args.batch_size,

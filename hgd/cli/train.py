@@ -23,6 +23,7 @@ import sys
 
 from hgd.cli import add_cluster_option, join_cluster, named_path, run_main
 from hgd.train.guidance import Guidance
+from hgd.train.pairs import ATTACK_SETS
 from hgd.zoo import ModelName
 
 
@@ -38,7 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--models", nargs="+", choices=models, default=["efficientnet_lite0", "efficientnet_lite1"],
                       help="the training attacks' models (default: Lite0 Lite1; Lite2 stays unseen)")
     data.add_argument("--attacks-per-image", type=int, default=None,
-                      help="draw this many of the Table 1 attacks per image (default: all of them)")
+                      help="draw this many of the set's attacks per image (default: all of them)")
+    data.add_argument("--attack-set", choices=sorted(ATTACK_SETS), default="table1",
+                      help="the training attacks: the paper's Table 1 (default), or 'competition': those and the "
+                           "harness's 10-step I-FGSM and MI-FGSM on the models' ensemble")
     data.add_argument("--validation-fraction", type=float, default=0.1)
     data.add_argument("--max-epsilon", type=int, default=16, help="eps is drawn per pair from 1..this")
     data.add_argument("--seed", type=int, default=0)
@@ -156,7 +160,7 @@ def _data(args: argparse.Namespace) -> int:
 
     spec = PairSpec(source=str(args.source.resolve()), models=tuple(args.models), seed=args.seed,
                     validation_fraction=args.validation_fraction, max_epsilon=args.max_epsilon,
-                    attacks_per_image=args.attacks_per_image)
+                    attacks_per_image=args.attacks_per_image, attack_set=args.attack_set)
     plan = build_pairs(args.source, args.out_dir, spec, batch_size=args.batch_size, progress=not args.no_progress,
                        cluster=join_cluster(args.cluster))
     print(f"{len(plan)} pairs in {args.out_dir}")

@@ -21,31 +21,29 @@ from typing import Any
 
 import numpy as np
 
-from hgd.attacks.factory import make_attack
+from hgd.attacks.factory import SHIPPED_TRANSFER_ATTACKS, make_attack
 from hgd.io.datasets import load_pixels, read_dataset
 from hgd.io.files import write_atomically
 
 log = logging.getLogger(__name__)
 
 SHIPPED_SETTINGS: dict[str, dict[str, Any]] = {
-    "MI-FGSM": {"attack": "mifgsm", "steps": 10, "mu": 1.0},
-    "DI (DI-MI-FGSM)": {"attack": "di_mifgsm", "steps": 10, "mu": 1.0, "diversity_prob": 0.5, "seed": 0},
+    "MI-FGSM": SHIPPED_TRANSFER_ATTACKS["mifgsm"],
+    "DI (DI-MI-FGSM)": SHIPPED_TRANSFER_ATTACKS["di_mifgsm"],
     # One technique alone: the sign-gradient family's options with input diversity off.
     "TI (TI-MI-FGSM)": {"attack": "di_mifgsm", "steps": 10, "mu": 1.0, "diversity_prob": 0.0, "ti_kernel": 15},
-    "TI-DIM": {"attack": "ti_di_mifgsm", "steps": 10, "mu": 1.0, "diversity_prob": 0.5, "ti_kernel": 15, "seed": 0},
-    "SI-NI-TI-DIM, 5 copies, 3 steps": {"attack": "si_ni_ti_di_fgsm", "steps": 3, "mu": 1.0, "nesterov": True,
-                                        "scale_copies": 5, "diversity_prob": 0.5, "ti_kernel": 7, "seed": 0},
-    "SI-NI-TI-DIM, 3 copies, 5 steps": {"attack": "si_ni_ti_di_fgsm", "steps": 5, "mu": 1.0, "nesterov": True,
-                                        "scale_copies": 3, "diversity_prob": 0.5, "ti_kernel": 7, "seed": 0},
+    "TI-DIM": SHIPPED_TRANSFER_ATTACKS["ti_di_mifgsm"],
+    "SI-NI-TI-DIM, 5 copies, 3 steps": SHIPPED_TRANSFER_ATTACKS["si_ni_ti_di_fgsm"],
+    "SI-NI-TI-DIM, 3 copies, 5 steps": {**SHIPPED_TRANSFER_ATTACKS["si_ni_ti_di_fgsm"], "steps": 5, "scale_copies": 3},
     # The paper's budget, 50 ensemble gradients per image: the dearest rows last.
     "SI-NI (SI-NI-FGSM)": {"attack": "di_mifgsm", "steps": 10, "mu": 1.0, "diversity_prob": 0.0, "nesterov": True,
                            "scale_copies": 5},
-    "SI-NI-TI-DIM": {"attack": "si_ni_ti_di_fgsm", "steps": 10, "mu": 1.0, "nesterov": True, "scale_copies": 5,
-                     "diversity_prob": 0.5, "ti_kernel": 7, "seed": 0},
+    "SI-NI-TI-DIM": {**SHIPPED_TRANSFER_ATTACKS["si_ni_ti_di_fgsm"], "steps": 10},
 }
-"""The rows: plain MI-FGSM, each technique alone on it, and the combinations of ``attacks/mifgsm``,
-``di_mifgsm``, ``ti_di_mifgsm`` and ``si_ni_ti_di_fgsm`` (the paper's 5 copies x 10 steps, and two
-cheaper budgets of 15 gradients per image that fit the competition's time limit on a CPU)."""
+"""The rows: plain MI-FGSM, each technique alone on it, and the shipped combinations
+(:data:`hgd.attacks.factory.SHIPPED_TRANSFER_ATTACKS`: ``attacks/mifgsm``, ``di_mifgsm``, ``ti_di_mifgsm``
+and ``si_ni_ti_di_fgsm``, 5 copies x 3 steps), with another budget of 15 gradients per image (3 copies x
+5 steps) and the paper's 5 copies x 10 steps."""
 
 
 def held_out_transfer(dataset_dir: pathlib.Path, out: pathlib.Path, *, craft: Sequence[str], held_out: str,

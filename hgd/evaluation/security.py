@@ -10,9 +10,13 @@ the result beside what an oblivious attacker gets. Per epsilon, on the dataset's
   image stopped at its first iterate that fools the defense as saved (``early_stop``);
 * ``transfer``: PGD on the defense's classifiers without it (the surrogate; ``transfer_steps``,
   one start, no early stop), then classified by the defense: an oblivious attacker, as in the
-  competition. It does not depend on the defense, so defenses over the same classifiers can share
-  its examples (``--transfer-cache``); a defense that is its own surrogate (no denoiser, no
-  transformation) has no transfer row;
+  competition;
+* ``transfer_<name>``: each of ``transfer_attacks``, the shipped attacks built to transfer past
+  denoisers and input transformations (DI, TI, SI-NI: :data:`hgd.attacks.factory.SHIPPED_TRANSFER_ATTACKS`,
+  the settings of ``attacks/<name>``), crafted on the same surrogate and classified by the defense.
+  Transfer examples do not depend on the defense, so defenses over the same classifiers can share
+  them (``--transfer-cache``); a defense that is its own surrogate (no denoiser, no transformation)
+  has no transfer rows;
 * ``square``: the Square attack on the defense's outputs only, at ``check_epsilon`` (gradient-free:
   if it beats ``pgd``, the gradients are masked).
 
@@ -37,7 +41,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from hgd.attacks.factory import make_attack
+from hgd.attacks.factory import SHIPPED_TRANSFER_ATTACKS, make_attack, make_transfer_attack
 from hgd.io.datasets import load_pixels, read_dataset
 from hgd.io.files import write_atomically
 
@@ -45,7 +49,8 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE, REPORT_FILE = "results.json", "security.md"
 CURVES_FILE, LOSS_CURVE_FILE, PER_EXAMPLE_FILE = "curves.png", "loss_curve.png", "per_example.csv"
-KINDS = ("fgsm", "pgd", "transfer", "square")
+TRANSFER = "transfer"
+"""The PGD transfer row's kind; each shipped transfer attack's is ``transfer_<name>`` (:func:`transfer_kind`)."""
 SEEDING = "per-batch"
 """How the random attacks are seeded: each batch by (seed, run, first image), so sharding changes nothing."""
 DEFENSE_AWARE = ("fgsm", "pgd", "square")
@@ -61,6 +66,9 @@ class SecuritySpec:
         transfer_steps: the transfer attack's PGD steps (one start): iterative attacks transfer
             worse the longer they fit the surrogate (Kurakin et al. 2017, Dong et al. 2018), so
             the competition's usual 10, not ``steps``.
+        transfer_attacks: the shipped transfer attacks (names of
+            :data:`hgd.attacks.factory.SHIPPED_TRANSFER_ATTACKS`) run beside the PGD transfer: a
+            denoiser tuned against PGD's noise can let through what these were built to carry.
         queries: the Square attack's budget per image (0: no Square attack).
         check_epsilon: where the stronger PGD (2x steps, restarts + 1) checks convergence.
         limit: only the first N images (sorted by ImageId).
@@ -73,6 +81,7 @@ class SecuritySpec:
     steps: int = 100
     restarts: int = 2
     transfer_steps: int = 10
+    transfer_attacks: tuple[str, ...] = ("di_mifgsm", "ti_di_mifgsm", "si_ni_ti_di_fgsm")
     queries: int = 1000
     check_epsilon: int = 4
     limit: int | None = None
@@ -81,6 +90,10 @@ class SecuritySpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "epsilons", tuple(sorted(set(self.epsilons))))
+        object.__setattr__(self, "transfer_attacks", tuple(dict.fromkeys(self.transfer_attacks)))
+        unknown = [name for name in self.transfer_attacks if name not in SHIPPED_TRANSFER_ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown transfer attack(s) {unknown}; shipped: {sorted(SHIPPED_TRANSFER_ATTACKS)}")
         if not self.epsilons or not all(1 <= e <= 255 for e in self.epsilons):
             raise ValueError(f"epsilons must be in 1..255, got {self.epsilons}")
         if self.steps < 1 or self.restarts < 1 or self.transfer_steps < 1 or self.queries < 0:
@@ -97,7 +110,9 @@ class SecuritySpec:
             return make_attack("fgsm")
         if kind == "square":
             return make_attack("square", queries=self.queries, loss="margin", seed=seed)
-        if kind == "transfer":
+        if kind in self.transfer_kinds()[1:]:
+            return make_transfer_attack(kind.removeprefix(f"{TRANSFER}_"), seed=seed)
+        if kind == TRANSFER:
             steps, restarts = self.transfer_steps, 1
         else:
             steps, restarts = (2 * self.steps, self.restarts + 1) if stronger else (self.steps, self.restarts)
@@ -106,6 +121,21 @@ class SecuritySpec:
         # step on the surrogate: barely fooling the surrogate would transfer worse.
         return make_attack("pgd", steps=steps, alpha=2.5 * epsilon / steps, seed=seed, loss="margin",
                            restarts=restarts, record_loss=record_loss, early_stop=kind == "pgd")
+
+    def transfer_kinds(self) -> tuple[str, ...]:
+        """The oblivious rows: the PGD transfer, then each of ``transfer_attacks``."""
+        return (TRANSFER, *(transfer_kind(name) for name in self.transfer_attacks))
+
+    def transfer_settings(self, kind: str) -> dict:
+        """What the examples of the transfer row ``kind`` depend on, besides the images (their cache key)."""
+        if kind == TRANSFER:
+            return {"attack": "pgd", "steps": self.transfer_steps, "loss": "margin", "seed": self.seed}
+        return {**SHIPPED_TRANSFER_ATTACKS[kind.removeprefix(f"{TRANSFER}_")], "seed": self.seed}
+
+
+def transfer_kind(name: str) -> str:
+    """The run kind of the shipped transfer attack ``name``."""
+    return f"{TRANSFER}_{name}"
 
 
 def run_key(kind: str, epsilon: int, stronger: bool = False) -> str:
@@ -155,7 +185,7 @@ class DefenseUnderAttack:
         seed = zlib.crc32(f"{spec.seed}/{key}/{start}".encode())
         attack = spec.attack(kind, epsilon, stronger=stronger, record_loss=record, seed=seed)
         made = None
-        if kind == "transfer":
+        if kind in spec.transfer_kinds():
             adversarial = given if given is not None else attack(self.surrogate, images, labels, epsilon=epsilon)
             made = None if given is not None else adversarial
         else:
@@ -181,18 +211,17 @@ class Evaluation:
         self.ids, self.images, self.labels = load_pixels(read_dataset(dataset_dir, spec.limit))
         self.models = DefenseUnderAttack(self.defense_dir, spec)
         self.own_surrogate = self.models.own_surrogate
-        self.transfer_dir = None if transfer_cache is None else transfer_cache / _transfer_key(
-            self.models.members, dataset_dir, self.ids, spec, batch_size)
+        self.transfer_cache, self.dataset_dir = transfer_cache, dataset_dir
         self.results = self._load(defense_dir, dataset_dir)
 
     def kinds(self, epsilon: int) -> tuple[str, ...]:
         """The attacks run at ``epsilon``: Square only at ``check_epsilon``, where the masking check needs
-        it (its queries are the dearest); transfer only for a defense that is not its own surrogate
-        (for an undefended ensemble it would be ``pgd`` again, minus the early stop)."""
+        it (its queries are the dearest); the transfer rows only for a defense that is not its own
+        surrogate (for an undefended ensemble they would be white-box attacks on it)."""
         spec = self.spec
-        return tuple(kind for kind in KINDS
-                     if not (kind == "transfer" and self.own_surrogate)
-                     and not (kind == "square" and (not spec.queries or epsilon != spec.check_epsilon)))
+        transfer = () if self.own_surrogate else spec.transfer_kinds()
+        square = ("square",) if spec.queries and epsilon == spec.check_epsilon else ()
+        return ("fgsm", "pgd", *transfer, *square)
 
     def _load(self, defense_dir: pathlib.Path, dataset_dir: pathlib.Path) -> dict:
         path = self.out_dir / RESULTS_FILE
@@ -223,7 +252,7 @@ class Evaluation:
                   for start in starts)
         for start, (correct, curve, made) in zip(starts, self._attack_batches(shards)):
             if made is not None:
-                self._cache_transfer(made, epsilon, start)
+                self._cache_transfer(made, kind, epsilon, start)
             done += correct
             if curve is not None:
                 self.results["loss_curves"].setdefault(key, []).append(curve)
@@ -241,17 +270,27 @@ class Evaluation:
         bundle = pack(self.defense_dir)
         return map_shards(functools.partial(_remote_defense, bundle, self.spec), "attack_batch", shards)
 
+    def transfer_dir(self, kind: str) -> pathlib.Path | None:
+        """Where the transfer row ``kind``'s examples are cached (``--transfer-cache``): a folder named by
+        everything they depend on, so evaluations of other defenses over the same classifiers find them."""
+        if self.transfer_cache is None or kind not in self.spec.transfer_kinds():
+            return None
+        what = {"surrogate": self.models.members, "dataset": str(self.dataset_dir.resolve()), "images": self.ids,
+                "attack": self.spec.transfer_settings(kind), "batch_size": self.batch_size}
+        digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+        return self.transfer_cache / f"{'+'.join(self.models.members)}-{kind}-{digest}"
+
     def _cached_transfer(self, kind: str, epsilon: int, start: int) -> np.ndarray | None:
         """The batch's transfer examples when another evaluation made them (``--transfer-cache``)."""
-        if kind != "transfer" or self.transfer_dir is None:
-            return None
-        path = self.transfer_dir / f"eps{epsilon}_{start:05d}.npy"
-        return np.load(path) if path.is_file() else None
+        folder = self.transfer_dir(kind)
+        path = None if folder is None else folder / f"eps{epsilon}_{start:05d}.npy"
+        return np.load(path) if path is not None and path.is_file() else None
 
-    def _cache_transfer(self, adversarial: np.ndarray, epsilon: int, start: int) -> None:
-        if self.transfer_dir is None:
+    def _cache_transfer(self, adversarial: np.ndarray, kind: str, epsilon: int, start: int) -> None:
+        folder = self.transfer_dir(kind)
+        if folder is None:
             return
-        path = self.transfer_dir / f"eps{epsilon}_{start:05d}.npy"
+        path = folder / f"eps{epsilon}_{start:05d}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, "wb", lambda f: np.save(f, adversarial))
 
@@ -285,15 +324,6 @@ def evaluate(evaluation: Evaluation) -> dict:
     return summarize(evaluation.results, spec)
 
 
-def _transfer_key(surrogate: list[str], dataset_dir: pathlib.Path, ids: list[str], spec: SecuritySpec,
-                  batch_size: int) -> str:
-    """The cache folder of one set of transfer examples: everything they depend on, hashed."""
-    what = {"surrogate": surrogate, "dataset": str(dataset_dir.resolve()), "images": ids,
-            "steps": spec.transfer_steps, "seed": spec.seed, "batch_size": batch_size}
-    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{'+'.join(surrogate)}-{digest}"
-
-
 def accuracy_table(results: dict) -> dict[str, dict[int, float]]:
     """kind -> epsilon -> accuracy, over the runs in ``results`` (finished ones only)."""
     table: dict[str, dict[int, float]] = {}
@@ -320,9 +350,11 @@ def sanity_checks(table: dict[str, dict[int, float]], spec: SecuritySpec) -> lis
     """(check, passed, detail) for every rule a trustworthy evaluation obeys."""
     tol, checks = spec.tolerance + 1e-9, []  # exactly `tolerance` worse is still within it (0.12 + 0.02 != 0.14)
     pgd = table.get("pgd", {})
-    for weaker in ("fgsm", "transfer", "square"):
-        name = {"fgsm": "iterative >= single-step", "transfer": "white-box >= transfer",
-                "square": "white-box >= gradient-free"}[weaker]
+    names = {"fgsm": "iterative >= single-step", TRANSFER: "white-box >= transfer",
+             "square": "white-box >= gradient-free"}
+    names |= {kind: f"white-box >= transfer ({kind.removeprefix(f'{TRANSFER}_')})"
+              for kind in table if kind.startswith(f"{TRANSFER}_")}
+    for weaker, name in names.items():
         for epsilon, value in sorted(table.get(weaker, {}).items()):
             if epsilon in pgd:
                 checks.append((f"{name} (eps {epsilon})", pgd[epsilon] <= value + tol,
@@ -360,8 +392,10 @@ def write_report(evaluation: Evaluation, summary: dict, command: str,
              f"{len(results['images'])} images of `{results['dataset']}`; clean accuracy "
              f"{summary['clean']:.3f}. PGD: {spec.steps} steps of 2.5 eps / steps, margin loss, "
              f"{spec.restarts} random starts; Square: {spec.queries} queries at eps {spec.check_epsilon}. "
-             f"Defense-aware: {', '.join(DEFENSE_AWARE)}; oblivious: transfer ({spec.transfer_steps}-step PGD on "
-             "the undefended classifiers).", ""]
+             f"Defense-aware: {', '.join(DEFENSE_AWARE)}; oblivious, crafted on the undefended classifiers: "
+             f"transfer ({spec.transfer_steps}-step PGD)"
+             + "".join(f", {transfer_kind(name)}" for name in spec.transfer_attacks)
+             + " (the shipped attacks' settings).", ""]
     if oblivious_score is not None:
         lines += [f"Competition (oblivious) normalized score, from `{oblivious_score[0]}`: "
                   f"**{oblivious_score[1]:.3f}**; defense-aware accuracy at eps {spec.check_epsilon}: "

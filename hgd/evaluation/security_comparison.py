@@ -14,7 +14,7 @@ import json
 import pathlib
 
 from hgd.io.files import write_atomically
-from hgd.evaluation.security import RESULTS_FILE, SecuritySpec, read_oblivious_score, summarize
+from hgd.evaluation.security import RESULTS_FILE, TRANSFER, SecuritySpec, read_oblivious_score, summarize
 
 TABLE_FILE, PLOT_FILE = "comparison.md", "comparison.png"
 
@@ -27,9 +27,12 @@ def load(out_dir: pathlib.Path) -> tuple[dict, dict]:
 
 
 def markdown_table(rows: dict[str, dict], scores: dict[str, float], check: int) -> str:
-    """One row per defense: clean, oblivious score, PGD and worst case per epsilon, other attacks at ``check``."""
+    """One row per defense: clean, oblivious score, PGD and worst case per epsilon, other attacks at ``check``
+    (every transfer row any evaluation ran)."""
     epsilons = sorted({e for summary in rows.values() for e in summary["table"].get("pgd", {})})
-    others = ("fgsm", "transfer", "square", "pgd_stronger")
+    transfer = dict.fromkeys(kind for summary in rows.values() for kind in summary["table"]
+                             if kind == TRANSFER or kind.startswith(f"{TRANSFER}_"))
+    others = ("fgsm", *transfer, "square", "pgd_stronger")
     header = (["defense", "clean", "oblivious score"] + [f"PGD eps {e}" for e in epsilons]
               + [f"worst eps {e}" for e in epsilons] + [f"{k} eps {check}" for k in others] + ["flagged"])
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]

@@ -3,7 +3,8 @@
 A CPU session is a few hours and its work folder does not survive it, so the shipped denoiser is
 trained in chunks (``python -m hgd.cli.train continue``). A chunk
 
-1. rebuilds the recipe's Table 1 pairs (seeded: the same pairs on every machine; resumes),
+1. rebuilds the chunks' training pairs (the recipe's, or those its ``continue`` section chooses;
+   seeded: the same pairs on every machine; resumes),
 2. trains the denoiser from the weights the configuration reads (``defense/weights/...``) with the
    recipe's ``continue`` options, for at most ``max_hours``, checkpointed every epoch (a killed
    chunk resumes from its last epoch when rerun), at the learning rate the last chunk ended with
@@ -65,9 +66,9 @@ def continue_training(config_path: pathlib.Path, source: pathlib.Path, work_dir:
     if missing:
         raise ValueError(f"{config_path}: no 'continue' section in 'training' (denoisers {missing})")
     recipe.defense.require_weights()  # nothing to continue from: train the recipe first (hgd.train defense)
-    pairs_dir = recipe.pairs_dir(work_dir)
+    pairs_dir = recipe.continue_pairs.folder(work_dir)
     if placement.writes:
-        build_pairs(source, pairs_dir, recipe.pair_spec(source), progress=progress)
+        build_pairs(source, pairs_dir, recipe.continue_pairs.spec(source), progress=progress)
     results = []
     for job in recipe.jobs:
         history = None if history_dir is None else history_dir / f"{job.name}.csv"

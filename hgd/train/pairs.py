@@ -1,10 +1,15 @@
 """Training pairs: (adversarial, clean) images built the way the paper's Table 1 does, cached as PNGs.
 
-For every clean image of a labelled folder and every training attack, one adversarial image:
+For every clean image of a labelled folder and every training attack, one adversarial image. The
+``table1`` attack set (the paper's):
 
 * ``noop`` (the clean image itself) and ``random_noise`` (uniform in the eps box);
 * ``fgsm_<model>`` for each training model and ``fgsm_ensemble`` on their averaged logits;
 * ``ifgsm2_ensemble``, ``ifgsm4_ensemble``, ``ifgsm8_ensemble``: 2/4/8 steps of eps/steps.
+
+The ``competition`` set adds the harness's strongest untargeted attacks as ``attacks/`` ships them,
+``ifgsm10_ensemble`` and ``mifgsm10_ensemble`` (10 steps of eps/10, MI-FGSM's momentum 1.0): the
+attacks a defense shipped into the competition must undo, which Table 1's few-step ones only approach.
 
 eps is drawn per (image, attack) from the integers ``1..max_epsilon``; the attack's label is the
 attacked model's own prediction on the clean image (the reference code's choice); every image is
@@ -56,7 +61,7 @@ class TableAttack:
     """An attack as the paper's tables name one: a kind, the models it attacks (logits averaged), its steps."""
 
     name: str
-    kind: str  # noop | random_noise | fgsm | ifgsm
+    kind: str  # noop | random_noise | fgsm | ifgsm | mifgsm
     models: tuple[ModelName, ...] = ()
     steps: int = 0
 
@@ -66,7 +71,8 @@ class TableAttack:
         return self.steps * len(self.models)
 
     def build(self, seed: int) -> Any:
-        parameters = {"random_noise": {"seed": seed}, "ifgsm": {"steps": self.steps}}.get(self.kind, {})
+        parameters = {"random_noise": {"seed": seed}, "ifgsm": {"steps": self.steps},
+                      "mifgsm": {"steps": self.steps, "mu": 1.0}}.get(self.kind, {})
         return make_attack(self.kind, **parameters)
 
 
@@ -77,11 +83,29 @@ def table1_attacks(models: Sequence[ModelName]) -> list[TableAttack]:
         raise ValueError("the training attacks need at least one model")
     found = [TableAttack("noop", "noop"), TableAttack("random_noise", "random_noise")]
     found += [TableAttack(f"fgsm_{m.value}", "fgsm", (m,), 1) for m in models]
-    on = "ensemble" if len(models) > 1 else models[0].value
+    on = _target_name(models)
     if len(models) > 1:
         found.append(TableAttack(f"fgsm_{on}", "fgsm", models, 1))
     found += [TableAttack(f"ifgsm{steps}_{on}", "ifgsm", models, steps) for steps in (2, 4, 8)]
     return found
+
+
+def competition_attacks(models: Sequence[ModelName]) -> list[TableAttack]:
+    """Table 1's attacks for ``models`` and the competition's 10-step I-FGSM and MI-FGSM on their ensemble
+    (the settings of ``attacks/ifgsm`` and ``attacks/mifgsm``)."""
+    models, found = tuple(ModelName(m) for m in models), table1_attacks(models)
+    on = _target_name(models)
+    return found + [TableAttack(f"ifgsm10_{on}", "ifgsm", models, 10), TableAttack(f"mifgsm10_{on}", "mifgsm", models, 10)]
+
+
+def _target_name(models: tuple[ModelName, ...]) -> str:
+    """What an attack's name says it attacks: its one model, or ``ensemble`` (averaged logits)."""
+    return "ensemble" if len(models) > 1 else models[0].value
+
+
+ATTACK_SETS: dict[str, Callable[[Sequence[ModelName]], list[TableAttack]]] = {
+    "table1": table1_attacks, "competition": competition_attacks}
+"""The training attack sets a pair folder may be built with, by name."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +120,7 @@ class PairSpec:
         max_epsilon: eps is drawn from ``1..max_epsilon``.
         attacks_per_image: ``None``: every training attack on every image; ``k``: ``k`` of them,
             drawn per image (a cheaper data set with as many distinct clean images).
+        attack_set: which training attacks (:data:`ATTACK_SETS`): ``table1`` or ``competition``.
     """
 
     source: str
@@ -104,8 +129,11 @@ class PairSpec:
     validation_fraction: float = 0.1
     max_epsilon: int = 16
     attacks_per_image: int | None = None
+    attack_set: str = "table1"
 
     def __post_init__(self) -> None:
+        if self.attack_set not in ATTACK_SETS:
+            raise ValueError(f"attack_set must be one of {sorted(ATTACK_SETS)}, got {self.attack_set!r}")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if not 1 <= self.max_epsilon <= 255:
@@ -115,7 +143,7 @@ class PairSpec:
             raise ValueError(f"attacks_per_image must be in 1..{count}, got {self.attacks_per_image}")
 
     def attacks(self) -> list[TableAttack]:
-        return table1_attacks([ModelName(m) for m in self.models])
+        return ATTACK_SETS[self.attack_set]([ModelName(m) for m in self.models])
 
     @classmethod
     def from_json(cls, text: str) -> PairSpec:

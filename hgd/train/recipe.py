@@ -14,8 +14,9 @@ four-model competition profile are trained by the same code::
                  "fine_tune": {"crop": 299, "max_epochs": 3}, "float16_weights": true}
 
 Every key is optional: ``attack_models`` defaults to the members, ``attacks_per_image`` to every
-Table 1 attack on every image, ``float16_weights`` (install the weights as float16) to false, the
-rest to :class:`FitConfig`'s defaults (the paper's full-image training). ``warm_start`` (e.g.
+training attack on every image, ``attack_set`` to ``table1`` (``competition`` adds the harness's
+10-step I-FGSM and MI-FGSM: :data:`hgd.train.pairs.ATTACK_SETS`), ``float16_weights`` (install the
+weights as float16) to false, the rest to :class:`FitConfig`'s defaults (the paper's full-image training). ``warm_start`` (e.g.
 ``{"guidance": "pgd", "max_epochs": 3}``) trains each denoiser first with those options replacing the
 recipe's, in its own run (``runs/NAME_warm_start``), and starts the recipe's training from that run's
 best checkpoint: on this CPU FGD from the identity did not move in an hour while the pixel loss did,
@@ -25,7 +26,9 @@ and FGD from a 3-epoch PGD start did (``docs/results/paper-tables.md``). ``fine_
 but what a denoiser learns on a crop carries over poorly to the whole images it is used on.
 ``continue`` (e.g. ``{"crop": 299, "steps_per_epoch": 50}``) is not part of training from scratch: it
 is how ``python -m hgd.cli.train continue`` goes on from the installed weights, a chunk at a time
-(:mod:`hgd.train.continued`), with those options over the last stage's.
+(:mod:`hgd.train.continued`), with those options over the last stage's; its ``attack_models``,
+``attack_set`` and ``attacks_per_image`` (each optional) choose another pair set for the chunks than the
+one the recipe started on, e.g. when the first one's loss has stopped falling.
 """
 
 from __future__ import annotations
@@ -49,12 +52,43 @@ log = logging.getLogger("hgd.train.recipe")
 
 STAGE_KEYS = ("warm_start", "fine_tune")
 CONTINUE_KEY = "continue"
-RECIPE_ONLY_KEYS = frozenset({"attack_models", "attacks_per_image", "float16_weights", *STAGE_KEYS, CONTINUE_KEY})
+PAIR_KEYS = frozenset({"attack_models", "attacks_per_image", "attack_set"})
+"""The keys that choose a pair set (:class:`PairChoice`): the recipe's, or ``continue``'s for the chunks."""
+RECIPE_ONLY_KEYS = PAIR_KEYS | {"float16_weights", *STAGE_KEYS, CONTINUE_KEY}
 RECIPE_KEYS = RECIPE_ONLY_KEYS | (frozenset(f.name for f in dataclasses.fields(FitConfig)) - {
     "models", "width", "lateral"})
-"""What a ``training`` section may set: the pair set (attack models, attacks drawn per image), whether
-the installed weights are stored as float16, and the fit options that the denoiser entries of the
-configuration do not already fix."""
+"""What a ``training`` section may set: the pair set (attack models, attack set, attacks drawn per image),
+whether the installed weights are stored as float16, and the fit options that the denoiser entries of
+the configuration do not already fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PairChoice:
+    """Which training pairs a recipe trains on: the attacks' models, the attack set, the attacks per image."""
+
+    attack_models: tuple[str, ...]
+    attacks_per_image: int | None = None
+    attack_set: str = "table1"
+
+    def spec(self, source: pathlib.Path) -> PairSpec:
+        """The pair set: ``source`` attacked as chosen (the rest is :class:`PairSpec`'s seeded defaults)."""
+        return PairSpec(source=str(source.resolve()), models=self.attack_models,
+                        attacks_per_image=self.attacks_per_image, attack_set=self.attack_set)
+
+    def folder(self, work_dir: pathlib.Path) -> pathlib.Path:
+        """Where the pair set lives in ``work_dir``: one folder per pair set, shared by the recipes that use it."""
+        k = "" if self.attacks_per_image is None else f"_k{self.attacks_per_image}"
+        attack_set = "" if self.attack_set == "table1" else f"_{self.attack_set}"
+        return work_dir / f"pairs_{'+'.join(self.attack_models)}{k}{attack_set}"
+
+    def replaced(self, raw: dict) -> PairChoice:
+        """This choice with the pair keys of ``raw`` (a ``training`` or ``continue`` section) over it."""
+        chosen = {key: raw[key] for key in PAIR_KEYS if key in raw}
+        if "attack_models" in chosen:
+            chosen["attack_models"] = tuple(chosen["attack_models"])
+        choice = dataclasses.replace(self, **chosen)
+        choice.spec(pathlib.Path("."))  # refuses an unknown model or attack set, or a k out of range, now
+        return choice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,20 +122,11 @@ class Recipe:
     """A defense configuration and how to train it."""
 
     defense: DefenseConfig
-    attack_models: tuple[str, ...]
+    pairs: PairChoice
     jobs: tuple[DenoiserJob, ...]
-    attacks_per_image: int | None = None
     float16_weights: bool = False
-
-    def pair_spec(self, source: pathlib.Path) -> PairSpec:
-        """The Table 1 pair set this defense trains on: ``source`` attacked on :attr:`attack_models`."""
-        return PairSpec(source=str(source.resolve()), models=self.attack_models,
-                        attacks_per_image=self.attacks_per_image)
-
-    def pairs_dir(self, work_dir: pathlib.Path) -> pathlib.Path:
-        """Where the pair set lives in ``work_dir``: one folder per pair set, shared by the recipes that use it."""
-        k = "" if self.attacks_per_image is None else f"_k{self.attacks_per_image}"
-        return work_dir / f"pairs_{'+'.join(self.attack_models)}{k}"
+    continue_pairs: PairChoice | None = None
+    """The chunks' pair set (``continue``'s pair keys over the recipe's); ``None``: no ``continue`` section."""
 
 
 def load_recipe(config_path: pathlib.Path) -> Recipe:
@@ -123,7 +148,10 @@ def load_recipe(config_path: pathlib.Path) -> Recipe:
         raise ValueError(f"{config_path}: the defense runs no denoiser; there is nothing to train")
     try:
         stages = {key: _stage_options(key, raw.get(key), options) for key in STAGE_KEYS}
-        continued = _stage_options(CONTINUE_KEY, raw.get(CONTINUE_KEY), options)
+        continued_raw = raw.get(CONTINUE_KEY)
+        continued = _stage_options(CONTINUE_KEY, continued_raw, options)
+        if continued is not None:  # its pair keys choose the chunks' pairs; the rest are fit options
+            continued = {key: value for key, value in continued.items() if key not in PAIR_KEYS}
         jobs = []
         for spec, models in guided:
             config = FitConfig(models=models, width=spec.width, lateral=spec.lateral, **options)
@@ -133,10 +161,12 @@ def load_recipe(config_path: pathlib.Path) -> Recipe:
                 last = job.stages()[-1][1]
                 job = dataclasses.replace(job, continued=dataclasses.replace(last, **continued))
             jobs.append(job)
+        pairs = PairChoice(attack_models=members).replaced(raw)
+        continue_pairs = None if continued_raw is None else pairs.replaced(continued_raw)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{config_path}: 'training': {error}") from None
-    return Recipe(defense=defense, attack_models=tuple(raw.get("attack_models", members)), jobs=tuple(jobs),
-                  attacks_per_image=raw.get("attacks_per_image"), float16_weights=bool(raw.get("float16_weights")))
+    return Recipe(defense=defense, pairs=pairs, jobs=tuple(jobs), float16_weights=bool(raw.get("float16_weights")),
+                  continue_pairs=continue_pairs)
 
 
 def _stage_options(key: str, stage: object, options: dict) -> dict | None:
@@ -150,7 +180,8 @@ def _stage_options(key: str, stage: object, options: dict) -> dict | None:
                          f"got {stage!r}")
     if key == "warm_start" and "init_weights" in options:  # ("continue" starts from the installed weights)
         raise ValueError("'warm_start' and 'init_weights' both give the start; keep one")
-    unknown = set(stage) - (RECIPE_KEYS - RECIPE_ONLY_KEYS - {"init_weights"})
+    allowed = RECIPE_KEYS - RECIPE_ONLY_KEYS - {"init_weights"} | (PAIR_KEYS if key == CONTINUE_KEY else set())
+    unknown = set(stage) - allowed
     if unknown:
         raise ValueError(f"unknown '{key}' keys {sorted(unknown)}")
     return stage
@@ -168,8 +199,8 @@ def train_defense(config_path: pathlib.Path, source: pathlib.Path, work_dir: pat
     (:mod:`hgd.train.distributed`); only process 0 builds pairs and installs weights.
     """
     recipe = load_recipe(config_path)
-    spec = recipe.pair_spec(source)
-    pairs_dir = recipe.pairs_dir(work_dir)
+    spec = recipe.pairs.spec(source)
+    pairs_dir = recipe.pairs.folder(work_dir)
     if not built_only and placement.writes:
         build_pairs(source, pairs_dir, spec, progress=progress)
     trained = []
