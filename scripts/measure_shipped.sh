@@ -5,10 +5,10 @@
 #   scripts/measure_shipped.sh [WORK_DIR]       # default WORK_DIR: ~/hgd-work (outside the checkout)
 #
 # 1. The competition harness at EVAL's eps cycle (4/8/12/16) on the DEV images: every shipped
-#    oblivious attack against defense/ and baselines/undefended. Attack pieces already in
-#    WORK_DIR/harness are reused (--keep-attacks), so a new denoiser is scored on the same adversarial
-#    images; iter_target_class runs first and alone, to stay inside the 500 s per batch.
-#    The defense's normalized score and per-attack counts are in WORK_DIR/harness/report.md.
+#    oblivious attack (the transfer attacks included) against defense/ and every baseline (--all).
+#    Attack pieces already in WORK_DIR/harness are reused (--keep-attacks), so a new denoiser is scored
+#    on the same adversarial images; the runner runs one piece at a time, so each attack batch has the
+#    machine to itself for its 500 s. Normalized scores and per-attack counts: WORK_DIR/harness/report.md.
 # 2. bench/defense_run.py --trained: wall time of a 100-image run of defense/ with start-up, peak memory.
 # 3. With TABLE3=1: the Table 3 analog (oblivious White/Black test sets on Lite0, eps 4 and 16; Lite2 is
 #    the black-box model) for the shipped denoiser in front of Lite0, beside undefended Lite0, as the
@@ -23,11 +23,8 @@ PY=${PYTHON:-python3}
 export PYTHON=$PY
 cd "$ROOT"
 
-RUN=(./run_attacks_and_defenses.sh --dataset-dir "$DEV" --output-dir "$WORK/harness" --eps cycle --no-progress)
-"${RUN[@]}" --attack attacks/iter_target_class --defense baselines/undefended
-"${RUN[@]}" --attack attacks/noop --attack attacks/random_noise --attack attacks/fgsm --attack attacks/ifgsm \
-    --attack attacks/mifgsm --attack attacks/step_target_class --attack attacks/iter_target_class \
-    --defense baselines/undefended --defense defense --keep-attacks
+./run_attacks_and_defenses.sh --all --keep-attacks --dataset-dir "$DEV" --output-dir "$WORK/harness" --eps cycle \
+    --no-progress
 
 "$PY" bench/defense_run.py --images "$DEV/images" --trained
 
