@@ -205,7 +205,8 @@ def test_sharded_security_evaluation_equals_one_machine(cluster, defense_dir, sm
     """Each run's batches on the two worker nodes (the defense folder sent as a bundle): the same results file."""
     from hgd.evaluation.security import Evaluation, SecuritySpec
 
-    spec = SecuritySpec(epsilons=(4,), steps=2, restarts=1, transfer_steps=2, queries=3, limit=4)
+    spec = SecuritySpec(epsilons=(4,), steps=2, restarts=1, transfer_steps=2, transfer_attacks=("di_mifgsm",),
+                        queries=3, limit=4)  # DI: random draws, seeded per batch wherever it runs
     results = {}
     for where in ("here", "cluster"):
         evaluation = Evaluation(defense_dir, small_source, tmp_path / where, spec, batch_size=1,
@@ -214,7 +215,7 @@ def test_sharded_security_evaluation_equals_one_machine(cluster, defense_dir, sm
         for kind in evaluation.kinds(4):
             evaluation.run(kind, 4)
         results[where] = json.loads((tmp_path / where / "results.json").read_text())
-    assert set(results["here"]["runs"]) == {"fgsm@4", "pgd@4", "transfer@4", "square@4"}
+    assert set(results["here"]["runs"]) == {"fgsm@4", "pgd@4", "transfer@4", "transfer_di_mifgsm@4", "square@4"}
     assert results["cluster"]["runs"] == results["here"]["runs"]
     assert results["cluster"]["loss_curves"] == results["here"]["loss_curves"]
 
