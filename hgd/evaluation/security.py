@@ -110,8 +110,8 @@ class SecuritySpec:
             return make_attack("fgsm")
         if kind == "square":
             return make_attack("square", queries=self.queries, loss="margin", seed=seed)
-        if kind in self.transfer_kinds()[1:]:
-            return make_transfer_attack(kind.removeprefix(f"{TRANSFER}_"), seed=seed)
+        if transfer_attack_name(kind) is not None:
+            return make_transfer_attack(transfer_attack_name(kind), seed=seed)
         if kind == TRANSFER:
             steps, restarts = self.transfer_steps, 1
         else:
@@ -130,12 +130,17 @@ class SecuritySpec:
         """What the examples of the transfer row ``kind`` depend on, besides the images (their cache key)."""
         if kind == TRANSFER:
             return {"attack": "pgd", "steps": self.transfer_steps, "loss": "margin", "seed": self.seed}
-        return {**SHIPPED_TRANSFER_ATTACKS[kind.removeprefix(f"{TRANSFER}_")], "seed": self.seed}
+        return {**SHIPPED_TRANSFER_ATTACKS[transfer_attack_name(kind)], "seed": self.seed}
 
 
 def transfer_kind(name: str) -> str:
     """The run kind of the shipped transfer attack ``name``."""
     return f"{TRANSFER}_{name}"
+
+
+def transfer_attack_name(kind: str) -> str | None:
+    """The shipped transfer attack a run kind runs (``transfer_di_mifgsm`` -> ``di_mifgsm``); None for another kind."""
+    return kind.removeprefix(f"{TRANSFER}_") if kind.startswith(f"{TRANSFER}_") else None
 
 
 def run_key(kind: str, epsilon: int, stronger: bool = False) -> str:
@@ -352,8 +357,8 @@ def sanity_checks(table: dict[str, dict[int, float]], spec: SecuritySpec) -> lis
     pgd = table.get("pgd", {})
     names = {"fgsm": "iterative >= single-step", TRANSFER: "white-box >= transfer",
              "square": "white-box >= gradient-free"}
-    names |= {kind: f"white-box >= transfer ({kind.removeprefix(f'{TRANSFER}_')})"
-              for kind in table if kind.startswith(f"{TRANSFER}_")}
+    names |= {kind: f"white-box >= transfer ({transfer_attack_name(kind)})"
+              for kind in table if transfer_attack_name(kind) is not None}
     for weaker, name in names.items():
         for epsilon, value in sorted(table.get(weaker, {}).items()):
             if epsilon in pgd:

@@ -14,7 +14,8 @@ import json
 import pathlib
 
 from hgd.io.files import write_atomically
-from hgd.evaluation.security import RESULTS_FILE, TRANSFER, SecuritySpec, read_oblivious_score, summarize
+from hgd.evaluation.security import (RESULTS_FILE, TRANSFER, SecuritySpec, read_oblivious_score, summarize,
+                                     transfer_attack_name)
 
 TABLE_FILE, PLOT_FILE = "comparison.md", "comparison.png"
 
@@ -31,7 +32,7 @@ def markdown_table(rows: dict[str, dict], scores: dict[str, float], check: int) 
     (every transfer row any evaluation ran)."""
     epsilons = sorted({e for summary in rows.values() for e in summary["table"].get("pgd", {})})
     transfer = dict.fromkeys(kind for summary in rows.values() for kind in summary["table"]
-                             if kind == TRANSFER or kind.startswith(f"{TRANSFER}_"))
+                             if kind == TRANSFER or transfer_attack_name(kind) is not None)
     others = ("fgsm", *transfer, "square", "pgd_stronger")
     header = (["defense", "clean", "oblivious score"] + [f"PGD eps {e}" for e in epsilons]
               + [f"worst eps {e}" for e in epsilons] + [f"{k} eps {check}" for k in others] + ["flagged"])
