@@ -56,7 +56,7 @@ def main() -> None:
     from hgd.zoo import ARCHITECTURES, get_model
 
     recipe = load_recipe(args.profile)
-    spec = PairSpec(source="-", models=recipe.attack_models)
+    spec = PairSpec(source="-", models=recipe.pairs.attack_models, attack_set=recipe.pairs.attack_set)
     pairs_per_epoch = round(args.images * (1 - spec.validation_fraction)) * len(spec.attacks())
     parts: dict[str, tuple[int, float, float]] = {}  # params, forward FLOPs, activation MB per image
     rows, inference = [], 0.0

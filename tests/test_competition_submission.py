@@ -218,7 +218,7 @@ def test_packaging_refuses_missing_weights(tmp_path):
 
 def test_profile_recipe_trains_one_fgd_per_model():
     recipe = load_recipe(PROFILE)
-    assert recipe.attack_models == tuple(m.value for m in COMPETITION_ENSEMBLE)
+    assert recipe.pairs.attack_models == tuple(m.value for m in COMPETITION_ENSEMBLE)
     assert [job.config.models for job in recipe.jobs] == [(m.value,) for m in COMPETITION_ENSEMBLE]
     for job, member in zip(recipe.jobs, load_config(PROFILE).members):
         assert job.spec == member.denoiser and job.name == f"fgd_{member.target.name.value}"

@@ -512,7 +512,7 @@ def test_adaptive_profile_trains_the_shipped_denoiser_against_defense_aware_exam
     shipped, adaptive = (load_recipe(path) for path in (REPO / "defense" / "config.json",
                                                          REPO / "defense" / "profiles" / "lite_adaptive.json"))
     (job,), (shipped_job,) = adaptive.jobs, shipped.jobs
-    assert adaptive.attack_models == shipped.attack_models
+    assert adaptive.pairs.attack_models == shipped.pairs.attack_models
     assert job.name == "fgd_lite_ensemble_adaptive" and job.spec.weights.parent.resolve() == shipped_job.spec.weights.parent
     assert (job.config.adaptive_fraction, job.config.adaptive_epsilon, job.config.adaptive_steps) == (0.5, 4, 4)
     assert job.config.init_weights == str(shipped_job.spec.weights)  # fine-tunes the shipped denoiser
