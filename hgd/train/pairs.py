@@ -95,7 +95,8 @@ def competition_attacks(models: Sequence[ModelName]) -> list[TableAttack]:
     (the settings of ``attacks/ifgsm`` and ``attacks/mifgsm``)."""
     models, found = tuple(ModelName(m) for m in models), table1_attacks(models)
     on = _target_name(models)
-    return found + [TableAttack(f"ifgsm10_{on}", "ifgsm", models, 10), TableAttack(f"mifgsm10_{on}", "mifgsm", models, 10)]
+    return found + [TableAttack(f"ifgsm10_{on}", "ifgsm", models, 10),
+                    TableAttack(f"mifgsm10_{on}", "mifgsm", models, 10)]
 
 
 def _target_name(models: tuple[ModelName, ...]) -> str:
