@@ -110,8 +110,8 @@ class SecuritySpec:
             return make_attack("fgsm")
         if kind == "square":
             return make_attack("square", queries=self.queries, loss="margin", seed=seed)
-        if transfer_attack_name(kind) is not None:
-            return make_transfer_attack(transfer_attack_name(kind), seed=seed)
+        if (name := transfer_attack_name(kind)) is not None:
+            return make_transfer_attack(name, seed=seed)
         if kind == TRANSFER:
             steps, restarts = self.transfer_steps, 1
         else:

@@ -70,10 +70,16 @@ class PairChoice:
     attacks_per_image: int | None = None
     attack_set: str = "table1"
 
+    def __post_init__(self) -> None:
+        self._spec("-")  # refuses an unknown model or attack set, or a k out of range, when the recipe is read
+
     def spec(self, source: pathlib.Path) -> PairSpec:
         """The pair set: ``source`` attacked as chosen (the rest is :class:`PairSpec`'s seeded defaults)."""
-        return PairSpec(source=str(source.resolve()), models=self.attack_models,
-                        attacks_per_image=self.attacks_per_image, attack_set=self.attack_set)
+        return self._spec(str(source.resolve()))
+
+    def _spec(self, source: str) -> PairSpec:
+        return PairSpec(source=source, models=tuple(self.attack_models), attacks_per_image=self.attacks_per_image,
+                        attack_set=self.attack_set)
 
     def folder(self, work_dir: pathlib.Path) -> pathlib.Path:
         """Where the pair set lives in ``work_dir``: one folder per pair set, shared by the recipes that use it."""
@@ -86,9 +92,7 @@ class PairChoice:
         chosen = {key: raw[key] for key in PAIR_KEYS if key in raw}
         if "attack_models" in chosen:
             chosen["attack_models"] = tuple(chosen["attack_models"])
-        choice = dataclasses.replace(self, **chosen)
-        choice.spec(pathlib.Path("."))  # refuses an unknown model or attack set, or a k out of range, now
-        return choice
+        return dataclasses.replace(self, **chosen)
 
 
 @dataclasses.dataclass(frozen=True)
