@@ -54,8 +54,13 @@ def _answers(host: str | None) -> bool:
 
 @pytest.fixture(scope="session")
 def docker_engine():
-    """Sets ``DOCKER_HOST`` to an engine that answers for the whole session; skips when there is none."""
+    """Sets ``DOCKER_HOST`` to an engine that answers for the whole session; skips when there is none.
+
+    An engine this fixture started itself is stopped again (by its pid file, docker/stop_engine.sh) when
+    the session ends; one that already answered is left as it was found.
+    """
     host = os.environ.get("DOCKER_HOST")
+    started = False
     if not (host and _answers(host)):
         if not _answers(ENGINE_SOCKET):
             if os.geteuid() != 0:
@@ -66,10 +71,15 @@ def docker_engine():
             if proc.returncode != 0 or not _answers(ENGINE_SOCKET):
                 _unavailable("no Docker engine answers and docker/start_engine.sh could not start one "
                              f"(apt unreachable?): {proc.stderr[-800:]}")
+            started = True
         host = ENGINE_SOCKET
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DOCKER_HOST", host)
-        yield host
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("DOCKER_HOST", host)
+            yield host
+    finally:
+        if started:
+            subprocess.run([str(REPO / "docker/stop_engine.sh")], capture_output=True, text=True, timeout=120)
 
 
 def _has_image(name: str) -> bool:
