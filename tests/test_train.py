@@ -271,6 +271,60 @@ def test_only_the_denoiser_trains():
     assert len(model.heads) == 2 and not any(head.trainable for head in model.heads)
 
 
+def _random_teacher(path: pathlib.Path, width: float = 0.125) -> str:
+    """A DUNET that is not the identity (a fresh one is: its last convolution starts at zero), saved."""
+    teacher = build_dunet(width=width)
+    rng = np.random.default_rng(3)
+    teacher.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) if w.ndim == 4 else w
+                         for w in teacher.get_weights()])
+    teacher.save_weights(path)
+    return str(path)
+
+
+def test_a_teacher_sets_the_training_loss_and_validation_keeps_the_guidance(tmp_path):
+    teacher_weights = _random_teacher(tmp_path / "teacher.weights.h5", width=0.25)
+    model = build_training_model(_tiny(teacher_weights=teacher_weights, teacher_width=0.25))
+    assert not model.teacher.trainable
+    assert {id(v) for v in model.trainable_variables} == {id(v) for v in model.denoiser.trainable_variables}
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    x = {"adversarial": np.clip(clean + rng.choice([-8.0, 8.0], clean.shape), 0, 255).astype(np.float32), "clean": clean}
+    y = np.array([1, 2], np.int32)
+    y_pred = model(x)
+    taught = model.teacher(model.normalize(x["adversarial"]))
+    train_loss = float(model.compute_loss(x, y, y_pred, training=True))
+    assert train_loss == pytest.approx(float(np.mean(np.abs(np.asarray(y_pred) - np.asarray(taught)))), rel=1e-5)
+    assert train_loss > 1e-3  # the teacher is not the (untrained, identity) student
+    fgd = float(guidance_loss(Guidance.FGD, y_pred, model.normalize(clean), y, model.heads))
+    assert float(model.compute_loss(x, y, y_pred, training=False)) == pytest.approx(fgd, rel=1e-5)
+    with pytest.raises(FileNotFoundError, match="teacher_weights: no such file"):
+        build_training_model(_tiny(teacher_weights=str(tmp_path / "missing.weights.h5")))
+    with pytest.raises(ValueError, match="teacher_width"):
+        _tiny(teacher_width=0)
+
+
+@pytest.mark.slow
+def test_a_distilled_student_moves_towards_its_teacher(pairs_dir, tmp_path):
+    teacher_weights = _random_teacher(tmp_path / "teacher.weights.h5")
+    config = _tiny(teacher_weights=teacher_weights, teacher_width=0.125, steps_per_epoch=4, learning_rate=1e-2)
+    state = fit(pairs_dir, tmp_path / "run", config, verbose=0)
+    assert state.epoch == 1
+    model = build_training_model(config)
+    batch = next(iter(PairBatches(fit_module._split(pairs_dir, config, False)[1], 2, crop=None, shuffle=False,
+                                  seed=0)))[0]
+    taught = np.asarray(model.teacher(model.normalize(batch["adversarial"])))
+
+    def distance() -> float:
+        return float(np.mean(np.abs(np.asarray(model(batch)) - taught)))
+
+    before = distance()  # the untrained student: the identity
+    model.denoiser.load_weights(tmp_path / "run" / "last.weights.h5")
+    assert distance() < before
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()[1].split(",")
+    val_loss = fit_module.validation_loss(pairs_dir, tmp_path / "run" / "best.weights.h5", config)
+    assert float(history[3]) == pytest.approx(val_loss, rel=1e-4)  # validated with FGD, not the teacher's loss
+
+
 @pytest.mark.slow
 def test_fit_trains_checkpoints_and_resumes(pairs_dir, tmp_path):
     run = tmp_path / "run"
@@ -558,6 +612,13 @@ def test_continue_section_layers_its_options_over_the_last_stage(tmp_path):
     config.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="unknown 'continue' keys"):
         load_recipe(config)
+
+
+def test_a_recipe_reads_a_teacher_relative_to_the_configuration(tmp_path):
+    config = _continuable_defense(tmp_path, {"teacher_weights": "weights/teacher.weights.h5", "teacher_width": 0.5})
+    (job,) = load_recipe(config).jobs
+    assert job.continued.teacher_weights == str((tmp_path / "weights" / "teacher.weights.h5").resolve())
+    assert job.continued.teacher_width == 0.5 and job.config.teacher_weights is None  # only the chunks distil
 
 
 def test_continue_section_may_choose_another_pair_set_for_the_chunks(tmp_path):

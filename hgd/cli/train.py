@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--init-weights", type=pathlib.Path, default=None,
                      help="start from these denoiser weights (fine-tuning, e.g. defense/weights/...) instead of a "
                           "fresh DUNET")
+    fit.add_argument("--teacher", type=pathlib.Path, default=None,
+                     help="distil: train on the pixel loss against this trained denoiser's output (validation keeps "
+                          "--guidance); copy it out of defense/weights/ first, every session of the run reads it")
+    fit.add_argument("--teacher-width", type=float, default=0.5, help="the teacher's DUNET width (default 0.5)")
     fit.add_argument("--built-only", action="store_true",
                      help="train on the pairs built so far while `data` goes on (the mix is then not Table 1's)")
     fit.add_argument("--no-progress", action="store_true", help="one log line per epoch instead of a bar")
@@ -180,7 +184,9 @@ def _fit(args: argparse.Namespace) -> int:
                        adaptive_fraction=args.adaptive_fraction, adaptive_epsilon=args.adaptive_epsilon,
                        adaptive_steps=args.adaptive_steps, adaptive_loss=args.adaptive_loss,
                        init_weights=None if args.init_weights is None else str(args.init_weights.resolve()),
-                       dtype_policy=args.dtype_policy)
+                       dtype_policy=args.dtype_policy,
+                       teacher_weights=None if args.teacher is None else str(args.teacher.resolve()),
+                       teacher_width=args.teacher_width)
     state = fit(args.pairs_dir, args.run_dir, config, verbose=2 if args.no_progress else "auto",
                 built_only=args.built_only, placement=placement)
     print(f"{state.summary()} -> {args.run_dir / BEST_WEIGHTS}")

@@ -10,6 +10,12 @@ Cheaper than the paper on purpose, both measured in ``docs/results/paper-tables.
 the DUNET and random square crops of the 299 images for training (the same crop and horizontal
 flip for both images of a pair; validation always on the full 299 images, as deployed).
 
+A trained denoiser may teach a cheaper one (``teacher_weights``; knowledge distillation, Hinton, Vinyals
+and Dean, "Distilling the Knowledge in a Neural Network", 2015): the training loss is then the pixel
+loss between the student's output and the teacher's for the same adversarial image, which runs no
+target model, while validation keeps the run's guidance loss, so the student's checkpoints are
+selected, and compare with the teacher's, on the scale the teacher was trained on.
+
 Everything lives in one run folder (outside the checkout)::
 
     config.json         the FitConfig (resuming with another one is refused)
@@ -85,6 +91,10 @@ class FitConfig:
             shipped one, spends no epochs relearning what it already does.
         dtype_policy: the DUNET body's precision (:data:`hgd.defenses.dunet.DTYPE_POLICIES`); weights and
             checkpoints are float32 either way.
+        teacher_weights, teacher_width: a trained DUNET (lateral, this width) whose output on the
+            adversarial image is the training target instead (see the module doc); it runs in
+            ``dtype_policy`` too. The file is read by every session of the run, so keep it where it
+            stays unchanged (not the ``defense/weights/`` that training chunks replace).
     """
 
     guidance: Guidance = Guidance.FGD
@@ -108,6 +118,8 @@ class FitConfig:
     adaptive_loss: str = "ce"
     init_weights: str | None = None
     dtype_policy: str = "float32"
+    teacher_weights: str | None = None
+    teacher_width: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "guidance", Guidance(self.guidance))
@@ -128,6 +140,9 @@ class FitConfig:
         object.__setattr__(self, "adaptive_loss", check_loss(self.adaptive_loss))
         if self.dtype_policy not in DTYPE_POLICIES:
             raise ValueError(f"dtype_policy must be one of {DTYPE_POLICIES}, got {self.dtype_policy!r}")
+        for name in ("width", "teacher_width"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
     def to_json(self) -> str:
         return json.dumps({**dataclasses.asdict(self), "guidance": self.guidance.value}, indent=1) + "\n"
@@ -231,15 +246,16 @@ class PairBatches(keras.utils.PyDataset):
 
 
 class DenoiserTraining(keras.Model):
-    """The denoiser with its loss: ``fit`` trains ``denoiser`` only, the heads are frozen."""
+    """The denoiser with its loss: ``fit`` trains ``denoiser`` only, the heads (and a teacher) are frozen."""
 
     def __init__(self, denoiser: keras.Model, normalize: keras.layers.Layer, heads: Sequence[keras.Model],
-                 guidance: Guidance, **kwargs) -> None:
+                 guidance: Guidance, teacher: keras.Model | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.denoiser, self.normalize, self.heads, self.guidance = denoiser, normalize, list(heads), guidance
+        self.teacher = teacher
         self.weights_attached = False
-        for head in self.heads:
-            head.trainable = False
+        for frozen in [*self.heads, *([teacher] if teacher is not None else [])]:
+            frozen.trainable = False
 
     def adversary(self, config: FitConfig) -> Adversary:
         """The defense-aware attack of ``config`` on this denoiser and its guiding models.
@@ -262,6 +278,10 @@ class DenoiserTraining(keras.Model):
         return self.denoiser(self.normalize(inputs["adversarial"]), training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training: bool = True):
+        """The guidance loss; in training steps with a teacher, the pixel loss against its output instead."""
+        if training and self.teacher is not None:
+            taught = keras.ops.stop_gradient(self.teacher(self.normalize(x["adversarial"]), training=False))
+            return replica_share(guidance_loss(Guidance.PGD, y_pred, taught, y, ()))
         return replica_share(guidance_loss(self.guidance, y_pred, self.normalize(x["clean"]), y, self.heads))
 
 
@@ -276,7 +296,19 @@ def build_training_model(config: FitConfig) -> DenoiserTraining:
     attacked = config.guidance.needs_models or config.adaptive_fraction > 0
     heads = [t.build_from_normalized(None, guide=True) for t in targets] if attacked else []
     denoiser = build_dunet(width=config.width, lateral=config.lateral, dtype_policy=config.dtype_policy)
-    return DenoiserTraining(denoiser, normalize, heads, config.guidance, name=f"{config.guidance.value}_training")
+    return DenoiserTraining(denoiser, normalize, heads, config.guidance, teacher=_teacher(config),
+                            name=f"{config.guidance.value}_training")
+
+
+def _teacher(config: FitConfig) -> keras.Model | None:
+    """The trained DUNET of ``config.teacher_weights``, or ``None``."""
+    if config.teacher_weights is None:
+        return None
+    if not pathlib.Path(config.teacher_weights).is_file():
+        raise FileNotFoundError(f"teacher_weights: no such file {config.teacher_weights}")
+    teacher = build_dunet(width=config.teacher_width, dtype_policy=config.dtype_policy, name="teacher")
+    teacher.load_weights(config.teacher_weights)
+    return teacher
 
 
 def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, verbose: int | str = "auto",
@@ -346,7 +378,7 @@ def validation_loss(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitC
     ``float32`` (``config.dtype_policy``), so runs validated under different policies compare on one scale.
     """
     _, val_pairs = _split(pairs_dir, config, built_only=False)
-    model = build_training_model(config)
+    model = build_training_model(dataclasses.replace(config, teacher_weights=None))  # validation runs no teacher
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     model.denoiser.load_weights(weights)
     validation = PairBatches(val_pairs, config.batch_size, crop=None, shuffle=False, seed=config.seed)

@@ -52,6 +52,8 @@ log = logging.getLogger("hgd.train.recipe")
 
 STAGE_KEYS = ("warm_start", "fine_tune")
 CONTINUE_KEY = "continue"
+PATH_KEYS = ("init_weights", "teacher_weights")
+"""Fit options that name a file: relative to the configuration in a recipe."""
 PAIR_KEYS = frozenset({"attack_models", "attacks_per_image", "attack_set"})
 """The keys that choose a pair set (:class:`PairChoice`): the recipe's, or ``continue``'s for the chunks."""
 RECIPE_ONLY_KEYS = PAIR_KEYS | {"float16_weights", *STAGE_KEYS, CONTINUE_KEY}
@@ -140,9 +142,7 @@ def load_recipe(config_path: pathlib.Path) -> Recipe:
     unknown = set(raw) - RECIPE_KEYS
     if unknown:
         raise ValueError(f"{config_path}: unknown 'training' keys {sorted(unknown)}; known: {sorted(RECIPE_KEYS)}")
-    options = {k: v for k, v in raw.items() if k not in RECIPE_ONLY_KEYS}
-    if "init_weights" in options:  # relative to the configuration, like its denoisers' weights
-        options["init_weights"] = str((config_path.parent / options["init_weights"]).resolve())
+    options = _relative_to(config_path, {k: v for k, v in raw.items() if k not in RECIPE_ONLY_KEYS})
     members = tuple(m.target.name.value for m in defense.members)
     if defense.shared_denoiser is not None:
         guided = [(defense.shared_denoiser, members)]
@@ -152,10 +152,11 @@ def load_recipe(config_path: pathlib.Path) -> Recipe:
         raise ValueError(f"{config_path}: the defense runs no denoiser; there is nothing to train")
     try:
         stages = {key: _stage_options(key, raw.get(key), options) for key in STAGE_KEYS}
+        stages = {key: None if stage is None else _relative_to(config_path, stage) for key, stage in stages.items()}
         continued_raw = raw.get(CONTINUE_KEY)
         continued = _stage_options(CONTINUE_KEY, continued_raw, options)
         if continued is not None:  # its pair keys choose the chunks' pairs; the rest are fit options
-            continued = {key: value for key, value in continued.items() if key not in PAIR_KEYS}
+            continued = _relative_to(config_path, {k: v for k, v in continued.items() if k not in PAIR_KEYS})
         jobs = []
         for spec, models in guided:
             config = FitConfig(models=models, width=spec.width, lateral=spec.lateral, **options)
@@ -171,6 +172,13 @@ def load_recipe(config_path: pathlib.Path) -> Recipe:
         raise ValueError(f"{config_path}: 'training': {error}") from None
     return Recipe(defense=defense, pairs=pairs, jobs=tuple(jobs), float16_weights=bool(raw.get("float16_weights")),
                   continue_pairs=continue_pairs)
+
+
+def _relative_to(config_path: pathlib.Path, options: dict) -> dict:
+    """Fit options with their file paths (the start, a teacher) read relative to the configuration, like
+    its denoisers' weights."""
+    return {key: str((config_path.parent / value).resolve()) if key in PATH_KEYS and value is not None else value
+            for key, value in options.items()}
 
 
 def _stage_options(key: str, stage: object, options: dict) -> dict | None:
