@@ -17,8 +17,8 @@ Every key is optional: ``attack_models`` defaults to the members, ``attacks_per_
 training attack on every image, ``attack_set`` to ``table1`` (``competition`` adds the harness's
 10-step I-FGSM and MI-FGSM: :data:`hgd.train.pairs.ATTACK_SETS`), ``float16_weights`` (install the
 weights as float16) to false, the rest to :class:`FitConfig`'s defaults (the paper's full-image
-training). ``warm_start`` (e.g. ``{"guidance": "pgd", "max_epochs": 3}``) trains each denoiser first with those options replacing the
-recipe's, in its own run (``runs/NAME_warm_start``), and starts the recipe's training from that run's
+training). ``warm_start`` (e.g. ``{"guidance": "pgd", "max_epochs": 3}``) trains each denoiser first
+with those options replacing the recipe's, in its own run (``runs/NAME_warm_start``), and starts the recipe's training from that run's
 best checkpoint: on this CPU FGD from the identity did not move in an hour while the pixel loss did,
 and FGD from a 3-epoch PGD start did (``docs/results/paper-tables.md``). ``fine_tune`` (e.g. ``{"crop": 299,
 "max_epochs": 2}``) goes on from the recipe's best checkpoint with those options, in its own run
