@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -635,6 +636,67 @@ def test_continue_section_may_choose_another_pair_set_for_the_chunks(tmp_path):
         config.write_text(json.dumps(raw))
         with pytest.raises(ValueError, match=message):
             load_recipe(config)
+
+
+def test_continue_section_may_cut_the_chunks_pairs_into_slices(tmp_path):
+    config = _continuable_defense(tmp_path, {"max_epochs": 3, "pair_slices": 2})
+    recipe = load_recipe(config)
+    assert recipe.pair_slices == 2 and recipe.jobs[0].continued.max_epochs == 3  # not a fit option
+    assert load_recipe(_continuable_defense(tmp_path / "plain", {"max_epochs": 3})).pair_slices == 1
+    raw = json.loads(config.read_text())
+    for bad in (0, 1.5, "2", True):
+        raw["training"]["continue"] = {"pair_slices": bad}
+        config.write_text(json.dumps(raw))
+        with pytest.raises(ValueError, match="'pair_slices' is a whole number"):
+            load_recipe(config)
+    raw["training"] = {"pair_slices": 2}  # a chunk option, not the recipe's
+    config.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="unknown 'training' keys"):
+        load_recipe(config)
+
+
+def test_chunk_pairs_take_the_training_slices_in_turn_and_always_the_same_validation_pairs(tmp_path):
+    from hgd.train.continued import chunk_pairs
+    from hgd.train.fit import split_pairs
+
+    plan = plan_pairs(list(read_dataset(SAMPLE).images), PairSpec(source="x", validation_fraction=0.25), tmp_path)
+    config = FitConfig(models=(LITE0,), validation_pairs=3)
+    train, validation = split_pairs(plan, config)
+    assert len(validation) == 3 and len(train) > 6
+    chunks = [chunk_pairs(plan, config=config, slices=3, chunk=chunk) for chunk in (1, 2, 3, 4)]
+    assert all(chunk[-3:] == validation for chunk in chunks)
+    slices = [chunk[:-3] for chunk in chunks]
+    assert sorted(map(len, slices[:3])) in ([len(train) // 3] * 3, [len(train) // 3, *[-(-len(train) // 3)] * 2],
+                                            [len(train) // 3] * 2 + [-(-len(train) // 3)])
+    assert sorted(sum(slices[:3], []), key=plan.index) == train  # disjoint, and together every training pair
+    assert slices[3] == slices[0] and slices[1] != slices[0]  # the turns come round again
+    assert {pair.image for pair in slices[0]} != {pair.image for pair in train[:len(slices[0])]}  # shuffled
+    with pytest.raises(ValueError, match="pair_slices must be in 1.."):
+        chunk_pairs(plan, config=config, slices=len(train) + 1, chunk=1)
+
+
+@pytest.mark.slow
+def test_a_sliced_chunk_builds_only_its_slice_and_the_validation_pairs(small_source, tmp_path):
+    from hgd.train import continued
+    from hgd.train.pairs import read_plan
+
+    config = _continuable_defense(tmp_path / "defense", {"max_epochs": 1, "pair_slices": 3})
+    start = tmp_path / "start.weights.h5"
+    shutil.copy(tmp_path / "defense" / "weights" / "d.weights.h5", start)
+    work = tmp_path / "work"
+    (result,) = continued.continue_training(config, small_source, work, max_hours=1.0, progress=False)
+    assert result.state.epoch == 1
+    pairs_dir = load_recipe(config).continue_pairs.folder(work)
+    spec, plan = read_plan(pairs_dir)
+    fit_config = FitConfig.from_json((work / "runs" / "d_continue1" / "config.json").read_text())
+    first = continued.chunk_pairs(plan, config=fit_config, slices=3, chunk=1)
+    built = {pair for pair in plan if pair.adversarial.is_file() and pair.attack != "noop"}
+    assert built == {pair for pair in first if pair.attack != "noop"} and len(first) < len(plan)
+    second = continued.chunk_pairs(plan, config=fit_config, slices=3, chunk=2)
+    build_pairs(small_source, pairs_dir, spec, progress=False, select=lambda plan: second)
+    # more of the folder built: the validation pairs, and so the start's loss, are what chunk 1 scored
+    assert fit_module.validation_loss(pairs_dir, start, fit_config) == pytest.approx(result.state.initial_val_loss,
+                                                                                      abs=1e-4)
 
 
 @pytest.mark.slow

@@ -4,7 +4,8 @@ A CPU session is a few hours and its work folder does not survive it, so the shi
 trained in chunks (``python -m hgd.cli.train continue``). A chunk
 
 1. rebuilds the chunks' training pairs (the recipe's, or those its ``continue`` section chooses;
-   seeded: the same pairs on every machine; resumes),
+   seeded: the same pairs on every machine; resumes); with ``pair_slices`` > 1 only the chunk's
+   slice of them and the validation pairs (:func:`chunk_pairs`), which it then trains on,
 2. trains the denoiser from the weights the configuration reads (``defense/weights/...``) with the
    recipe's ``continue`` options, for at most ``max_hours``, checkpointed every epoch (a killed
    chunk resumes from its last epoch when rerun), at the learning rate the last chunk ended with
@@ -23,13 +24,17 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import logging
 import pathlib
+from collections.abc import Sequence
+
+import numpy as np
 
 from hgd.io.files import write_atomically
-from hgd.train.fit import BEST_WEIGHTS, HISTORY_FILE, RunState, fit
+from hgd.train.fit import BEST_WEIGHTS, HISTORY_FILE, FitConfig, RunState, fit, split_pairs
 from hgd.train.distributed import Placement
-from hgd.train.pairs import build_pairs
+from hgd.train.pairs import Pair, build_pairs, read_plan
 from hgd.train.recipe import DenoiserJob, install, load_recipe
 
 log = logging.getLogger("hgd.train.continued")
@@ -67,8 +72,7 @@ def continue_training(config_path: pathlib.Path, source: pathlib.Path, work_dir:
         raise ValueError(f"{config_path}: no 'continue' section in 'training' (denoisers {missing})")
     recipe.defense.require_weights()  # nothing to continue from: train the recipe first (hgd.train defense)
     pairs_dir = recipe.continue_pairs.folder(work_dir)
-    if placement.writes:
-        build_pairs(source, pairs_dir, recipe.continue_pairs.spec(source), progress=progress)
+    sliced = recipe.pair_slices > 1
     results = []
     for job in recipe.jobs:
         history = None if history_dir is None else history_dir / f"{job.name}.csv"
@@ -76,14 +80,39 @@ def continue_training(config_path: pathlib.Path, source: pathlib.Path, work_dir:
         run_dir = work_dir / "runs" / f"{job.name}_continue{chunk}"
         config = dataclasses.replace(job.continued, init_weights=str(job.spec.weights.resolve()), max_hours=max_hours,
                                      learning_rate=_last_learning_rate(history) or job.continued.learning_rate)
-        log.info("%s: chunk %d from %s in %s (%s h at most)", job.name, chunk, job.spec.weights, run_dir, max_hours)
-        state = fit(pairs_dir, run_dir, config, verbose="auto" if progress else 2, placement=placement)
+        select = functools.partial(chunk_pairs, config=config, slices=recipe.pair_slices, chunk=chunk)
+        if placement.writes:
+            build_pairs(source, pairs_dir, recipe.continue_pairs.spec(source), progress=progress,
+                        select=select if sliced else None)
+        only = select(read_plan(pairs_dir)[1]) if sliced else None
+        log.info("%s: chunk %d from %s in %s (%s h at most)%s", job.name, chunk, job.spec.weights, run_dir, max_hours,
+                 f", on training-pair slice {(chunk - 1) % recipe.pair_slices + 1} of {recipe.pair_slices}"
+                 if sliced else "")
+        state = fit(pairs_dir, run_dir, config, verbose="auto" if progress else 2, only=only, placement=placement)
         installed = placement.writes and _install_if_better(run_dir, state, job.spec.weights)
         if history is not None and placement.writes:
             _append_chunk(history, chunk, run_dir, state, config.batch_size, config.steps_per_epoch)
             plot_history(history, history.with_suffix(".png"))
         results.append(ChunkResult(job, chunk, state, installed))
     return results
+
+
+def chunk_pairs(plan: Sequence[Pair], *, config: FitConfig, slices: int, chunk: int) -> list[Pair]:
+    """The pairs chunk ``chunk`` builds when the training pairs are cut into ``slices``: its slice of a
+    seeded shuffle of them, the slices taken in turn, and the run's validation pairs.
+
+    Why: a work folder that does not outlive its machine rebuilds its pairs every session, and building
+    all of them cost more time than a chunk could train on them; a slice leaves that time to training,
+    the turns still cover the whole pool, and the validation pairs, the same every chunk, keep the
+    chunks' losses comparable.
+    """
+    train, validation = split_pairs(plan, config)
+    if not 1 <= slices <= len(train):
+        raise ValueError(f"pair_slices must be in 1..{len(train)} (the training pairs), got {slices}")
+    order = np.random.default_rng([config.seed, 2]).permutation(len(train))
+    size = -(-len(train) // slices)
+    start = (chunk - 1) % slices * size
+    return [train[i] for i in sorted(order[start:start + size])] + validation
 
 
 def _next_chunk(history: pathlib.Path | None) -> int:

@@ -52,7 +52,7 @@ from hgd.io.images import IMAGE_SIZE, load_image
 from hgd.train.adaptive import Adversary, SyncWeights, build_attacked_model
 from hgd.train.distributed import Placement
 from hgd.train.guidance import Guidance, guidance_loss
-from hgd.train.pairs import TRAIN, VALIDATION, Pair, read_pairs
+from hgd.train.pairs import TRAIN, VALIDATION, Pair, read_pairs, read_plan
 from hgd.zoo import NUM_CLASSES, get_model
 
 log = logging.getLogger("hgd.train.fit")
@@ -312,10 +312,13 @@ def _teacher(config: FitConfig) -> keras.Model | None:
 
 
 def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, verbose: int | str = "auto",
-        built_only: bool = False, placement: Placement = Placement()) -> RunState:
+        built_only: bool = False, only: Sequence[Pair] | None = None,
+        placement: Placement = Placement()) -> RunState:
     """Train (or go on training) ``config`` on the pairs of ``pairs_dir``, in ``run_dir``.
 
-    ``built_only`` trains on the pairs built so far of an unfinished pair folder (see ``read_pairs``).
+    ``built_only`` trains on the pairs built so far of an unfinished pair folder (see ``read_pairs``), and
+    validates on those of the run's validation pairs (:func:`split_pairs`) that are built. ``only``: train
+    and validate on those of the folder's pairs only (a chunk's slice: :func:`hgd.train.continued.chunk_pairs`).
     ``placement``: the devices and processes of a data-parallel run (:func:`hgd.train.distributed.place`,
     called before this); each process loads its share of every global batch, only process 0 writes.
     Returns the final state; ``run_dir / best.weights.h5`` holds the trained denoiser.
@@ -327,7 +330,7 @@ def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, ve
     if state.finished:
         log.info("%s: already finished (%s)", run_dir, state.finished)
         return state
-    train_pairs, val_pairs = _split(pairs_dir, config, built_only)
+    train_pairs, val_pairs = _split(pairs_dir, config, built_only, only)
     log.info("%d training pairs, %d validation pairs scored per epoch", len(train_pairs), len(val_pairs))
     if placement.num_processes > 1:
         keras.utils.set_random_seed(config.seed)  # every process starts from the same fresh weights
@@ -377,7 +380,11 @@ def validation_loss(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitC
     What ``fit`` reports as ``val_loss``, for any checkpoint: e.g. one trained in ``mixed_bfloat16`` scored in
     ``float32`` (``config.dtype_policy``), so runs validated under different policies compare on one scale.
     """
-    _, val_pairs = _split(pairs_dir, config, built_only=False)
+    _, val_pairs = split_pairs(read_plan(pairs_dir)[1], config)
+    missing = [pair.adversarial for pair in val_pairs if not pair.adversarial.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{pairs_dir}: {len(missing)} of the {len(val_pairs)} validation pairs are not built "
+                                f"(e.g. {missing[0]})")
     model = build_training_model(dataclasses.replace(config, teacher_weights=None))  # validation runs no teacher
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     model.denoiser.load_weights(weights)
@@ -433,17 +440,36 @@ class Checkpointer(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _split(pairs_dir: pathlib.Path, config: FitConfig, built_only: bool) -> tuple[list[Pair], list[Pair]]:
-    _, pairs = read_pairs(pairs_dir, built_only=built_only)
+def split_pairs(plan: Sequence[Pair], config: FitConfig) -> tuple[list[Pair], list[Pair]]:
+    """A run's training pairs and the fixed random subset of validation pairs it scores, chosen from a pair
+    folder's whole plan (built or not), so the validation pairs stay the same however much is built."""
     heldout = config.heldout()
-    seen = [pair for pair in pairs if pair.label0 not in heldout]
+    seen = [pair for pair in plan if pair.label0 not in heldout]
     train = [pair for pair in seen if pair.split == TRAIN]
     validation = [pair for pair in seen if pair.split == VALIDATION]
-    if not train or not validation:
-        raise ValueError(f"{pairs_dir}: {len(train)} training and {len(validation)} validation pairs; need both")
     rng = np.random.default_rng([config.seed, 1])
     keep = sorted(rng.permutation(len(validation))[: config.validation_pairs])
     return train, [validation[i] for i in keep]
+
+
+def _split(pairs_dir: pathlib.Path, config: FitConfig, built_only: bool,
+           only: Sequence[Pair] | None = None) -> tuple[list[Pair], list[Pair]]:
+    """:func:`split_pairs` of the folder's plan, kept to its built pairs (``built_only``) or to ``only``."""
+    if only is None:
+        _, built = read_pairs(pairs_dir, built_only=built_only)  # refuses an unfinished folder unless built_only
+    else:
+        built = list(only)
+        missing = [pair.adversarial for pair in built if not pair.adversarial.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{pairs_dir}: {len(missing)} of the {len(built)} pairs to train on are not "
+                                    f"built (e.g. {missing[0]})")
+    _, plan = read_plan(pairs_dir)
+    train, validation = split_pairs(plan, config)
+    there = set(built)
+    train, validation = [p for p in train if p in there], [p for p in validation if p in there]
+    if not train or not validation:
+        raise ValueError(f"{pairs_dir}: {len(train)} training and {len(validation)} validation pairs; need both")
+    return train, validation
 
 
 def _claim(run_dir: pathlib.Path, config: FitConfig, write: bool = True) -> FitConfig:

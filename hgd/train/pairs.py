@@ -193,11 +193,14 @@ def plan_pairs(images: Sequence[LabelledImage], spec: PairSpec, out_dir: pathlib
 
 
 def build_pairs(source: pathlib.Path, out_dir: pathlib.Path, spec: PairSpec, *, batch_size: int = 16,
-                progress: bool = True, cluster: bool = False) -> list[Pair]:
+                progress: bool = True, cluster: bool = False,
+                select: Callable[[list[Pair]], Sequence[Pair]] | None = None) -> list[Pair]:
     """Attack every clean image of ``source`` as ``spec`` says, into ``out_dir``; resumes.
 
     ``cluster``: attack the batches on the Ray cluster this process joined (:func:`hgd.cluster.connect`);
-    the pairs are the same as here. Returns the plan; every pair of it exists on disk when this returns.
+    the pairs are the same as here. ``select``: attack only the pairs it picks from the plan (a training
+    chunk's share, :func:`hgd.train.continued.chunk_pairs`); the plan file still lists them all. Returns
+    the plan; every pair of it (of the selection) exists on disk when this returns.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim(out_dir, spec)
@@ -207,7 +210,8 @@ def build_pairs(source: pathlib.Path, out_dir: pathlib.Path, spec: PairSpec, *, 
     plan = plan_pairs(dataset.images, spec, out_dir)
     _write_plan(out_dir / PAIRS_FILE, plan, out_dir)
     log.info("%d pairs planned -> %s", len(plan), out_dir)
-    attack_pairs(plan, spec.attacks(), seed=spec.seed, batch_size=batch_size, progress=progress, cluster=cluster)
+    attack_pairs(plan if select is None else select(plan), spec.attacks(), seed=spec.seed, batch_size=batch_size,
+                 progress=progress, cluster=cluster)
     return plan
 
 
@@ -264,9 +268,7 @@ def read_pairs(out_dir: pathlib.Path, *, built_only: bool = False) -> tuple[Pair
     pairs built so far are returned and the missing ones logged per attack, so that training can start
     while `python -m hgd.cli.train data` goes on (the run's pair mix is then not yet Table 1's).
     """
-    spec = PairSpec.from_json((out_dir / SPEC_FILE).read_text())
-    with open(out_dir / PAIRS_FILE, newline="") as f:
-        plan = [_pair_from_row(row, out_dir) for row in csv.DictReader(f)]
+    spec, plan = read_plan(out_dir)
     exists = [pair.adversarial.is_file() for pair in plan]
     built = [pair for pair, there in zip(plan, exists) if there]
     missing = [pair for pair, there in zip(plan, exists) if not there]
@@ -279,6 +281,13 @@ def read_pairs(out_dir: pathlib.Path, *, built_only: bool = False) -> tuple[Pair
         log.warning("%s: using the %d of %d pairs built so far; not built yet: %s", out_dir,
                     len(built), len(plan), ", ".join(f"{a} {n}" for a, n in sorted(by_attack.items())))
     return spec, built
+
+
+def read_plan(out_dir: pathlib.Path) -> tuple[PairSpec, list[Pair]]:
+    """The spec and every planned pair of a pair folder, built or not."""
+    spec = PairSpec.from_json((out_dir / SPEC_FILE).read_text())
+    with open(out_dir / PAIRS_FILE, newline="") as f:
+        return spec, [_pair_from_row(row, out_dir) for row in csv.DictReader(f)]
 
 
 def _claim(out_dir: pathlib.Path, spec: PairSpec) -> None:

@@ -28,7 +28,9 @@ but what a denoiser learns on a crop carries over poorly to the whole images it 
 is how ``python -m hgd.cli.train continue`` goes on from the installed weights, a chunk at a time
 (:mod:`hgd.train.continued`), with those options over the last stage's; its ``attack_models``,
 ``attack_set`` and ``attacks_per_image`` (each optional) choose another pair set for the chunks than the
-one the recipe started on, e.g. when the first one's loss has stopped falling.
+one the recipe started on, e.g. when the first one's loss has stopped falling; its ``pair_slices``
+(default 1) cuts the chunks' training pairs into that many seeded slices, each chunk building only
+the next one and the validation pairs, for a work folder that does not outlive its machine.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ PATH_KEYS = ("init_weights", "teacher_weights")
 """Fit options that name a file: relative to the configuration in a recipe."""
 PAIR_KEYS = frozenset({"attack_models", "attacks_per_image", "attack_set"})
 """The keys that choose a pair set (:class:`PairChoice`): the recipe's, or ``continue``'s for the chunks."""
+CHUNK_KEYS = frozenset({"pair_slices"})
+"""``continue``-only keys that are not fit options: how much of the pair set a chunk builds."""
 RECIPE_ONLY_KEYS = PAIR_KEYS | {"float16_weights", *STAGE_KEYS, CONTINUE_KEY}
 RECIPE_KEYS = RECIPE_ONLY_KEYS | (frozenset(f.name for f in dataclasses.fields(FitConfig)) - {
     "models", "width", "lateral"})
@@ -133,6 +137,9 @@ class Recipe:
     float16_weights: bool = False
     continue_pairs: PairChoice | None = None
     """The chunks' pair set (``continue``'s pair keys over the recipe's); ``None``: no ``continue`` section."""
+    pair_slices: int = 1
+    """The chunks' training pairs are cut into this many seeded slices; each chunk builds and trains on the
+    next one (:func:`hgd.train.continued.chunk_pairs`); 1: every chunk builds them all."""
 
 
 def load_recipe(config_path: pathlib.Path) -> Recipe:
@@ -155,8 +162,9 @@ def load_recipe(config_path: pathlib.Path) -> Recipe:
         stages = {key: None if stage is None else _relative_to(config_path, stage) for key, stage in stages.items()}
         continued_raw = raw.get(CONTINUE_KEY)
         continued = _stage_options(CONTINUE_KEY, continued_raw, options)
-        if continued is not None:  # its pair keys choose the chunks' pairs; the rest are fit options
-            continued = _relative_to(config_path, {k: v for k, v in continued.items() if k not in PAIR_KEYS})
+        if continued is not None:  # its pair and chunk keys choose the chunks' pairs; the rest are fit options
+            continued = _relative_to(config_path, {k: v for k, v in continued.items()
+                                                   if k not in PAIR_KEYS | CHUNK_KEYS})
         jobs = []
         for spec, models in guided:
             config = FitConfig(models=models, width=spec.width, lateral=spec.lateral, **options)
@@ -168,10 +176,17 @@ def load_recipe(config_path: pathlib.Path) -> Recipe:
             jobs.append(job)
         pairs = PairChoice(attack_models=members).replaced(raw)
         continue_pairs = None if continued_raw is None else pairs.replaced(continued_raw)
+        pair_slices = _pair_slices((continued_raw or {}).get("pair_slices", 1))
     except (TypeError, ValueError) as error:
         raise ValueError(f"{config_path}: 'training': {error}") from None
     return Recipe(defense=defense, pairs=pairs, jobs=tuple(jobs), float16_weights=bool(raw.get("float16_weights")),
-                  continue_pairs=continue_pairs)
+                  continue_pairs=continue_pairs, pair_slices=pair_slices)
+
+
+def _pair_slices(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"'pair_slices' is a whole number >= 1, got {value!r}")
+    return value
 
 
 def _relative_to(config_path: pathlib.Path, options: dict) -> dict:
@@ -192,7 +207,8 @@ def _stage_options(key: str, stage: object, options: dict) -> dict | None:
                          f"got {stage!r}")
     if key == "warm_start" and "init_weights" in options:  # ("continue" starts from the installed weights)
         raise ValueError("'warm_start' and 'init_weights' both give the start; keep one")
-    allowed = RECIPE_KEYS - RECIPE_ONLY_KEYS - {"init_weights"} | (PAIR_KEYS if key == CONTINUE_KEY else set())
+    allowed = RECIPE_KEYS - RECIPE_ONLY_KEYS - {"init_weights"} | (PAIR_KEYS | CHUNK_KEYS if key == CONTINUE_KEY
+                                                                   else set())
     unknown = set(stage) - allowed
     if unknown:
         raise ValueError(f"unknown '{key}' keys {sorted(unknown)}")
