@@ -4,7 +4,7 @@
 #   scripts/continue_training.sh HOURS [WORK_DIR]     # default WORK_DIR: ~/hgd-work (outside the checkout)
 #
 # Rebuilds the chunk's training pairs if WORK_DIR lacks them (seeded: the same on every machine; the
-# shipped recipe's slice, about 2,100 pairs: about half an hour on two cores, by the whole set's rate),
+# whole competition set: 1 hour 21 minutes on two cores),
 # trains at most HOURS with the 'continue' options of defense/config.json's recipe (checkpointed
 # every epoch; rerun the same command after a kill to resume the chunk), installs the
 # chunk's best checkpoint if its validation loss beats the committed weights', and appends the chunk to
