@@ -46,7 +46,8 @@ def main() -> None:
     parser.add_argument("--widths", type=float, nargs="+", default=[0.5])
     parser.add_argument("--crops", type=int, nargs="+", default=[299])
     parser.add_argument("--batches", type=int, nargs="+", default=[16])
-    parser.add_argument("--dtype-policies", nargs="+", default=["float32"], choices=["float32", "mixed_bfloat16"])
+    parser.add_argument("--dtype-policies", nargs="+", default=["float32"],
+                        help="float32, mixed_bfloat16 or auto (FitConfig refuses others)")
     parser.add_argument("--adaptive-fractions", type=float, nargs="+", default=[0.0],
                         help="shares of each batch attacked through the current denoiser (0: oblivious pairs)")
     parser.add_argument("--adaptive-steps", type=int, default=4, help="PGD steps of that attack")

@@ -4,7 +4,8 @@
 #   scripts/continue_training.sh HOURS [WORK_DIR]     # default WORK_DIR: ~/hgd-work (outside the checkout)
 #
 # Rebuilds the chunk's training pairs if WORK_DIR lacks them (seeded: the same on every machine; the
-# whole competition set: 1 hour 21 minutes on two cores),
+# recipe's pair_slices 3 build a third of the competition set per chunk, the whole set took 1 h 21 min
+# on two cores),
 # trains at most HOURS with the 'continue' options of defense/config.json's recipe (checkpointed
 # every epoch; rerun the same command after a kill to resume the chunk), installs the
 # chunk's best checkpoint if its validation loss beats the committed weights', and appends the chunk to

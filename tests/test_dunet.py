@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import keras
 import numpy as np
 import pytest
 
+from hgd.backend import cpu_flags
+from hgd.defenses import dunet as dunet_module
 from hgd.defenses.dunet import ResizeLike, build_dunet
 
 LAST_ENCODER_RELU = ("enc0_relu2", "enc1_relu3", "enc2_relu3", "enc3_relu3", "enc4_relu3")
@@ -220,3 +223,31 @@ def test_bfloat16_body_reads_the_same_weights_and_keeps_a_float32_output(tmp_pat
 def test_unknown_dtype_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="dtype_policy='float16'"):
         build_dunet(width=0.125, dtype_policy="float16")
+
+
+def _body_policy(model: keras.Model) -> str:
+    return model.get_layer("enc0_conv1").dtype_policy.name
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_auto_dtype_policy_follows_the_hardware(monkeypatch: pytest.MonkeyPatch, fast: bool) -> None:
+    """'auto' computes in bfloat16 only where the hardware does it fast (elsewhere it was 8x slower)."""
+    monkeypatch.setattr(dunet_module, "fast_bfloat16", lambda: fast)
+    assert _body_policy(build_dunet(width=0.125, dtype_policy="auto")) == ("mixed_bfloat16" if fast else "float32")
+    assert _body_policy(build_dunet(width=0.125, dtype_policy="float32")) == "float32"
+
+
+def test_explicit_bfloat16_on_slow_hardware_is_kept_with_a_warning(monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(dunet_module, "fast_bfloat16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="hgd.defenses.dunet"):
+        model = build_dunet(width=0.125, dtype_policy="mixed_bfloat16")
+    assert _body_policy(model) == "mixed_bfloat16"
+    assert "several times slower" in caplog.text
+
+
+def test_cpu_flags_read_the_first_cpu(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t: fpu\n")
+    assert cpu_flags(str(cpuinfo)) == {"fpu", "avx2", "avx512_bf16"}
+    assert cpu_flags(str(tmp_path / "absent")) == frozenset()

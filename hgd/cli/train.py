@@ -22,6 +22,7 @@ import pathlib
 import sys
 
 from hgd.cli import add_cluster_option, join_cluster, named_path, run_main
+from hgd.defenses.dunet import DTYPE_POLICIES
 from hgd.train.guidance import Guidance
 from hgd.train.pairs import ATTACK_SETS
 from hgd.zoo import ModelName
@@ -122,8 +123,9 @@ def _run_arguments(parser: argparse.ArgumentParser, models: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--validation-pairs", type=int, default=256, help="validation pairs scored per epoch")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype-policy", choices=["float32", "mixed_bfloat16"], default="float32",
-                        help="the DUNET body's precision (weights stay float32; default float32)")
+    parser.add_argument("--dtype-policy", choices=DTYPE_POLICIES, default="float32",
+                        help="the DUNET body's precision (weights stay float32; default float32; auto: "
+                             "mixed_bfloat16 on a GPU or a CPU with AVX512_BF16/AMX, else float32)")
 
 
 def _parallel_arguments(parser: argparse.ArgumentParser) -> None:

@@ -90,7 +90,8 @@ class FitConfig:
             a checkpoint yet): fine-tuning a trained denoiser, e.g. defense-aware training of the
             shipped one, spends no epochs relearning what it already does.
         dtype_policy: the DUNET body's precision (:data:`hgd.defenses.dunet.DTYPE_POLICIES`); weights and
-            checkpoints are float32 either way.
+            checkpoints are float32 either way. ``"auto"`` resolves on the machine that trains (a run
+            resumed on another machine may compute in the other precision).
         teacher_weights, teacher_width: a trained DUNET (lateral, this width) whose output on the
             adversarial image is the training target instead (see the module doc); it runs in
             ``dtype_policy`` too. The file is read by every session of the run, so keep it where it
