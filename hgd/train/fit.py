@@ -60,9 +60,11 @@ log = logging.getLogger("hgd.train.fit")
 CONFIG_FILE, STATE_FILE, HISTORY_FILE = "config.json", "state.json", "history.csv"
 LAST_WEIGHTS, BEST_WEIGHTS, OPTIMIZER_FILE = "last.weights.h5", "best.weights.h5", "optimizer.npz"
 HISTORY_FIELDS = ("epoch", "learning_rate", "loss", "val_loss", "seconds", "cpu_seconds")
-# Options that may change between the sessions of one run: how long to go on, and where the starting
-# weights were read from (only the first session reads them; a checkout moves between sessions).
-RESUMABLE_CHANGES = ("max_epochs", "max_hours", "init_weights")
+# Options that may change between the sessions of one run: how long to go on, where the starting
+# weights were read from (only the first session reads them; a checkout moves between sessions), and
+# the DUNET body's precision (checkpoints are float32 under every policy; the next session's machine
+# may compute bfloat16 fast or not).
+RESUMABLE_CHANGES = ("max_epochs", "max_hours", "init_weights", "dtype_policy")
 
 
 @dataclasses.dataclass(frozen=True)
