@@ -222,10 +222,7 @@ def _is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _validate(
-    width: float, lateral: bool, input_shape: tuple[int | None, int | None, int], name: str,
-    dtype_policy: str,
-) -> None:
+def _validate(width: float, lateral: bool, input_shape: tuple[int | None, int | None, int], name: str) -> None:
     """Raises ``ValueError`` quoting the received value if an argument is invalid."""
     is_number = isinstance(width, (int, float)) and not isinstance(width, bool)
     if not (is_number and math.isfinite(width) and width > 0):
@@ -245,8 +242,6 @@ def _validate(
         )
     if not isinstance(name, str) or not name:
         raise ValueError(f"`name` must be a non-empty string. Received: name={name!r}")
-    if dtype_policy not in DTYPE_POLICIES:
-        raise ValueError(f"`dtype_policy` must be one of {DTYPE_POLICIES}. Received: dtype_policy={dtype_policy!r}")
 
 
 def resolve_dtype_policy(policy: str) -> str:
@@ -310,8 +305,8 @@ def build_dunet(
     Raises:
         ValueError: If an argument is invalid; the message quotes its value.
     """
-    _validate(width, lateral, input_shape, name, dtype_policy)
-    dtype_policy = resolve_dtype_policy(dtype_policy)
+    _validate(width, lateral, input_shape, name)
+    dtype_policy = resolve_dtype_policy(dtype_policy)  # validates it too
     inputs = keras.Input(shape=tuple(input_shape), name="input")
     features = _decoder(_encoder(inputs, width, dtype_policy), width, lateral, dtype_policy)
     correction = keras.layers.Conv2D(
