@@ -385,6 +385,51 @@ def test_fit_can_start_from_trained_weights(pairs_dir, tmp_path):
         fit(pairs_dir, tmp_path / "third", _tiny(init_weights=str(tmp_path / "missing.weights.h5")), verbose=0)
 
 
+def test_reestimated_batch_norm_statistics_are_the_mean_over_the_batches():
+    inputs = keras.Input((4, 4, 2))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.9)(inputs))
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc, scale, (3, 4, 4, 2)).astype(np.float32) for loc, scale in [(1.0, 1.0), (5.0, 3.0)]]
+    fit_module.reestimate_batch_norm(model, batches)
+    layer = model.layers[-1]
+    assert layer.momentum == 0.9  # restored for training
+    means = [batch.mean(axis=(0, 1, 2)) for batch in batches]
+    variances = [batch.var(axis=(0, 1, 2)) for batch in batches]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_mean), np.mean(means, axis=0), rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_variance), np.mean(variances, axis=0),
+                               rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_validation_with_reestimated_statistics_scores_the_weights_not_their_statistics(pairs_dir, tmp_path):
+    """batch_norm_batches: the start's score does not depend on the moving statistics it came with, and a
+    checkpoint carries the statistics it was scored with (``validate`` gives the history's number)."""
+    keras.utils.set_random_seed(3)
+    denoiser = build_dunet(width=0.125)
+    output = [layer for layer in denoiser.layers if isinstance(layer, keras.layers.Conv2D)][-1]
+    for variable in output.weights:  # a fresh DUNET is the identity: give its body's features a say
+        variable.assign(np.random.default_rng(0).normal(0, 0.05, variable.shape).astype(np.float32))
+    start, skewed = tmp_path / "start.weights.h5", tmp_path / "skewed.weights.h5"
+    denoiser.save_weights(start)
+    for layer in denoiser.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(layer.moving_mean + 0.5)
+            layer.moving_variance.assign(layer.moving_variance * 3.0)
+    denoiser.save_weights(skewed)
+    as_trained = [fit_module.validation_loss(pairs_dir, weights, _tiny()) for weights in (start, skewed)]
+    assert as_trained[0] != pytest.approx(as_trained[1], rel=1e-3)  # the statistics matter to this denoiser
+
+    config = _tiny(batch_norm_batches=2, init_weights=str(start))
+    plain = fit(pairs_dir, tmp_path / "plain", config, verbose=0)
+    from_skewed = fit(pairs_dir, tmp_path / "skewed", dataclasses.replace(config, init_weights=str(skewed)), verbose=0)
+    assert plain.initial_val_loss == pytest.approx(from_skewed.initial_val_loss, rel=1e-5)
+    scored = fit_module.validation_loss(pairs_dir, tmp_path / "plain" / "last.weights.h5", config)
+    history = (tmp_path / "plain" / "history.csv").read_text().splitlines()
+    assert scored == pytest.approx(float(history[-1].split(",")[3]), rel=1e-5)
+    with pytest.raises(ValueError, match="batch_norm_batches"):
+        _tiny(batch_norm_batches=-1)
+
+
 class _FakeOptimizer:
     learning_rate = 1e-3
     variables: list = []

@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--final-learning-rate", type=float, default=1e-4)
     fit.add_argument("--patience", type=int, default=2, help="epochs without improvement before lowering the rate")
     fit.add_argument("--holdout-classes", type=int, default=0, help="classes kept out of training (Table 5)")
+    fit.add_argument("--batch-norm-batches", type=int, default=0,
+                     help="before every validation, re-estimate the denoiser's BatchNorm statistics on this many "
+                          "seeded batches of whole training images (default 0: keep training's moving averages)")
     fit.add_argument("--adaptive-fraction", type=float, default=0.0,
                      help="share of every batch attacked afresh by PGD through the current denoiser (defense-aware "
                           "adversarial training of the denoiser; default 0: the paper's oblivious pairs only)")
@@ -188,7 +191,7 @@ def _fit(args: argparse.Namespace) -> int:
                        init_weights=None if args.init_weights is None else str(args.init_weights.resolve()),
                        dtype_policy=args.dtype_policy,
                        teacher_weights=None if args.teacher is None else str(args.teacher.resolve()),
-                       teacher_width=args.teacher_width)
+                       teacher_width=args.teacher_width, batch_norm_batches=args.batch_norm_batches)
     state = fit(args.pairs_dir, args.run_dir, config, verbose=2 if args.no_progress else "auto",
                 built_only=args.built_only, placement=placement)
     print(f"{state.summary()} -> {args.run_dir / BEST_WEIGHTS}")
