@@ -467,7 +467,7 @@ def test_fit_runs_on_the_jax_backend(pairs_dir, tmp_path):
     pytest.importorskip("jax", reason="the JAX backend is tested where jax is installed (the dev extras install it)")
     command = [sys.executable, "-m", "hgd.cli.train", "fit", str(pairs_dir), str(tmp_path / "run"), "--guidance", "cgd",
                "--width", "0.125", "--crop", "64", "--batch-size", "2", "--steps-per-epoch", "2",
-               "--validation-pairs", "2", "--max-epochs", "1", "--no-progress"]
+               "--validation-pairs", "2", "--max-epochs", "1", "--batch-norm-batches", "1", "--no-progress"]
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
