@@ -423,9 +423,12 @@ def test_validation_with_reestimated_statistics_scores_the_weights_not_their_sta
     plain = fit(pairs_dir, tmp_path / "plain", config, verbose=0)
     from_skewed = fit(pairs_dir, tmp_path / "skewed", dataclasses.replace(config, init_weights=str(skewed)), verbose=0)
     assert plain.initial_val_loss == pytest.approx(from_skewed.initial_val_loss, rel=1e-5)
-    scored = fit_module.validation_loss(pairs_dir, tmp_path / "plain" / "last.weights.h5", config)
-    history = (tmp_path / "plain" / "history.csv").read_text().splitlines()
-    assert scored == pytest.approx(float(history[-1].split(",")[3]), rel=1e-5)
+    last = tmp_path / "plain" / "last.weights.h5"
+    history = float((tmp_path / "plain" / "history.csv").read_text().splitlines()[-1].split(",")[3])
+    assert fit_module.validation_loss(pairs_dir, last, _tiny()) == pytest.approx(history, rel=1e-5)  # as stored
+    # validate --batch-norm-batches re-estimates on the same batches as fit (the folder is fully built)
+    assert fit_module.validation_loss(pairs_dir, last, config) == pytest.approx(history, rel=1e-5)
+    assert fit_module.validation_loss(pairs_dir, skewed, config) == pytest.approx(plain.initial_val_loss, rel=1e-5)
     with pytest.raises(ValueError, match="batch_norm_batches"):
         _tiny(batch_norm_batches=-1)
 

@@ -63,9 +63,6 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--final-learning-rate", type=float, default=1e-4)
     fit.add_argument("--patience", type=int, default=2, help="epochs without improvement before lowering the rate")
     fit.add_argument("--holdout-classes", type=int, default=0, help="classes kept out of training (Table 5)")
-    fit.add_argument("--batch-norm-batches", type=int, default=0,
-                     help="before every validation, re-estimate the denoiser's BatchNorm statistics on this many "
-                          "seeded batches of whole training images (default 0: keep training's moving averages)")
     fit.add_argument("--adaptive-fraction", type=float, default=0.0,
                      help="share of every batch attacked afresh by PGD through the current denoiser (defense-aware "
                           "adversarial training of the denoiser; default 0: the paper's oblivious pairs only)")
@@ -129,6 +126,9 @@ def _run_arguments(parser: argparse.ArgumentParser, models: list[str]) -> None:
     parser.add_argument("--dtype-policy", choices=DTYPE_POLICIES, default="float32",
                         help="the DUNET body's precision (weights stay float32; default float32; auto: "
                              "mixed_bfloat16 on a GPU or a CPU with AVX512_BF16/AMX, else float32)")
+    parser.add_argument("--batch-norm-batches", type=int, default=0,
+                        help="before validating, re-estimate the denoiser's BatchNorm statistics on this many seeded "
+                             "batches of whole training images (default 0: the statistics the weights hold)")
 
 
 def _parallel_arguments(parser: argparse.ArgumentParser) -> None:
@@ -225,7 +225,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     config = FitConfig(guidance=Guidance(args.guidance), models=tuple(args.models), width=args.width,
                        lateral=not args.dae, batch_size=args.batch_size, validation_pairs=args.validation_pairs,
-                       seed=args.seed, dtype_policy=args.dtype_policy)
+                       seed=args.seed, dtype_policy=args.dtype_policy, batch_norm_batches=args.batch_norm_batches)
     print(f"{args.weights}: validation loss {validation_loss(args.pairs_dir, args.weights, config):.5f} "
           f"({config.guidance.value}, {config.dtype_policy})")
     return 0

@@ -359,8 +359,7 @@ def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, ve
         _restore(run_dir, model, config.init_weights)
     hooks = [SyncWeights()] if adversary is not None else []  # callbacks of every evaluation too
     if config.batch_norm_batches:
-        statistics = PairBatches(train_pairs, config.batch_size, crop=None, shuffle=True, seed=config.seed + 1)
-        hooks.append(BatchNormStatistics(model, statistics, config.batch_norm_batches))
+        hooks.append(BatchNormStatistics(model, train_pairs, config))
     if state.epoch == 0 and state.initial_val_loss is None:
         state.initial_val_loss = float(model.evaluate(validation, verbose=0, callbacks=hooks))
         log.info("validation loss of the starting denoiser (%s): %.5f", config.init_weights or "untrained",
@@ -392,8 +391,11 @@ def validation_loss(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitC
 
     What ``fit`` reports as ``val_loss``, for any checkpoint: e.g. one trained in ``mixed_bfloat16`` scored in
     ``float32`` (``config.dtype_policy``), so runs validated under different policies compare on one scale.
+    With ``config.batch_norm_batches`` the BatchNorm statistics are re-estimated first, on the folder's built
+    training pairs (``fit``: on the pairs it trains on, the same where the folder is complete).
     """
-    _, val_pairs = split_pairs(read_plan(pairs_dir)[1], config)
+    plan = read_plan(pairs_dir)[1]
+    _, val_pairs = split_pairs(plan, config)
     missing = [pair.adversarial for pair in val_pairs if not pair.adversarial.is_file()]
     if missing:
         raise FileNotFoundError(f"{pairs_dir}: {len(missing)} of the {len(val_pairs)} validation pairs are not built "
@@ -402,7 +404,11 @@ def validation_loss(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitC
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     model.denoiser.load_weights(weights)
     validation = PairBatches(val_pairs, config.batch_size, crop=None, shuffle=False, seed=config.seed)
-    return float(model.evaluate(validation, verbose=0))
+    hooks = []
+    if config.batch_norm_batches:  # on the built training pairs (a chunk's fit: those of its slice)
+        train_pairs = [pair for pair in split_pairs(plan, config)[0] if pair.adversarial.is_file()]
+        hooks.append(BatchNormStatistics(model, train_pairs, config))
+    return float(model.evaluate(validation, verbose=0, callbacks=hooks))
 
 
 def reestimate_batch_norm(denoiser: keras.Model, inputs: Iterable[np.ndarray]) -> None:
@@ -429,16 +435,19 @@ def reestimate_batch_norm(denoiser: keras.Model, inputs: Iterable[np.ndarray]) -
 
 
 class BatchNormStatistics(keras.callbacks.Callback):
-    """Re-estimates the denoiser's BatchNorm statistics (:func:`reestimate_batch_norm`) on the first ``count``
-    batches of ``batches`` before every validation: the same adversarial images each time."""
+    """Re-estimates the denoiser's BatchNorm statistics (:func:`reestimate_batch_norm`) before every validation,
+    on ``config.batch_norm_batches`` seeded batches of whole images of ``pairs``: the same adversarial
+    images each time (every process of a data-parallel run loads whole batches, so all get the same)."""
 
-    def __init__(self, model: DenoiserTraining, batches: PairBatches, count: int) -> None:
+    def __init__(self, model: DenoiserTraining, pairs: Sequence[Pair], config: FitConfig) -> None:
         super().__init__()
-        self.training, self.batches, self.count = model, batches, min(count, len(batches))
+        self.training_model = model
+        self.batches = PairBatches(pairs, config.batch_size, crop=None, shuffle=True, seed=config.seed + 1)
+        self.count = min(config.batch_norm_batches, len(self.batches))
 
     def on_test_begin(self, logs=None) -> None:
-        normalize = self.training.normalize
-        reestimate_batch_norm(self.training.denoiser,
+        normalize = self.training_model.normalize
+        reestimate_batch_norm(self.training_model.denoiser,
                               (normalize(self.batches[k][0]["adversarial"]) for k in range(self.count)))
 
 
