@@ -130,7 +130,7 @@ FIT = ["--guidance", "pgd", "--width", "0.125", "--crop", "64", "--batch-size", 
 def test_fit_on_two_simulated_devices_gives_a_checkpoint_the_defense_runs(pairs_dir, tmp_path):
     run = tmp_path / "run"
     result = _run([sys.executable, "-m", "hgd.cli.train", "fit", str(pairs_dir), str(run), *FIT, "--max-epochs", "1",
-                   "--devices", "2"], _env(2))
+                   "--devices", "2", "--batch-norm-batches", "1"], _env(2))  # re-estimated on both devices too
     assert "finished: reached max_epochs=1" in result.stdout
     assert "data parallel over 2 device(s)" in result.stderr
     from hgd.defenses.defended import load_config
