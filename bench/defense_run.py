@@ -15,6 +15,11 @@ yet, and ``defense/run_defense.sh`` refuses to run without them: for timing only
 INITIALISED DUNET weights (``build_dunet(...).save_weights``, width/lateral from the config)
 are written where the copy's config.json points. Its predictions are meaningless: (b) measures
 cost only. With ``--trained`` the real weights (copied along) are used instead.
+
+``--width W`` measures a cheaper (or dearer) denoiser in the same defense: the copy's denoisers are
+built at width ``W``; with ``--weights FILE`` (trained weights of that width, e.g. a distilled
+student) they are real, else untrained as above. With ``--which hgd hgd-bf16`` the labels of (c)
+are compared with (b)'s.
 """
 
 from __future__ import annotations
@@ -35,20 +40,38 @@ UNTRAINED_WARNING = ("WARNING: (b) HGD RUNS WITH RANDOMLY INITIALISED, UNTRAINED
 
 
 def submission_copy(source: pathlib.Path, workdir: pathlib.Path, batch_size: int | None,
-                    dtype_policy: str | None = None) -> pathlib.Path:
+                    dtype_policy: str | None = None, width: float | None = None) -> pathlib.Path:
     """``source`` (a submission folder) copied under ``workdir`` (a folder per ``dtype_policy``), its config's
-    batch size and its denoisers' dtype policy overridden where given."""
+    batch size and its denoisers' dtype policy and width overridden where given."""
     copy = workdir / (dtype_policy or "as-configured") / source.relative_to(REPO)
     shutil.copytree(source, copy)
     config = json.loads((copy / "config.json").read_text())
     if batch_size:
         config["batch_size"] = batch_size
     if dtype_policy:
-        for entry in [config, *config["members"]]:
-            if entry.get("denoiser"):
-                entry["denoiser"]["dtype_policy"] = dtype_policy
+        for spec in _denoisers(config):
+            spec["dtype_policy"] = dtype_policy
+    if width:
+        for spec in _denoisers(config):
+            spec["width"] = width
     (copy / "config.json").write_text(json.dumps(config, indent=1))
     return copy
+
+
+def _denoisers(config: dict) -> list[dict]:
+    """The denoiser entries of a defense configuration: the shared one and the members' own."""
+    return [spec for spec in [config.get("denoiser"), *(member.get("denoiser") for member in config["members"])]
+            if spec]
+
+
+def write_weights(copy: pathlib.Path, trained: pathlib.Path) -> None:
+    """Writes ``trained`` (a denoiser weights file) at every path ``copy/config.json`` names."""
+    config = json.loads((copy / "config.json").read_text())
+    for spec in _denoisers(config):
+        path = copy / spec["weights"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(trained, path)
+        log(f"copied {trained} to {path}")
 
 
 def write_random_weights(copy: pathlib.Path) -> None:
@@ -59,12 +82,11 @@ def write_random_weights(copy: pathlib.Path) -> None:
 
     keras.utils.set_random_seed(0)
     config = json.loads((copy / "config.json").read_text())
-    for spec in [config.get("denoiser"), *(member.get("denoiser") for member in config["members"])]:
-        if spec:
-            path = copy / spec["weights"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            build_dunet(width=float(spec.get("width", 1.0)), lateral=bool(spec.get("lateral", True))).save_weights(path)
-            log(f"wrote untrained weights {path}")
+    for spec in _denoisers(config):
+        path = copy / spec["weights"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_dunet(width=float(spec.get("width", 1.0)), lateral=bool(spec.get("lateral", True))).save_weights(path)
+        log(f"wrote untrained weights {path}")
     keras.backend.clear_session()
 
 
@@ -91,7 +113,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="runs of each, alternating; medians are reported")
     parser.add_argument("--trained", action="store_true", help="use defense/'s real (trained) weights")
     parser.add_argument("--batch-size", type=int, default=None, help="override both configs' batch_size")
+    parser.add_argument("--width", type=float, default=None, help="build HGD's denoisers at this width (default: "
+                        "the config's); untrained unless --weights")
+    parser.add_argument("--weights", type=pathlib.Path, default=None,
+                        help="trained denoiser weights for HGD's denoisers (of --width where not the config's)")
     args = parser.parse_args()
+    if args.weights and args.trained:
+        parser.error("--weights replaces defense/'s weights: give it or --trained, not both")
+    if args.width and args.trained:
+        parser.error("--trained runs defense/'s weights at their width: give --weights FILE for another width")
+    if args.weights and not args.weights.is_file():
+        parser.error(f"--weights: no such file {args.weights}")
+    trained = args.trained or args.weights is not None
 
     with temp_workdir("defense") as tmp:
         tmp = pathlib.Path(tmp)
@@ -101,15 +134,18 @@ def main() -> None:
         if "undefended" in args.which:
             copy = submission_copy(REPO / "baselines" / "undefended", tmp, args.batch_size)
             scripts["(a) baselines/undefended"] = copy / "run_defense.sh"
-        untrained = "" if args.trained else " -- UNTRAINED weights, cost only"
+        untrained = "" if trained else " -- UNTRAINED weights, cost only"
+        width = f", denoiser width {args.width}" if args.width else ""
         for which, policy, label in (("hgd", None, "(b) HGD, defense/config.json"),
                                      ("hgd-bf16", "mixed_bfloat16", "(c) HGD, denoiser in mixed_bfloat16")):
             if which in args.which:
-                copy = submission_copy(REPO / "defense", tmp, args.batch_size, policy)
-                if not args.trained:
+                copy = submission_copy(REPO / "defense", tmp, args.batch_size, policy, args.width)
+                if args.weights:
+                    write_weights(copy, args.weights)
+                elif not trained:
                     log(UNTRAINED_WARNING)
                     write_random_weights(copy)
-                scripts[label + untrained] = copy / "run_defense.sh"
+                scripts[label + width + untrained] = copy / "run_defense.sh"
         results: dict[str, list[tuple[float, float, int, int]]] = {name: [] for name in scripts}
         outputs = {name: tmp / f"result{i}.csv" for i, name in enumerate(scripts)}
         for r in range(args.rounds):
@@ -125,7 +161,7 @@ def main() -> None:
         wall, peak = median([w for w, *_ in runs]), max(p for _, p, *_ in runs)
         ok = all(code == 0 and lines == n for _, _, code, lines in runs)
         rows.append([name, n, f"{wall:.1f}", f"{n / wall:.2f}", f"{peak:.2f}", "ok" if ok else "FAILED"])
-    if "hgd" in args.which and not args.trained:
+    if "hgd" in args.which and not trained:
         print(f"**{UNTRAINED_WARNING}**\n")
     batch = f"batch size {args.batch_size} (overridden)" if args.batch_size else "the configs' batch size"
     print(f"Median wall time of {args.rounds} run(s) each (launch to exit, start-up included), {batch}; peak = "
