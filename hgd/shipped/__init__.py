@@ -6,7 +6,8 @@ configuration and weights file exists once. Names:
 
 * ``hgd_lite``: the shipped HGD defense (``defense/config.json``: one FGD DUNET in front of the
   EfficientNet-Lite0/1/2 ensemble);
-* ``competition4``, ``lite_adaptive``, ``lite_pgd_pixel``: its profiles (``defense/profiles/``);
+* ``competition4``, ``lite_adaptive``, ``lite_pgd_pixel``, ``lite_distilled``: its profiles
+  (``defense/profiles/``);
 * ``undefended``, ``jpeg``, ``bit_depth``: the baselines without a denoiser (``baselines/``).
 
 ::
@@ -25,7 +26,7 @@ from typing import Any
 
 _ROOT = "hgd.shipped"
 _HGD_LITE = "hgd_lite"
-_PROFILES = ("competition4", "lite_adaptive", "lite_pgd_pixel")
+_PROFILES = ("competition4", "lite_adaptive", "lite_pgd_pixel", "lite_distilled")
 _BASELINES = ("undefended", "jpeg", "bit_depth")
 
 
