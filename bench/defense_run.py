@@ -18,8 +18,7 @@ cost only. With ``--trained`` the real weights (copied along) are used instead.
 
 ``--width W`` measures a cheaper (or dearer) denoiser in the same defense: the copy's denoisers are
 built at width ``W``; with ``--weights FILE`` (trained weights of that width, e.g. a distilled
-student) they are real, else untrained as above. With ``--which hgd hgd-bf16`` the labels of (c)
-are compared with (b)'s.
+student) they are real, else untrained as above.
 """
 
 from __future__ import annotations
@@ -32,6 +31,8 @@ import shutil
 import subprocess
 import sys
 import time
+
+from hgd.defenses.packaging import denoiser_entries
 
 from _common import DEFAULT_IMAGES, REPO, image_folder, log, median, table, temp_workdir
 
@@ -49,25 +50,19 @@ def submission_copy(source: pathlib.Path, workdir: pathlib.Path, batch_size: int
     if batch_size:
         config["batch_size"] = batch_size
     if dtype_policy:
-        for spec in _denoisers(config):
+        for spec in denoiser_entries(config):
             spec["dtype_policy"] = dtype_policy
     if width:
-        for spec in _denoisers(config):
+        for spec in denoiser_entries(config):
             spec["width"] = width
     (copy / "config.json").write_text(json.dumps(config, indent=1))
     return copy
 
 
-def _denoisers(config: dict) -> list[dict]:
-    """The denoiser entries of a defense configuration: the shared one and the members' own."""
-    return [spec for spec in [config.get("denoiser"), *(member.get("denoiser") for member in config["members"])]
-            if spec]
-
-
 def write_weights(copy: pathlib.Path, trained: pathlib.Path) -> None:
     """Writes ``trained`` (a denoiser weights file) at every path ``copy/config.json`` names."""
     config = json.loads((copy / "config.json").read_text())
-    for spec in _denoisers(config):
+    for spec in denoiser_entries(config):
         path = copy / spec["weights"]
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(trained, path)
@@ -82,7 +77,7 @@ def write_random_weights(copy: pathlib.Path) -> None:
 
     keras.utils.set_random_seed(0)
     config = json.loads((copy / "config.json").read_text())
-    for spec in _denoisers(config):
+    for spec in denoiser_entries(config):
         path = copy / spec["weights"]
         path.parent.mkdir(parents=True, exist_ok=True)
         build_dunet(width=float(spec.get("width", 1.0)), lateral=bool(spec.get("lateral", True))).save_weights(path)

@@ -52,9 +52,14 @@ def package_defense(config_path: pathlib.Path, out_dir: pathlib.Path) -> list[pa
     return written
 
 
+def denoiser_entries(raw: dict) -> list[dict]:
+    """The denoiser entries of a raw (parsed JSON) defense configuration: the shared one and the members'
+    own, as the dicts themselves, for tools that rewrite a configuration's copy."""
+    return [entry for entry in [raw.get("denoiser"), *(member.get("denoiser") for member in raw["members"])]
+            if entry is not None]
+
+
 def _point_at_weights(raw: dict) -> None:
     """Rewrite every denoiser's weight path of a raw configuration to ``weights/<file name>``."""
-    entries = [raw.get("denoiser"), *(member.get("denoiser") for member in raw["members"])]
-    for entry in entries:
-        if entry is not None:
-            entry["weights"] = f"weights/{pathlib.PurePath(entry['weights']).name}"
+    for entry in denoiser_entries(raw):
+        entry["weights"] = f"weights/{pathlib.PurePath(entry['weights']).name}"
