@@ -327,20 +327,23 @@ def test_resume_skips_finished_pieces(run, tmp_path, capsys):
         "pixel " + " ".join(f"ADVBATCH{2 * 3 + 1:03d}_IMG{k:06d}.png" for k in range(4, 8))]
 
 
-def test_interrupt_keeps_finished_pieces(tmp_path):
-    """Ctrl-C (SIGINT from a submission to the runner) loses no finished piece; the rerun resumes."""
+@pytest.mark.parametrize("signal_name", ["INT", "TERM"])
+def test_interrupt_keeps_finished_pieces(tmp_path, signal_name):
+    """Ctrl-C or SIGTERM (from a submission to the runner) loses no finished piece, leaves the interrupted
+    submission running nowhere, and the rerun resumes."""
     make_dataset(tmp_path / "data", 4)
     marker = tmp_path / "marker.txt"
     args = [sys.executable, "-m", "hgd.cli.runner", "--attack", str(SUBMISSIONS / "interrupter"),
             "--defense", str(SUBMISSIONS / "constant"), "--dataset-dir", str(tmp_path / "data"),
             "--output-dir", str(tmp_path / "out"), "--batch-size", "2", "--no-progress"]
-    env = {**os.environ, "HGD_TEST_MARKER": str(marker)}
+    env = {**os.environ, "HGD_TEST_MARKER": str(marker), "HGD_TEST_SIGNAL": signal_name}
     # A runner started from a backgrounded shell (nohup, CI) inherits SIGINT ignored, and Python then
     # installs no KeyboardInterrupt handler: give it the default disposition, as a terminal would.
     first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120,
                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert first.returncode == 130, first.stderr
     assert "interrupted" in first.stderr
+    assert not _processes_with(str(tmp_path / "out")), "the interrupted submission is still running"
     pieces = tmp_path / "out" / "pieces" / "attacks" / "interrupter"
     assert (pieces / "batch0000.json").is_file() and not (pieces / "batch0001.json").exists()
     env["HGD_TEST_NO_INTERRUPT"] = "1"
@@ -349,6 +352,18 @@ def test_interrupt_keeps_finished_pieces(tmp_path):
     runs = [line.split()[1] for line in read_lines(marker)]
     assert runs == ["IMG000000.png", "IMG000002.png", "IMG000002.png"]  # batch 0 ran once
     assert "3 piece(s) run, 1 reused" in second.stdout
+
+
+def _processes_with(text: str) -> list[int]:
+    """Pids of the running processes whose command line mentions ``text`` (Linux's /proc)."""
+    pids = []
+    for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # ended while we looked
+            continue
+    return pids
 
 
 def test_timeout_keeps_what_was_written(tmp_path, monkeypatch):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import pathlib
 import shlex
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from hgd.cli.run_attack import parse_epsilon
@@ -376,11 +379,31 @@ def _run_harness(args: argparse.Namespace, dataset: Dataset, attacks: list[Attac
     harness = Harness(dataset=dataset, attacks=attacks, defenses=defenses, dispatch=dispatch,
                       output_dir=args.output_dir, settings=settings)
     try:
-        return harness.run()
+        with _sigterm_interrupts():
+            return harness.run()
     except KeyboardInterrupt:
         _error(f"interrupted; finished pieces are kept in {args.output_dir / 'pieces'}: "
                "run the same command again to resume")
         return None
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler) stops a run as Ctrl-C does: the running
+    submission's process group is killed and the finished pieces are kept. Python's default for SIGTERM
+    ends the runner at once and leaves the submission running on its own."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _write_results(args: argparse.Namespace, command: str, outcome: Outcome, problems: list[Problem]) -> None:
