@@ -8,13 +8,16 @@
 #    oblivious attack (the transfer attacks included) against defense/ and every baseline (--all).
 #    Attack pieces already in WORK_DIR/harness are reused (--keep-attacks), so a new denoiser is scored
 #    on the same adversarial images; the runner runs one piece at a time, so each attack batch has the
-#    machine to itself for its 500 s. Normalized scores and per-attack counts: WORK_DIR/harness/report.md.
+#    machine to itself for its time limit. Stopped midway (kill, the end of a machine's time), it resumes
+#    from its finished pieces when run again. Normalized scores and per-attack counts: WORK_DIR/harness/report.md.
 # 2. bench/defense_run.py --trained: wall time of a 100-image run of defense/ with start-up, peak memory.
 # 3. With TABLE3=1: the Table 3 analog (oblivious White/Black test sets on Lite0, eps 4 and 16; Lite2 is
 #    the black-box model) for the shipped denoiser in front of Lite0, beside undefended Lite0, as the
 #    paper-table rows are scored, into WORK_DIR/table3.json (rows already there are kept: delete the
 #    "HGD shipped" row to rescore new weights).
-# Environment: DEV (competition-format folder, default ../shared/datasets/nips17_dev), PYTHON.
+# Environment: DEV (competition-format folder, default ../shared/datasets/nips17_dev), PYTHON, TIME_LIMIT
+# (seconds per batch, default EVAL's 500: on a CPU where the 20-step targeted attack needs more, raise it
+# rather than let that attack's batches stop half-written and leave the defense score).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-$HOME/hgd-work}
@@ -24,7 +27,7 @@ export PYTHON=$PY
 cd "$ROOT"
 
 ./run_attacks_and_defenses.sh --all --keep-attacks --dataset-dir "$DEV" --output-dir "$WORK/harness" --eps cycle \
-    --no-progress
+    --time-limit "${TIME_LIMIT:-500}" --no-progress
 
 "$PY" bench/defense_run.py --images "$DEV/images" --trained
 

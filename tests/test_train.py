@@ -865,8 +865,10 @@ def test_measure_shipped_scores_the_defense_on_the_kept_attack_pieces(tmp_path):
     harness, bench = _script_commands("measure_shipped.sh", str(tmp_path))
     assert "-m hgd.cli.runner --all --keep-attacks" in harness and "--eps cycle" in harness
     assert "--attack " not in harness and "--defense " not in harness  # --all: every oblivious attack, every defense
-    assert str(tmp_path / "harness") in harness
+    assert str(tmp_path / "harness") in harness and "--time-limit 500" in harness  # EVAL's limit by default
     assert "bench/defense_run.py" in bench and "--trained" in bench
+    slower, _ = _script_commands("measure_shipped.sh", str(tmp_path), TIME_LIMIT="900")
+    assert "--time-limit 900" in slower
     *_, testsets, table3 = _script_commands("measure_shipped.sh", str(tmp_path), TABLE3="1")
     assert "hgd.cli.experiments testsets" in testsets and "HGD shipped=defense/config.json" in table3
 
