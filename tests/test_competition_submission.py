@@ -189,6 +189,8 @@ def test_packaged_profile_runs_without_the_environment(submission_copy, two_imag
         f"fgd_{m.value}.weights.h5" for m in COMPETITION_ENSEMBLE)
     packaged = load_config(out / "config.json")
     assert [m.target.name for m in packaged.members] == list(COMPETITION_ENSEMBLE)
+    assert "training" in json.loads(PROFILE.read_text())
+    assert not {"training", "notes"} & set(json.loads((out / "config.json").read_text()))  # they stay at home
     for member in packaged.members:
         original = submission_copy / "weights" / member.denoiser.weights.name
         assert member.denoiser.weights.read_bytes() == original.read_bytes() and member.denoiser.width == 0.25

@@ -28,6 +28,7 @@ from hgd.train.pairs import (
     build_pairs,
     plan_pairs,
     read_pairs,
+    read_plan,
     table1_attacks,
 )
 from hgd.io.datasets import read_dataset
@@ -433,6 +434,24 @@ def test_validation_with_reestimated_statistics_scores_the_weights_not_their_sta
         _tiny(batch_norm_batches=-1)
 
 
+@pytest.mark.slow
+def test_validation_accuracy_is_the_ensembles_on_the_denoised_validation_images(pairs_dir, tmp_path):
+    """A fresh DUNET is the identity: the accuracy is the models' own, computed apart, on the adversarial images."""
+    from hgd.train.fit import split_pairs, validation_accuracy
+
+    identity = tmp_path / "identity.weights.h5"
+    build_dunet(width=0.125).save_weights(identity)
+    config = _tiny(models=(LITE0, "efficientnet_lite1"), validation_pairs=4)
+    _, validation = split_pairs(read_plan(pairs_dir)[1], config)
+    images = np.stack([load_image(pair.adversarial)[0] for pair in validation]).astype("float32")
+    logits = np.mean([keras.ops.convert_to_numpy(get_model(name).build_classifier()(images)) for name in config.models],
+                     axis=0)
+    expected = int(np.sum(logits.argmax(1) == np.array([pair.label0 for pair in validation])))
+    assert validation_accuracy(pairs_dir, identity, config) == (expected, len(validation))
+    with pytest.raises(ValueError, match="no target models"):
+        validation_accuracy(pairs_dir, identity, _tiny(guidance=Guidance.PGD, models=()))
+
+
 class _FakeOptimizer:
     learning_rate = 1e-3
     variables: list = []
@@ -740,10 +759,38 @@ def test_chunk_pairs_take_the_training_slices_in_turn_and_always_the_same_valida
         chunk_pairs(plan, config=config, slices=len(train) + 1, chunk=1)
 
 
+def test_every_chunk_reestimates_the_batch_norm_statistics_on_the_same_training_images(tmp_path):
+    from hgd.train.continued import chunk_pairs
+    from hgd.train.fit import split_pairs, statistics_pairs
+
+    plan = plan_pairs(list(read_dataset(SAMPLE).images), PairSpec(source="x", validation_fraction=0.25), tmp_path)
+    config = FitConfig(models=(LITE0,), validation_pairs=3, batch_size=2, batch_norm_batches=2)
+    train, validation = split_pairs(plan, config)
+    statistics = statistics_pairs(plan, config)
+    assert len(statistics) == 4 and set(statistics) <= set(train) and statistics != train[:4]  # a seeded draw
+    assert statistics_pairs(plan, dataclasses.replace(config, validation_pairs=2)) == statistics  # not the run's
+    chunks = [chunk_pairs(plan, config=config, slices=3, chunk=chunk) for chunk in (1, 2, 3)]
+    assert all(set(statistics) <= set(chunk) and chunk[-3:] == validation for chunk in chunks)
+    assert len({pair for chunk in chunks for pair in chunk[:-3]}) == len(train)  # the slices still cover them
+    assert statistics_pairs(plan, dataclasses.replace(config, batch_norm_batches=0)) == []
+    assert len(statistics_pairs(plan, dataclasses.replace(config, batch_norm_batches=99))) == len(train)
+
+
+def test_a_chunk_goes_on_at_the_last_rate_but_never_below_the_recipes_final_rate(tmp_path):
+    from hgd.train.continued import HISTORY_FIELDS, _starting_rate
+
+    config = FitConfig(models=(LITE0,), learning_rate=1e-3, final_learning_rate=1e-4)
+    history = tmp_path / "d.csv"
+    assert _starting_rate(history, config) == 1e-3  # the first chunk: the recipe's first rate
+    row = dict.fromkeys(HISTORY_FIELDS, "0")
+    for rate, expected in (("0.0005", 5e-4), ("1e-05", 1e-4)):  # 1e-5: a recipe whose final rate was raised
+        history.write_text(",".join(HISTORY_FIELDS) + "\n" + ",".join({**row, "learning_rate": rate}.values()) + "\n")
+        assert _starting_rate(history, config) == expected
+
+
 @pytest.mark.slow
 def test_a_sliced_chunk_builds_only_its_slice_and_the_validation_pairs(small_source, tmp_path):
     from hgd.train import continued
-    from hgd.train.pairs import read_plan
 
     config = _continuable_defense(tmp_path / "defense", {"max_epochs": 1, "pair_slices": 3})
     start = tmp_path / "start.weights.h5"

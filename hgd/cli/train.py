@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "denoiser weights (e.g. a bfloat16-trained checkpoint scored in float32)")
     validate.add_argument("pairs_dir", type=pathlib.Path, help="a folder made by `data`")
     validate.add_argument("weights", type=pathlib.Path, help="denoiser weights (.weights.h5)")
+    validate.add_argument("--accuracy", action="store_true",
+                          help="also the ensemble's accuracy on the denoised validation images (a second pass)")
     _run_arguments(validate, models)
     install = commands.add_parser("install", help="copy a run's best checkpoint to where a defense reads it")
     install.add_argument("run_dir", type=pathlib.Path, help="a `fit` run")
@@ -221,13 +223,17 @@ def _continue(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from hgd.train.fit import FitConfig, validation_loss
+    from hgd.train.fit import FitConfig, validation_accuracy, validation_loss
 
     config = FitConfig(guidance=Guidance(args.guidance), models=tuple(args.models), width=args.width,
                        lateral=not args.dae, batch_size=args.batch_size, validation_pairs=args.validation_pairs,
                        seed=args.seed, dtype_policy=args.dtype_policy, batch_norm_batches=args.batch_norm_batches)
     print(f"{args.weights}: validation loss {validation_loss(args.pairs_dir, args.weights, config):.5f} "
           f"({config.guidance.value}, {config.dtype_policy})")
+    if args.accuracy:
+        correct, total = validation_accuracy(args.pairs_dir, args.weights, config)
+        print(f"{args.weights}: ensemble accuracy on the denoised validation images {correct}/{total} "
+              f"= {correct / total:.4f}")
     return 0
 
 

@@ -3,8 +3,8 @@
 A profile such as ``defense/profiles/competition4.json`` runs from the repository's ``defense/`` with
 ``HGD_DEFENSE_PROFILE``; the competition wanted one folder (zipped) whose entry point needs no
 environment. Packaging writes that folder: the entry point and metadata of the submission the
-configuration belongs to, the configuration as ``config.json``, and exactly the denoiser weights it
-names, under ``weights/``. Missing weights are refused (nothing half-packaged), and the result runs
+configuration belongs to, the configuration as ``config.json`` (what runs the defense: no notes, no
+training recipe), and exactly the denoiser weights it names, under ``weights/``. Missing weights are refused (nothing half-packaged), and the result runs
 with ``./run_defense.sh INPUT_DIR OUTPUT_FILE`` alone (``python -m hgd.cli.runner validate`` checks it).
 """
 
@@ -41,6 +41,7 @@ def package_defense(config_path: pathlib.Path, out_dir: pathlib.Path) -> list[pa
         raise ValueError(f"{config_path}: two denoisers share a weight file name; rename one")
     _point_at_weights(raw)
     raw.pop("notes", None)  # a profile's notes say how to run it as a profile, which no longer applies
+    raw.pop("training", None)  # the recipe stays with its source: its paths (a teacher's weights) point there
     (out_dir / "weights").mkdir(parents=True, exist_ok=True)
     written = []
     for name in ENTRY_FILES:

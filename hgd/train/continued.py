@@ -5,11 +5,12 @@ trained in chunks (``python -m hgd.cli.train continue``). A chunk
 
 1. rebuilds the chunks' training pairs (the recipe's, or those its ``continue`` section chooses;
    seeded: the same pairs on every machine; resumes); with ``pair_slices`` > 1 only the chunk's
-   slice of them and the validation pairs (:func:`chunk_pairs`), which it then trains on,
+   slice of them, the pairs the BatchNorm statistics are re-estimated on and the validation pairs
+   (:func:`chunk_pairs`), which it then trains on,
 2. trains the denoiser from the weights the configuration reads (``defense/weights/...``) with the
    recipe's ``continue`` options, for at most ``max_hours``, checkpointed every epoch (a killed
-   chunk resumes from its last epoch when rerun), at the learning rate the last chunk ended with
-   (a fresh Adam: its state is not committed),
+   chunk resumes from its last epoch when rerun), at the learning rate the last chunk ended with, or
+   the recipe's final rate if that is higher (a fresh Adam: its state is not committed),
 3. installs the chunk's best checkpoint over those weights if its validation loss beats theirs
    (measured by the same chunk on the same validation pairs before its first step), stored float32
    when the file is at most :data:`FLOAT32_LIMIT_BYTES`, else float16,
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hgd.io.files import write_atomically
-from hgd.train.fit import BEST_WEIGHTS, HISTORY_FILE, FitConfig, RunState, fit, split_pairs
+from hgd.train.fit import BEST_WEIGHTS, HISTORY_FILE, FitConfig, RunState, fit, split_pairs, statistics_pairs
 from hgd.train.distributed import Placement
 from hgd.train.pairs import Pair, build_pairs, read_plan
 from hgd.train.recipe import DenoiserJob, install, load_recipe
@@ -79,7 +80,7 @@ def continue_training(config_path: pathlib.Path, source: pathlib.Path, work_dir:
         chunk = _next_chunk(history)
         run_dir = work_dir / "runs" / f"{job.name}_continue{chunk}"
         config = dataclasses.replace(job.continued, init_weights=str(job.spec.weights.resolve()), max_hours=max_hours,
-                                     learning_rate=_last_learning_rate(history) or job.continued.learning_rate)
+                                     learning_rate=_starting_rate(history, job.continued))
         select = functools.partial(chunk_pairs, config=config, slices=recipe.pair_slices, chunk=chunk)
         if placement.writes:
             build_pairs(source, pairs_dir, recipe.continue_pairs.spec(source), progress=progress,
@@ -99,12 +100,13 @@ def continue_training(config_path: pathlib.Path, source: pathlib.Path, work_dir:
 
 def chunk_pairs(plan: Sequence[Pair], *, config: FitConfig, slices: int, chunk: int) -> list[Pair]:
     """The pairs chunk ``chunk`` builds when the training pairs are cut into ``slices``: its slice of a
-    seeded shuffle of them, the slices taken in turn, and the run's validation pairs.
+    seeded shuffle of them, the slices taken in turn, those the BatchNorm statistics are re-estimated on
+    (:func:`hgd.train.fit.statistics_pairs`, trained on too) and the run's validation pairs.
 
     Why: a work folder that does not outlive its machine rebuilds its pairs every session, and building
     all of them cost more time than a chunk could train on them; a slice leaves that time to training,
-    the turns still cover the whole pool, and the validation pairs, the same every chunk, keep the
-    chunks' losses comparable.
+    the turns still cover the whole pool, and the validation pairs and the statistics' images, the same
+    every chunk, keep the chunks' losses comparable.
     """
     train, validation = split_pairs(plan, config)
     if not 1 <= slices <= len(train):
@@ -112,7 +114,8 @@ def chunk_pairs(plan: Sequence[Pair], *, config: FitConfig, slices: int, chunk: 
     order = np.random.default_rng([config.seed, 2]).permutation(len(train))
     size = -(-len(train) // slices)
     start = (chunk - 1) % slices * size
-    return [train[i] for i in sorted(order[start:start + size])] + validation
+    mine = {train[i] for i in order[start:start + size]} | set(statistics_pairs(plan, config))
+    return [pair for pair in train if pair in mine] + validation
 
 
 def _next_chunk(history: pathlib.Path | None) -> int:
@@ -121,13 +124,13 @@ def _next_chunk(history: pathlib.Path | None) -> int:
     return max((int(row["chunk"]) for row in read_history(history)), default=0) + 1
 
 
-def _last_learning_rate(history: pathlib.Path | None) -> float | None:
-    """The rate the last chunk's last epoch trained at: the schedule spans chunks (a chunk that had already
-    lowered the rate to its final value goes on there, rather than relearn at the first rate)."""
-    if history is None or not history.is_file():
-        return None
-    rates = [float(row["learning_rate"]) for row in read_history(history) if row["learning_rate"]]
-    return rates[-1] if rates else None
+def _starting_rate(history: pathlib.Path | None, config: FitConfig) -> float:
+    """The rate the last chunk's last epoch trained at, never below the recipe's final rate: the schedule
+    spans chunks (a chunk that had already lowered the rate to its final value goes on there, rather than
+    relearn at the first rate), and a recipe whose final rate was raised goes on at the new one."""
+    rates = [] if history is None or not history.is_file() else \
+        [float(row["learning_rate"]) for row in read_history(history) if row["learning_rate"]]
+    return max(rates[-1], config.final_learning_rate) if rates else config.learning_rate
 
 
 def _install_if_better(run_dir: pathlib.Path, state: RunState, weights: pathlib.Path) -> bool:

@@ -99,9 +99,9 @@ class FitConfig:
             ``dtype_policy`` too. The file is read by every session of the run, so keep it where it
             stays unchanged (not the ``defense/weights/`` that training chunks replace).
         batch_norm_batches: before every validation (the start's included), set the denoiser's BatchNorm
-            statistics to the mean of their values over this many seeded batches of whole training images
-            (:func:`reestimate_batch_norm`); 0 keeps the moving averages of training. Checkpoints carry
-            the statistics they were scored with.
+            statistics to the mean of their values over this many batches of whole training images, always
+            the same ones (:func:`statistics_pairs`, :func:`reestimate_batch_norm`); 0 keeps the moving
+            averages of training. Checkpoints carry the statistics they were scored with.
     """
 
     guidance: Guidance = Guidance.FGD
@@ -359,7 +359,7 @@ def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, ve
         _restore(run_dir, model, config.init_weights)
     hooks = [SyncWeights()] if adversary is not None else []  # callbacks of every evaluation too
     if config.batch_norm_batches:
-        hooks.append(BatchNormStatistics(model, train_pairs, config))
+        hooks.append(BatchNormStatistics(model, _built_statistics_pairs(pairs_dir, config), config))
     if state.epoch == 0 and state.initial_val_loss is None:
         state.initial_val_loss = float(model.evaluate(validation, verbose=0, callbacks=hooks))
         log.info("validation loss of the starting denoiser (%s): %.5f", config.init_weights or "untrained",
@@ -391,9 +391,40 @@ def validation_loss(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitC
 
     What ``fit`` reports as ``val_loss``, for any checkpoint: e.g. one trained in ``mixed_bfloat16`` scored in
     ``float32`` (``config.dtype_policy``), so runs validated under different policies compare on one scale.
-    With ``config.batch_norm_batches`` the BatchNorm statistics are re-estimated first, on the folder's built
-    training pairs (``fit``: on the pairs it trains on, the same where the folder is complete).
+    With ``config.batch_norm_batches`` the BatchNorm statistics are re-estimated first, on the same images as
+    ``fit`` re-estimates them on (:func:`statistics_pairs`).
     """
+    model, validation, hooks = _validation(pairs_dir, weights, config)
+    return float(model.evaluate(validation, verbose=0, callbacks=hooks))
+
+
+def validation_accuracy(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitConfig) -> tuple[int, int]:
+    """How many of the validation pairs :func:`validation_loss` scores the guiding models' ensemble classifies
+    right from their denoised adversarial images (the members' logits averaged, as the defense combines
+    them), and how many there are.
+
+    Why beside the loss: the loss is what training lowers, the label is what the harness scores; on the
+    training pool's validation pairs (never the test images) this says whether a lower loss is a better
+    defense.
+    """
+    model, validation, hooks = _validation(pairs_dir, weights, config)
+    if not model.heads:
+        raise ValueError(f"{config.guidance.value} runs no target models to classify with")
+    for hook in hooks:
+        hook.on_test_begin()
+    correct = 0
+    for k in range(len(validation)):
+        inputs, labels = validation[k]
+        denoised = model(inputs, training=False)
+        logits = keras.ops.mean(keras.ops.stack([head(denoised, training=False)[1] for head in model.heads]), axis=0)
+        correct += int(np.sum(np.argmax(keras.ops.convert_to_numpy(logits), axis=-1) == labels))
+    return correct, len(validation.pairs)
+
+
+def _validation(pairs_dir: pathlib.Path, weights: pathlib.Path,
+                config: FitConfig) -> tuple[DenoiserTraining, PairBatches, list[keras.callbacks.Callback]]:
+    """The compiled model of ``config`` with the denoiser ``weights``, its validation batches and the hooks
+    to run before scoring them (the BatchNorm statistics' re-estimation)."""
     plan = read_plan(pairs_dir)[1]
     _, val_pairs = split_pairs(plan, config)
     missing = [pair.adversarial for pair in val_pairs if not pair.adversarial.is_file()]
@@ -404,11 +435,10 @@ def validation_loss(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitC
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     model.denoiser.load_weights(weights)
     validation = PairBatches(val_pairs, config.batch_size, crop=None, shuffle=False, seed=config.seed)
-    hooks = []
-    if config.batch_norm_batches:  # on the built training pairs (a chunk's fit: those of its slice)
-        train_pairs = [pair for pair in split_pairs(plan, config)[0] if pair.adversarial.is_file()]
-        hooks.append(BatchNormStatistics(model, train_pairs, config))
-    return float(model.evaluate(validation, verbose=0, callbacks=hooks))
+    hooks: list[keras.callbacks.Callback] = []
+    if config.batch_norm_batches:
+        hooks.append(BatchNormStatistics(model, _built_statistics_pairs(pairs_dir, config), config))
+    return model, validation, hooks
 
 
 def reestimate_batch_norm(denoiser: keras.Model, inputs: Iterable[np.ndarray]) -> None:
@@ -436,14 +466,14 @@ def reestimate_batch_norm(denoiser: keras.Model, inputs: Iterable[np.ndarray]) -
 
 class BatchNormStatistics(keras.callbacks.Callback):
     """Re-estimates the denoiser's BatchNorm statistics (:func:`reestimate_batch_norm`) before every validation,
-    on ``config.batch_norm_batches`` seeded batches of whole images of ``pairs``: the same adversarial
-    images each time (every process of a data-parallel run loads whole batches, so all get the same)."""
+    on the whole adversarial images of ``pairs`` (:func:`statistics_pairs`) in batches of the run's size: the
+    same images each time (every process of a data-parallel run loads whole batches, so all get the same)."""
 
     def __init__(self, model: DenoiserTraining, pairs: Sequence[Pair], config: FitConfig) -> None:
         super().__init__()
         self.training_model = model
-        self.batches = PairBatches(pairs, config.batch_size, crop=None, shuffle=True, seed=config.seed + 1)
-        self.count = min(config.batch_norm_batches, len(self.batches))
+        self.batches = PairBatches(pairs, config.batch_size, crop=None, shuffle=False, seed=config.seed)
+        self.count = len(self.batches)
 
     def on_test_begin(self, logs=None) -> None:
         normalize = self.training_model.normalize
@@ -509,6 +539,32 @@ def split_pairs(plan: Sequence[Pair], config: FitConfig) -> tuple[list[Pair], li
     rng = np.random.default_rng([config.seed, 1])
     keep = sorted(rng.permutation(len(validation))[: config.validation_pairs])
     return train, [validation[i] for i in keep]
+
+
+def statistics_pairs(plan: Sequence[Pair], config: FitConfig) -> list[Pair]:
+    """The training pairs whose adversarial images the BatchNorm statistics are re-estimated on before every
+    validation: ``config.batch_norm_batches`` batches of a seeded draw from the whole plan's training pairs.
+
+    Why fixed, and drawn from the whole plan rather than from the pairs a run trains on: the same weights
+    scored 0.278 to 0.293 on the same validation pairs with their statistics re-estimated on three different
+    sets of 256 training images, more than a training chunk gains; chunks that train on different slices
+    of the pairs (:func:`hgd.train.continued.chunk_pairs`) compare on one footing only if every one of them
+    re-estimates on the same images.
+    """
+    train, _ = split_pairs(plan, config)
+    count = min(config.batch_norm_batches * config.batch_size, len(train))
+    order = np.random.default_rng([config.seed, 3]).permutation(len(train))
+    return [train[i] for i in sorted(order[:count])]
+
+
+def _built_statistics_pairs(pairs_dir: pathlib.Path, config: FitConfig) -> list[Pair]:
+    """:func:`statistics_pairs` of the folder, all of them built (a chunk builds them with its slice)."""
+    pairs = statistics_pairs(read_plan(pairs_dir)[1], config)
+    missing = [pair.adversarial for pair in pairs if not pair.adversarial.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{pairs_dir}: {len(missing)} of the {len(pairs)} pairs the BatchNorm statistics "
+                                f"are re-estimated on are not built (e.g. {missing[0]})")
+    return pairs
 
 
 def _split(pairs_dir: pathlib.Path, config: FitConfig, built_only: bool,
