@@ -4,8 +4,9 @@ A profile such as ``defense/profiles/competition4.json`` runs from the repositor
 ``HGD_DEFENSE_PROFILE``; the competition wanted one folder (zipped) whose entry point needs no
 environment. Packaging writes that folder: the entry point and metadata of the submission the
 configuration belongs to, the configuration as ``config.json`` (what runs the defense: no notes, no
-training recipe), and exactly the denoiser weights it names, under ``weights/``. Missing weights are refused (nothing half-packaged), and the result runs
-with ``./run_defense.sh INPUT_DIR OUTPUT_FILE`` alone (``python -m hgd.cli.runner validate`` checks it).
+training recipe), and exactly the denoiser weights it names, under ``weights/``. Missing weights are
+refused (nothing half-packaged), and the result runs with ``./run_defense.sh INPUT_DIR OUTPUT_FILE``
+alone (``python -m hgd.cli.runner validate`` checks it).
 """
 
 from __future__ import annotations

@@ -427,10 +427,7 @@ def _validation(pairs_dir: pathlib.Path, weights: pathlib.Path,
     to run before scoring them (the BatchNorm statistics' re-estimation)."""
     plan = read_plan(pairs_dir)[1]
     _, val_pairs = split_pairs(plan, config)
-    missing = [pair.adversarial for pair in val_pairs if not pair.adversarial.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{pairs_dir}: {len(missing)} of the {len(val_pairs)} validation pairs are not built "
-                                f"(e.g. {missing[0]})")
+    _require_built(pairs_dir, val_pairs, "validation pairs")
     model = build_training_model(dataclasses.replace(config, teacher_weights=None))  # validation runs no teacher
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     model.denoiser.load_weights(weights)
@@ -473,12 +470,11 @@ class BatchNormStatistics(keras.callbacks.Callback):
         super().__init__()
         self.training_model = model
         self.batches = PairBatches(pairs, config.batch_size, crop=None, shuffle=False, seed=config.seed)
-        self.count = len(self.batches)
 
     def on_test_begin(self, logs=None) -> None:
         normalize = self.training_model.normalize
         reestimate_batch_norm(self.training_model.denoiser,
-                              (normalize(self.batches[k][0]["adversarial"]) for k in range(self.count)))
+                              (normalize(self.batches[k][0]["adversarial"]) for k in range(len(self.batches))))
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -560,11 +556,16 @@ def statistics_pairs(plan: Sequence[Pair], config: FitConfig) -> list[Pair]:
 def _built_statistics_pairs(pairs_dir: pathlib.Path, config: FitConfig) -> list[Pair]:
     """:func:`statistics_pairs` of the folder, all of them built (a chunk builds them with its slice)."""
     pairs = statistics_pairs(read_plan(pairs_dir)[1], config)
+    _require_built(pairs_dir, pairs, "pairs the BatchNorm statistics are re-estimated on")
+    return pairs
+
+
+def _require_built(pairs_dir: pathlib.Path, pairs: Sequence[Pair], what: str) -> None:
+    """Refuses ``pairs`` (``what`` they are for) unless every adversarial image of theirs is built."""
     missing = [pair.adversarial for pair in pairs if not pair.adversarial.is_file()]
     if missing:
-        raise FileNotFoundError(f"{pairs_dir}: {len(missing)} of the {len(pairs)} pairs the BatchNorm statistics "
-                                f"are re-estimated on are not built (e.g. {missing[0]})")
-    return pairs
+        raise FileNotFoundError(f"{pairs_dir}: {len(missing)} of the {len(pairs)} {what} are not built "
+                                f"(e.g. {missing[0]})")
 
 
 def _split(pairs_dir: pathlib.Path, config: FitConfig, built_only: bool,
@@ -574,10 +575,7 @@ def _split(pairs_dir: pathlib.Path, config: FitConfig, built_only: bool,
         _, built = read_pairs(pairs_dir, built_only=built_only)  # refuses an unfinished folder unless built_only
     else:
         built = list(only)
-        missing = [pair.adversarial for pair in built if not pair.adversarial.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{pairs_dir}: {len(missing)} of the {len(built)} pairs to train on are not "
-                                    f"built (e.g. {missing[0]})")
+        _require_built(pairs_dir, built, "pairs to train on")
     _, plan = read_plan(pairs_dir)
     train, validation = split_pairs(plan, config)
     there = set(built)
