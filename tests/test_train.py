@@ -852,6 +852,43 @@ def test_chunks_go_on_from_the_installed_weights_and_append_one_history(small_so
     assert float(rows[3]["val_loss"]) == pytest.approx(chunk1_left, abs=1e-4)
 
 
+@pytest.mark.slow
+def test_chunks_follow_one_another_while_a_quarter_hour_is_left(small_source, tmp_path):
+    """A chunk that ends early leaves the session's time to the next one; with too little time left, none starts."""
+    from hgd.train import continued
+
+    config = _continuable_defense(tmp_path / "defense", {"max_epochs": 1})
+    history_dir = tmp_path / "history"
+    both = continued.continue_chunks(config, small_source, tmp_path / "work", max_hours=1.0, chunks=2,
+                                     history_dir=history_dir, progress=False)
+    assert [(result.chunk, result.state.epoch) for result in both] == [(1, 1), (2, 1)]
+    rows = continued.read_history(history_dir / "d.csv")
+    assert [(r["chunk"], r["epoch"]) for r in rows] == [("1", "0"), ("1", "1"), ("2", "0"), ("2", "1")]
+    # chunk 2 went on from what chunk 1 left installed
+    chunk1_left = min(float(rows[0]["val_loss"]), float(rows[1]["val_loss"]))
+    assert float(rows[2]["val_loss"]) == pytest.approx(chunk1_left, abs=1e-4)
+    # a quarter hour in all: the first chunk runs, and what it leaves is under a quarter hour
+    (third,) = continued.continue_chunks(config, small_source, tmp_path / "work", max_hours=continued.MIN_CHUNK_HOURS,
+                                         chunks=3, history_dir=history_dir, progress=False)
+    assert third.chunk == 3 and not (tmp_path / "work" / "runs" / "d_continue4").exists()
+
+
+def test_several_chunks_need_a_history_one_process_and_a_count(small_source, tmp_path):
+    from hgd.train import continued
+    from hgd.train.distributed import Placement
+
+    config = _continuable_defense(tmp_path / "defense", {"max_epochs": 1})
+    work = tmp_path / "work"
+    with pytest.raises(ValueError, match="need a history directory"):
+        continued.continue_chunks(config, small_source, work, max_hours=1.0, chunks=2)
+    with pytest.raises(ValueError, match="need one process, not 2"):
+        continued.continue_chunks(config, small_source, work, max_hours=1.0, chunks=2, history_dir=tmp_path,
+                                  placement=Placement(devices=2, process_id=0, num_processes=2))
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        continued.continue_chunks(config, small_source, work, max_hours=1.0, chunks=0)
+    assert not work.exists()  # refused before building anything
+
+
 def test_a_chunk_installs_its_best_only_if_it_beats_the_start_float32_while_small(tmp_path):
     from hgd.train import continued
 
@@ -924,6 +961,9 @@ def test_continue_training_script_appends_to_the_committed_history(tmp_path):
     (command, *_) = _script_commands("continue_training.sh", "1.5", str(tmp_path))
     assert command.startswith("-m hgd.cli.train continue") and str(REPO / "defense" / "config.json") in command
     assert "--max-hours 1.5" in command and f"--history-dir {REPO / 'docs' / 'results' / 'training'}" in command
+    assert "--chunks 3" in command  # one pass over the pair slices, time allowing
+    (one, *_) = _script_commands("continue_training.sh", "1.5", str(tmp_path), CHUNKS="1")
+    assert "--chunks 1" in one
 
 
 @pytest.mark.slow

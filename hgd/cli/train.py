@@ -88,10 +88,14 @@ def _parser() -> argparse.ArgumentParser:
                          help="train on the pairs built so far instead of finishing them first")
     defense.add_argument("--no-progress", action="store_true")
     _parallel_arguments(defense)
-    more = commands.add_parser("continue", help="one more chunk of a defense's training from its installed weights "
-                               "(the 'continue' section of its recipe); installs the result if it is better")
+    more = commands.add_parser("continue", help="more chunks of a defense's training from its installed weights "
+                               "(the 'continue' section of its recipe); each installs its result if it is better")
     _recipe_arguments(more)
-    more.add_argument("--max-hours", type=float, required=True, help="train at most this long (checked per epoch)")
+    more.add_argument("--max-hours", type=float, required=True,
+                      help="train at most this long (checked per epoch); with --chunks, wall time for all of them")
+    more.add_argument("--chunks", type=int, default=1,
+                      help="chunks one after another within --max-hours: the next starts where one plateaus "
+                           "(default 1)")
     more.add_argument("--history-dir", type=pathlib.Path, default=None,
                       help="append the chunk to NAME.csv here and redraw NAME.png (e.g. docs/results/training)")
     more.add_argument("--no-progress", action="store_true")
@@ -211,11 +215,11 @@ def _defense(args: argparse.Namespace) -> int:
 
 
 def _continue(args: argparse.Namespace) -> int:
-    from hgd.train.continued import continue_training
+    from hgd.train.continued import continue_chunks
 
-    for result in continue_training(args.config, args.source, args.work_dir, max_hours=args.max_hours,
-                                    history_dir=args.history_dir, progress=not args.no_progress,
-                                    placement=_placement(args)):
+    for result in continue_chunks(args.config, args.source, args.work_dir, max_hours=args.max_hours,
+                                  chunks=args.chunks, history_dir=args.history_dir, progress=not args.no_progress,
+                                  placement=_placement(args)):
         outcome = "installed" if result.installed else "not better, not installed"
         print(f"{result.job.name} chunk {result.chunk}: {result.state.summary()} -> {result.job.spec.weights} "
               f"({outcome})")

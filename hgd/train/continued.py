@@ -16,6 +16,9 @@ trained in chunks (``python -m hgd.cli.train continue``). A chunk
    when the file is at most :data:`FLOAT32_LIMIT_BYTES`, else float16,
 4. appends the chunk's epochs to a history CSV kept beside the results and redraws its plot.
 
+:func:`continue_chunks` runs chunks one after another within a session's hours, so that the time a
+chunk leaves when its validation loss plateaus still trains (the next chunk, on the next pair slice).
+
 Committing the weights and the history is then all that carries the training to the next machine.
 The shipped checkpoint is chosen by the validation loss on the training pool's validation pairs,
 never by the test images' scores.
@@ -28,6 +31,7 @@ import dataclasses
 import functools
 import logging
 import pathlib
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,6 +46,10 @@ log = logging.getLogger("hgd.train.continued")
 
 FLOAT32_LIMIT_BYTES = 12 * 2**20
 """Installed weights stay float32 (no rounding between chunks) while the file is at most this big."""
+
+MIN_CHUNK_HOURS = 0.25
+""":func:`continue_chunks` starts a further chunk only with this much wall time left: its validation pass
+before the first step and one epoch take about that on a 2-core CPU."""
 
 HISTORY_FIELDS = ("chunk", "epoch", "steps", "images", "hours", "cpu_hours", "learning_rate", "loss", "val_loss")
 """The committed history: one row per epoch; ``epoch`` 0 is the chunk's starting weights' validation loss;
@@ -86,7 +94,7 @@ def continue_training(config_path: pathlib.Path, source: pathlib.Path, work_dir:
             build_pairs(source, pairs_dir, recipe.continue_pairs.spec(source), progress=progress,
                         select=select if sliced else None)
         only = select(read_plan(pairs_dir)[1]) if sliced else None
-        log.info("%s: chunk %d from %s in %s (%s h at most)%s", job.name, chunk, job.spec.weights, run_dir, max_hours,
+        log.info("%s: chunk %d from %s in %s (%.2f h at most)%s", job.name, chunk, job.spec.weights, run_dir, max_hours,
                  f", on training-pair slice {(chunk - 1) % recipe.pair_slices + 1} of {recipe.pair_slices}"
                  if sliced else "")
         state = fit(pairs_dir, run_dir, config, verbose="auto" if progress else 2, only=only, placement=placement)
@@ -95,6 +103,37 @@ def continue_training(config_path: pathlib.Path, source: pathlib.Path, work_dir:
             _append_chunk(history, chunk, run_dir, state, config.batch_size, config.steps_per_epoch)
             plot_history(history, history.with_suffix(".png"))
         results.append(ChunkResult(job, chunk, state, installed))
+    return results
+
+
+def continue_chunks(config_path: pathlib.Path, source: pathlib.Path, work_dir: pathlib.Path, *,
+                    max_hours: float, chunks: int, history_dir: pathlib.Path | None = None,
+                    progress: bool = True, placement: Placement = Placement()) -> list[ChunkResult]:
+    """Up to ``chunks`` chunks of :func:`continue_training`, each from what the one before installed.
+
+    ``max_hours`` is wall time from the start: each chunk trains at most the hours left when it starts
+    (its pair building comes on top, as for one chunk), so later chunks shrink to fit a session's budget.
+
+    Why: a chunk ends when its validation loss plateaus, often an hour into a session; the next chunk goes
+    on, on the next pair slice, instead of leaving the cores idle. A further chunk starts only with
+    :data:`MIN_CHUNK_HOURS` left; the first always starts. Several chunks need the history (it numbers
+    them) and one process (processes' clocks could disagree about starting another).
+    """
+    if chunks < 1:
+        raise ValueError(f"chunks must be at least 1, got {chunks}")
+    if chunks > 1 and history_dir is None:
+        raise ValueError("several chunks need a history directory: it numbers the chunks")
+    if chunks > 1 and placement.num_processes > 1:
+        raise ValueError(f"several chunks need one process, not {placement.num_processes}: run one chunk per job")
+    deadline = time.monotonic() + max_hours * 3600
+    results: list[ChunkResult] = []
+    for _ in range(chunks):
+        left = (deadline - time.monotonic()) / 3600
+        if results and left < MIN_CHUNK_HOURS:
+            log.info("%.2f h left, under the %.2f h a further chunk needs: stopping", left, MIN_CHUNK_HOURS)
+            break
+        results += continue_training(config_path, source, work_dir, max_hours=left if results else max_hours,
+                                     history_dir=history_dir, progress=progress, placement=placement)
     return results
 
 
