@@ -113,6 +113,28 @@ def test_headers_exactly_as_specified(run):
         assert [line.split(",")[0] for line in lines[1:]] == defenses
 
 
+def test_accuracy_by_epsilon_splits_the_matrix_by_each_batchs_bound(run):
+    """Per (defense, attack) the cells add up to the accuracy matrix; each epsilon holds its batch's images."""
+    out = run["out"]
+    assert read_lines(out / "accuracy_by_epsilon.csv")[0] == \
+        "DefenseName,AttackName,IsTargeted,Epsilon,Images,Correct,HitTargetClass"
+    cells = read_csv(out / "accuracy_by_epsilon.csv")
+    matrix = read_csv(out / "accuracy_matrix.csv")
+    for row in matrix:
+        for attack in ATTACKS + TARGETED:
+            mine = [c for c in cells if c["DefenseName"] == row[""] and c["AttackName"] == attack]
+            assert sum(int(c["Correct"]) for c in mine) == int(row[attack]), (row[""], attack)
+    hits = {r[""]: r for r in read_csv(out / "hit_target_class_matrix.csv")}
+    pixel_target = [c for c in cells if c["DefenseName"] == "pixel" and c["AttackName"] == "pixel_target"]
+    assert sum(int(c["HitTargetClass"]) for c in pixel_target) == int(hits["pixel"]["pixel_target"])
+    assert {c["IsTargeted"] for c in pixel_target} == {"True"}
+    noop = [c for c in cells if c["DefenseName"] == "pixel" and c["AttackName"] == "noop"]
+    assert [(int(c["Epsilon"]), int(c["Images"])) for c in noop] == [(eps, BATCH) for eps in EPS]
+    report = (out / "report.md").read_text()
+    section = report[report.index("## Accuracy by epsilon"):report.index("## Timing")]
+    assert f"| noop | {EPS[0]} | {BATCH} |" in section
+
+
 def _clean(run, image_id):
     with Image.open(run["tmp"] / "data" / "images" / f"{image_id}.png") as im:
         return np.asarray(im.convert("RGB"), dtype=np.int16)

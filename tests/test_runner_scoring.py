@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from hgd.runner.scoring import Classification, PieceRun, WorstCase, dev_scores, eval_scores, ranking, run_stats
+from hgd.runner.scoring import (Classification, EpsilonCounts, PieceRun, WorstCase, count_by_epsilon, dev_scores,
+                                epsilons, eval_scores, ranking, run_stats)
 
 N = 4
 LABELS = {f"img{k}": (10 + k, 20 + k) for k in range(N)}  # TrueLabel, TargetClass
 
 
-def rows_for(attack, defense, predictions, targeted=False):
+def rows_for(attack, defense, predictions, targeted=False, epsilon=16):
     """predictions: ImageId -> label or None (no usable prediction); absent ImageIds were not produced."""
-    return [Classification(attack, targeted, defense, i, p, *LABELS[i]) for i, p in predictions.items()]
+    return [Classification(attack, targeted, defense, i, p, *LABELS[i], epsilon) for i, p in predictions.items()]
 
 
 def all_images(value):
@@ -103,6 +104,19 @@ def test_defense_aware_attacks_are_scored_apart(scenario):
     assert plain.defense_aware == [] and plain.worst_defense_aware["good"] == WorstCase(None, None)
     dev = dev_scores(rows, num_images=N, attacks=attacks, defenses=defenses, defense_aware={"aim"})
     assert dev.defense == {"good": 4 + 2, "leaky": 0, "gappy": 3 + 3}
+
+
+def test_counts_by_epsilon_split_images_correct_and_hits_by_bound():
+    """img0-1 at eps 4, img2-3 at eps 16; a missing label counts as an image, neither correct nor a hit."""
+    ids = list(LABELS)
+    rows = rows_for("aim", "d", {ids[0]: true(ids[0]), ids[1]: target(ids[1])}, True, epsilon=4)
+    rows += rows_for("aim", "d", {ids[2]: None, ids[3]: target(ids[3])}, True, epsilon=16)
+    rows += rows_for("full", "d", {ids[0]: 999}, epsilon=4)
+    cells = count_by_epsilon(rows)
+    assert cells == {("d", "aim", 4): EpsilonCounts(images=2, correct=1, hit=1),
+                     ("d", "aim", 16): EpsilonCounts(images=2, correct=0, hit=1),
+                     ("d", "full", 4): EpsilonCounts(images=1, correct=0, hit=0)}
+    assert epsilons(cells) == [4, 16]
 
 
 def test_ranking_order():

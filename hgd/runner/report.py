@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 from hgd.io.files import write_bytes_atomic, write_text_atomic
 from hgd.runner.results import ATTACK, DEFENSE, TARGETED_ATTACK, Results, cost_sentence
-from hgd.runner.scoring import RunStats, WorstCase, ranking
+from hgd.runner.scoring import EpsilonCounts, RunStats, WorstCase, count_by_epsilon, epsilons, ranking
 
 HEATMAP_FILE = "accuracy_matrix.png"
 PROBLEMS_PER_SUBMISSION = 8
@@ -74,7 +74,8 @@ def blocks(results: Results, *, command: str, heatmap: bool) -> list[Block]:
     """The report's content."""
     return [*_introduction(results, command), *_accuracy_section(heatmap), *_scoring_rules(),
             *_defense_section(results), *_defense_aware_section(results), *_attack_sections(results),
-            *_timing_section(results), *_nodes_section(results), *_problems_section(results), *_files_section()]
+            *_epsilon_section(results), *_timing_section(results), *_nodes_section(results),
+            *_problems_section(results), *_files_section()]
 
 
 def _introduction(results: Results, command: str) -> list[Block]:
@@ -187,6 +188,35 @@ def _attack_section(results: Results, title: str, scores: Mapping[str, float | N
             else Paragraph("none")]
 
 
+def _epsilon_section(results: Results) -> list[Block]:
+    """Each defense's accuracy per attack and epsilon, when the run used several (``--eps cycle``):
+    the matrix's one count per attack hides how a defense gives way as the bound grows."""
+    cells = count_by_epsilon(results.rows)
+    if len(epsilons(cells)) < 2:
+        return []
+    rows = []
+    for attack in results.all_attacks:
+        for eps in epsilons(cells):
+            mine = [cells.get((defense, attack, eps)) for defense in results.defenses]
+            images = max((cell.images for cell in mine if cell is not None), default=0)
+            if images:
+                rows.append([attack, str(eps), str(images),
+                             *[_epsilon_cell(cell, attack in results.targeted_attacks) for cell in mine]])
+    return [
+        Heading("Accuracy by epsilon"),
+        Paragraph("Correct labels of the adversarial images each attack made at each epsilon (target-class "
+                  "labels in brackets for targeted attacks). All cells: `accuracy_by_epsilon.csv`."),
+        Table(["attack", "epsilon", "images", *results.defenses], rows),
+    ]
+
+
+def _epsilon_cell(cell: EpsilonCounts | None, targeted: bool) -> str:
+    """``correct = pct %`` (and ``(hits)`` for a targeted attack); ``-`` for no images."""
+    if cell is None or not cell.images:
+        return "-"
+    return f"{cell.correct} = {100 * cell.correct / cell.images:.1f} %" + (f" ({cell.hit})" if targeted else "")
+
+
 def _timing_section(results: Results) -> list[Block]:
     """How long each submission took per batch, the figures the competition's tables quote."""
     kinds = [(ATTACK, results.attacks), (TARGETED_ATTACK, results.targeted_attacks), (DEFENSE, results.defenses)]
@@ -243,8 +273,8 @@ def _files_section() -> list[Block]:
         "EVAL: `accuracy_matrix.csv`, `error_matrix.csv`, `hit_target_class_matrix.csv`, `defense_results.csv`, "
         "`attack_results.csv`, `targeted_attack_results.csv`. DEV: `accuracy_on_attacks.csv`, "
         "`accuracy_on_targeted_attacks.csv`, `hit_target_class.csv`, `defense_ranking.csv`, `attack_ranking.csv`, "
-        "`targeted_attack_ranking.csv`. Also `all_classification.csv`, `worst_case_scores.csv`, "
-        "`defense_aware_scores.csv`, "
+        "`targeted_attack_ranking.csv`. Also `all_classification.csv`, `accuracy_by_epsilon.csv`, "
+        "`worst_case_scores.csv`, `defense_aware_scores.csv`, "
         "`eligibility.csv`, `timing.csv`, `problems.csv`, `run_summary.json`; adversarial images in `adv/`, "
         "finished pieces in `pieces/` (rerun the same command to resume).")]
 

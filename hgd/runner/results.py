@@ -18,8 +18,11 @@ EVAL's files (``master.py``), rows = defenses, columns = all attacks (non-target
 
 And: ``all_classification.csv`` (:data:`CLASSIFICATION_HEADER`; ``PredictedLabel`` empty when the
 defense gave no usable label), ``worst_case_scores.csv``, ``defense_aware_scores.csv`` (each defense's
-competition score over the oblivious attacks next to its worst accuracy under the defense-aware ones), ``eligibility.csv``, ``timing.csv``
-(seconds per batch and per 100 images), ``problems.csv`` and ``run_summary.json``.
+competition score over the oblivious attacks next to its worst accuracy under the defense-aware ones),
+``accuracy_by_epsilon.csv`` (:data:`EPSILON_HEADER`: per defense, attack and epsilon, the images the
+attack made at that epsilon and the defense's correct and target-class labels among them),
+``eligibility.csv``, ``timing.csv`` (seconds per batch and per 100 images), ``problems.csv`` and
+``run_summary.json``.
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ from typing import Any
 from hgd.io.files import write_csv_atomic, write_json_atomic
 from hgd.runner.harness import Outcome
 from hgd.runner.scoring import (Classification, DevScores, EvalScores, RunStats, attack_run, classifications,
-                                defense_run, dev_scores, eval_scores, ranking, run_stats)
+                                count_by_epsilon, defense_run, dev_scores, epsilons, eval_scores, ranking, run_stats)
 
 RESULTS_HEADER = ("SubmissionID", "ExternalSubmissionId", "Score", "CompletedBatches", "BatchesWithError",
                   "ProcessedImages", "MinEvalTime", "MaxEvalTime", "MedianEvalTime", "MeanEvalTime", "ErrorMsg")
 CLASSIFICATION_HEADER = ("AttackName", "IsTargeted", "DefenseName", "ImageId", "PredictedLabel", "TrueLabel",
                          "TargetClass")
+EPSILON_HEADER = ("DefenseName", "AttackName", "IsTargeted", "Epsilon", "Images", "Correct", "HitTargetClass")
 TIMING_HEADER = ("SubmissionType", "SubmissionName", "CompletedBatches", "CleanBatches", "TimedOut",
                  "MinSeconds", "MedianSeconds", "MeanSeconds", "MaxSeconds",
                  "MinPer100Images", "MedianPer100Images", "MeanPer100Images", "MaxPer100Images")
@@ -200,6 +204,11 @@ def write(results: Results, output_dir: pathlib.Path) -> list[pathlib.Path]:
               for a, _ in ranking(ev.attack)]
     worst += [[TARGETED_ATTACK, a, _cell(ev.worst_targeted_attack[a].score),
                _cell(ev.worst_targeted_attack[a].opponent)] for a, _ in ranking(ev.targeted_attack)]
+    by_epsilon = count_by_epsilon(results.rows)
+    csv_file("accuracy_by_epsilon.csv", EPSILON_HEADER,
+             [[d, a, a in targeted, eps, by_epsilon[d, a, eps].images, by_epsilon[d, a, eps].correct,
+               by_epsilon[d, a, eps].hit] for d in defenses for a in all_attacks for eps in epsilons(by_epsilon)
+              if (d, a, eps) in by_epsilon])
     csv_file("worst_case_scores.csv", ["SubmissionType", "SubmissionName", "WorstCaseScore", "WorstCaseOpponent"],
              worst)
     csv_file("defense_aware_scores.csv", DEFENSE_AWARE_HEADER,

@@ -58,6 +58,7 @@ class Classification:
     predicted: int | None
     true_label: int
     target_class: int
+    epsilon: int  # the max-norm bound the attack's batch was given
 
 
 def classifications(dataset: Dataset, attack_records: Iterable[AttackRecord],
@@ -75,7 +76,7 @@ def classifications(dataset: Dataset, attack_records: Iterable[AttackRecord],
                     predicted = piece.predictions.get(image_id)
                 true_label, target_class = dataset.true_label(image_id), dataset.target_class(image_id)
                 rows.append(Classification(record.attack, record.targeted, defense, image_id, predicted,
-                                           true_label, target_class))
+                                           true_label, target_class, record.epsilon))
     return rows
 
 
@@ -110,6 +111,36 @@ def count(rows: Iterable[Classification], defenses: Sequence[str], attacks: Sequ
         if row.predicted == row.target_class:
             hit[key] = hit.get(key, 0) + 1
     return Counts(correct, wrong, hit, processed)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpsilonCounts:
+    """One (defense, attack, epsilon) cell: the adversarial images made at that epsilon, and the defense's
+    correct labels and target-class labels among them (a missing label is neither)."""
+
+    images: int = 0
+    correct: int = 0
+    hit: int = 0
+
+
+def count_by_epsilon(rows: Iterable[Classification]) -> dict[tuple[str, str, int], EpsilonCounts]:
+    """The accuracy matrix split by epsilon, keyed (defense, attack, epsilon), only the cells with images.
+
+    Why: with ``--eps cycle`` each batch has its own bound, and one count per attack hides how a defense
+    fails as the bound grows."""
+    cells: dict[tuple[str, str, int], EpsilonCounts] = {}
+    for row in rows:
+        key = (row.defense, row.attack, row.epsilon)
+        cell = cells.get(key, EpsilonCounts())
+        labelled = row.predicted is not None
+        cells[key] = EpsilonCounts(cell.images + 1, cell.correct + (labelled and row.predicted == row.true_label),
+                                   cell.hit + (labelled and row.predicted == row.target_class))
+    return cells
+
+
+def epsilons(cells: Mapping[tuple[str, str, int], EpsilonCounts]) -> list[int]:
+    """The epsilons a run's cells hold, smallest first."""
+    return sorted({eps for _, _, eps in cells})
 
 
 @dataclasses.dataclass(frozen=True)
