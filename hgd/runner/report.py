@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 from hgd.io.files import write_bytes_atomic, write_text_atomic
 from hgd.runner.results import ATTACK, DEFENSE, TARGETED_ATTACK, Results, cost_sentence
-from hgd.runner.scoring import EpsilonCounts, RunStats, WorstCase, count_by_epsilon, epsilons, ranking
+from hgd.runner.scoring import EpsilonCounts, RunStats, WorstCase, epsilons, ranking
 
 HEATMAP_FILE = "accuracy_matrix.png"
 PROBLEMS_PER_SUBMISSION = 8
@@ -191,7 +191,7 @@ def _attack_section(results: Results, title: str, scores: Mapping[str, float | N
 def _epsilon_section(results: Results) -> list[Block]:
     """Each defense's accuracy per attack and epsilon, when the run used several (``--eps cycle``):
     the matrix's one count per attack hides how a defense gives way as the bound grows."""
-    cells = count_by_epsilon(results.rows)
+    cells = results.by_epsilon
     if len(epsilons(cells)) < 2:
         return []
     rows = []

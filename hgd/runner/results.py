@@ -35,7 +35,8 @@ from typing import Any
 from hgd.io.files import write_csv_atomic, write_json_atomic
 from hgd.runner.harness import Outcome
 from hgd.runner.scoring import (Classification, DevScores, EvalScores, RunStats, attack_run, classifications,
-                                count_by_epsilon, defense_run, dev_scores, epsilons, eval_scores, ranking, run_stats)
+                                EpsilonCounts, count_by_epsilon, defense_run, dev_scores, epsilons, eval_scores,
+                                ranking, run_stats)
 
 RESULTS_HEADER = ("SubmissionID", "ExternalSubmissionId", "Score", "CompletedBatches", "BatchesWithError",
                   "ProcessedImages", "MinEvalTime", "MaxEvalTime", "MedianEvalTime", "MeanEvalTime", "ErrorMsg")
@@ -73,6 +74,7 @@ class Results:
     stats: dict[str, RunStats]
     problems: list[Problem]
     settings: dict[str, Any]
+    by_epsilon: dict[tuple[str, str, int], EpsilonCounts]  # count_by_epsilon(rows), for the CSV and the report
 
     @property
     def attacks(self) -> list[str]:
@@ -115,7 +117,8 @@ def compute(outcome: Outcome, problems: Sequence[Problem] = (), settings: dict[s
                    eval=eval_scores(rows, num_images=n, attacks=attacks, defenses=defenses, produced=produced,
                                     defense_aware=aware),
                    dev=dev_scores(rows, num_images=n, attacks=attacks, defenses=defenses, defense_aware=aware),
-                   stats=stats, problems=[*problems, *_piece_problems(outcome)], settings=dict(settings or {}))
+                   stats=stats, problems=[*problems, *_piece_problems(outcome)], settings=dict(settings or {}),
+                   by_epsilon=count_by_epsilon(rows))
 
 
 def _piece_problems(outcome: Outcome) -> list[Problem]:
@@ -204,7 +207,7 @@ def write(results: Results, output_dir: pathlib.Path) -> list[pathlib.Path]:
               for a, _ in ranking(ev.attack)]
     worst += [[TARGETED_ATTACK, a, _cell(ev.worst_targeted_attack[a].score),
                _cell(ev.worst_targeted_attack[a].opponent)] for a, _ in ranking(ev.targeted_attack)]
-    by_epsilon = count_by_epsilon(results.rows)
+    by_epsilon = results.by_epsilon
     csv_file("accuracy_by_epsilon.csv", EPSILON_HEADER,
              [[d, a, a in targeted, eps, by_epsilon[d, a, eps].images, by_epsilon[d, a, eps].correct,
                by_epsilon[d, a, eps].hit] for d in defenses for a in all_attacks for eps in epsilons(by_epsilon)
