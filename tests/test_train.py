@@ -25,11 +25,14 @@ from hgd.train.pairs import (
     VALIDATION,
     Pair,
     PairSpec,
+    accuracy_by_bound,
+    bound_of,
     build_pairs,
     plan_pairs,
     read_pairs,
     read_plan,
     table1_attacks,
+    weight_by_epsilon,
 )
 from hgd.io.datasets import read_dataset
 from hgd.train.recipe import PairChoice, install, load_recipe
@@ -260,7 +263,8 @@ def test_config_validation_and_round_trip():
     config = _tiny(holdout_classes=250)
     assert FitConfig.from_json(config.to_json()) == config
     assert len(config.heldout()) == 250 and config.heldout() == _tiny(holdout_classes=250).heldout()
-    for bad in ({"crop": 16}, {"batch_size": 0}, {"models": ()}, {"models": ("resnet_9000",)}):
+    for bad in ({"crop": 16}, {"batch_size": 0}, {"models": ()}, {"models": ("resnet_9000",)},
+                {"epsilon_weighting": "linear"}):
         with pytest.raises(ValueError):
             _tiny(**bad)
     assert _tiny(guidance=Guidance.PGD, models=()).models == ()
@@ -435,9 +439,9 @@ def test_validation_with_reestimated_statistics_scores_the_weights_not_their_sta
 
 
 @pytest.mark.slow
-def test_validation_accuracy_is_the_ensembles_on_the_denoised_validation_images(pairs_dir, tmp_path):
-    """A fresh DUNET is the identity: the accuracy is the models' own, computed apart, on the adversarial images."""
-    from hgd.train.fit import split_pairs, validation_accuracy
+def test_validation_outcomes_are_the_ensembles_labels_on_the_denoised_validation_images(pairs_dir, tmp_path):
+    """A fresh DUNET is the identity: the outcomes are the models' own, computed apart, on the adversarial images."""
+    from hgd.train.fit import split_pairs, validation_outcomes
 
     identity = tmp_path / "identity.weights.h5"
     build_dunet(width=0.125).save_weights(identity)
@@ -446,10 +450,43 @@ def test_validation_accuracy_is_the_ensembles_on_the_denoised_validation_images(
     images = np.stack([load_image(pair.adversarial)[0] for pair in validation]).astype("float32")
     logits = np.mean([keras.ops.convert_to_numpy(get_model(name).build_classifier()(images)) for name in config.models],
                      axis=0)
-    expected = int(np.sum(logits.argmax(1) == np.array([pair.label0 for pair in validation])))
-    assert validation_accuracy(pairs_dir, identity, config) == (expected, len(validation))
+    expected = (logits.argmax(1) == np.array([pair.label0 for pair in validation])).tolist()
+    assert validation_outcomes(pairs_dir, identity, config) == list(zip(validation, expected))
     with pytest.raises(ValueError, match="no target models"):
-        validation_accuracy(pairs_dir, identity, _tiny(guidance=Guidance.PGD, models=()))
+        validation_outcomes(pairs_dir, identity, _tiny(guidance=Guidance.PGD, models=()))
+
+
+def _pair(attack: str, epsilon: int, name: str = "x") -> Pair:
+    return Pair(name, "train", 0, attack, epsilon, pathlib.Path("c.png"), pathlib.Path(f"{attack}{epsilon}{name}.png"))
+
+
+def test_bound_weighting_draws_a_pair_as_often_as_its_competition_bound():
+    pairs = [_pair("fgsm_ensemble", eps) for eps in (1, 4, 5, 8, 9, 12, 13, 16)]
+    assert weight_by_epsilon(pairs, "uniform") == pairs
+    weighted = weight_by_epsilon(pairs, "bound")
+    assert [weighted.count(pair) for pair in pairs] == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert [bound_of(eps) for eps in (1, 4, 5, 16, 17)] == [4, 4, 8, 16, 20]
+    with pytest.raises(ValueError, match="uniform"):
+        weight_by_epsilon(pairs, "linear")
+
+
+def test_training_pairs_are_weighted_and_validation_pairs_are_not(pairs_dir):
+    plain_train, plain_validation = fit_module._split(pairs_dir, _tiny(), False)
+    train, validation = fit_module._split(pairs_dir, _tiny(epsilon_weighting="bound"), False)
+    assert validation == plain_validation
+    assert sorted(train, key=str) == sorted(weight_by_epsilon(plain_train, "bound"), key=str)
+    assert len(train) > len(plain_train)
+
+
+def test_accuracy_by_bound_counts_every_pair_under_its_kind_and_all():
+    spec = PairSpec(source="s", models=(LITE0, ModelName.LITE1.value), attack_set="competition")
+    outcomes = [(_pair("ifgsm10_ensemble", 3), True), (_pair("ifgsm2_ensemble", 4), False),
+                (_pair("mifgsm10_ensemble", 16), False), (_pair("mifgsm10_ensemble", 14, "y"), True),
+                (_pair("noop", 7), True)]
+    counts = accuracy_by_bound(outcomes, spec.attacks())
+    assert list(counts) == ["all", "ifgsm", "mifgsm", "noop"]
+    assert counts["all"] == {4: (1, 2), 8: (1, 1), 16: (1, 2)}
+    assert counts["ifgsm"] == {4: (1, 2)} and counts["mifgsm"] == {16: (1, 2)} and counts["noop"] == {8: (1, 1)}
 
 
 class _FakeOptimizer:

@@ -24,7 +24,7 @@ import sys
 from hgd.cli import add_cluster_option, join_cluster, named_path, run_main
 from hgd.defenses.dunet import DTYPE_POLICIES
 from hgd.train.guidance import Guidance
-from hgd.train.pairs import ATTACK_SETS
+from hgd.train.pairs import ATTACK_SETS, EPSILON_WEIGHTINGS
 from hgd.zoo import ModelName
 
 
@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--learning-rate", type=float, default=1e-3)
     fit.add_argument("--final-learning-rate", type=float, default=1e-4)
     fit.add_argument("--patience", type=int, default=2, help="epochs without improvement before lowering the rate")
+    fit.add_argument("--epsilon-weighting", choices=EPSILON_WEIGHTINGS, default="uniform",
+                     help="how often a pair is drawn by its eps: uniform (as built, default) or bound (as often as "
+                          "its competition bound: eps 1-4 once ... 13-16 four times)")
     fit.add_argument("--holdout-classes", type=int, default=0, help="classes kept out of training (Table 5)")
     fit.add_argument("--adaptive-fraction", type=float, default=0.0,
                      help="share of every batch attacked afresh by PGD through the current denoiser (defense-aware "
@@ -105,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("pairs_dir", type=pathlib.Path, help="a folder made by `data`")
     validate.add_argument("weights", type=pathlib.Path, help="denoiser weights (.weights.h5)")
     validate.add_argument("--accuracy", action="store_true",
-                          help="also the ensemble's accuracy on the denoised validation images (a second pass)")
+                          help="also the ensemble's accuracy on the denoised validation images (a second pass), "
+                               "in total and by attack kind and competition eps bound")
     _run_arguments(validate, models)
     install = commands.add_parser("install", help="copy a run's best checkpoint to where a defense reads it")
     install.add_argument("run_dir", type=pathlib.Path, help="a `fit` run")
@@ -197,7 +201,8 @@ def _fit(args: argparse.Namespace) -> int:
                        init_weights=None if args.init_weights is None else str(args.init_weights.resolve()),
                        dtype_policy=args.dtype_policy,
                        teacher_weights=None if args.teacher is None else str(args.teacher.resolve()),
-                       teacher_width=args.teacher_width, batch_norm_batches=args.batch_norm_batches)
+                       teacher_width=args.teacher_width, batch_norm_batches=args.batch_norm_batches,
+                       epsilon_weighting=args.epsilon_weighting)
     state = fit(args.pairs_dir, args.run_dir, config, verbose=2 if args.no_progress else "auto",
                 built_only=args.built_only, placement=placement)
     print(f"{state.summary()} -> {args.run_dir / BEST_WEIGHTS}")
@@ -227,7 +232,8 @@ def _continue(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from hgd.train.fit import FitConfig, validation_accuracy, validation_loss
+    from hgd.train.fit import FitConfig, validation_loss, validation_outcomes
+    from hgd.train.pairs import accuracy_by_bound, read_plan
 
     config = FitConfig(guidance=Guidance(args.guidance), models=tuple(args.models), width=args.width,
                        lateral=not args.dae, batch_size=args.batch_size, validation_pairs=args.validation_pairs,
@@ -235,10 +241,23 @@ def _validate(args: argparse.Namespace) -> int:
     print(f"{args.weights}: validation loss {validation_loss(args.pairs_dir, args.weights, config):.5f} "
           f"({config.guidance.value}, {config.dtype_policy})")
     if args.accuracy:
-        correct, total = validation_accuracy(args.pairs_dir, args.weights, config)
-        print(f"{args.weights}: ensemble accuracy on the denoised validation images {correct}/{total} "
-              f"= {correct / total:.4f}")
+        outcomes = validation_outcomes(args.pairs_dir, args.weights, config)
+        correct = sum(right for _, right in outcomes)
+        print(f"{args.weights}: ensemble accuracy on the denoised validation images {correct}/{len(outcomes)} "
+              f"= {correct / len(outcomes):.4f}")
+        print(_bound_table(accuracy_by_bound(outcomes, read_plan(args.pairs_dir)[0].attacks())))
     return 0
+
+
+def _bound_table(counts: dict[str, dict[int, tuple[int, int]]]) -> str:
+    """Correct / pairs by attack kind (rows) and competition bound (columns), as Markdown."""
+    bounds = sorted({bound for cells in counts.values() for bound in cells})
+    lines = ["| attack kind | " + " | ".join(f"eps <= {bound}" for bound in bounds) + " |",
+             "|---|" + "---:|" * len(bounds)]
+    for group, cells in counts.items():
+        lines.append(f"| {group} | " + " | ".join(f"{cells[b][0]}/{cells[b][1]}" if b in cells else "-"
+                                                   for b in bounds) + " |")
+    return "\n".join(lines)
 
 
 def _install(args: argparse.Namespace) -> int:

@@ -52,7 +52,7 @@ from hgd.io.images import IMAGE_SIZE, load_image
 from hgd.train.adaptive import Adversary, SyncWeights, build_attacked_model
 from hgd.train.distributed import Placement
 from hgd.train.guidance import Guidance, guidance_loss
-from hgd.train.pairs import TRAIN, VALIDATION, Pair, read_pairs, read_plan
+from hgd.train.pairs import EPSILON_WEIGHTINGS, TRAIN, VALIDATION, Pair, read_pairs, read_plan, weight_by_epsilon
 from hgd.zoo import NUM_CLASSES, get_model
 
 log = logging.getLogger("hgd.train.fit")
@@ -102,6 +102,8 @@ class FitConfig:
             statistics to the mean of their values over this many batches of whole training images, always
             the same ones (:func:`statistics_pairs`, :func:`reestimate_batch_norm`); 0 keeps the moving
             averages of training. Checkpoints carry the statistics they were scored with.
+        epsilon_weighting: how often training draws a pair by its eps (:func:`hgd.train.pairs.weight_by_epsilon`:
+            ``uniform`` or ``bound``); validation and the BatchNorm statistics' pairs stay as built.
     """
 
     guidance: Guidance = Guidance.FGD
@@ -128,6 +130,7 @@ class FitConfig:
     teacher_weights: str | None = None
     teacher_width: float = 0.5
     batch_norm_batches: int = 0
+    epsilon_weighting: str = "uniform"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "guidance", Guidance(self.guidance))
@@ -150,6 +153,8 @@ class FitConfig:
             raise ValueError(f"dtype_policy must be one of {DTYPE_POLICIES}, got {self.dtype_policy!r}")
         if self.batch_norm_batches < 0:
             raise ValueError(f"batch_norm_batches must be >= 0, got {self.batch_norm_batches}")
+        if self.epsilon_weighting not in EPSILON_WEIGHTINGS:
+            raise ValueError(f"epsilon_weighting must be one of {EPSILON_WEIGHTINGS}, got {self.epsilon_weighting!r}")
         for name in ("width", "teacher_width"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -398,27 +403,28 @@ def validation_loss(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitC
     return float(model.evaluate(validation, verbose=0, callbacks=hooks))
 
 
-def validation_accuracy(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitConfig) -> tuple[int, int]:
-    """How many of the validation pairs :func:`validation_loss` scores the guiding models' ensemble classifies
-    right from their denoised adversarial images (the members' logits averaged, as the defense combines
-    them), and how many there are.
+def validation_outcomes(pairs_dir: pathlib.Path, weights: pathlib.Path,
+                        config: FitConfig) -> list[tuple[Pair, bool]]:
+    """The validation pairs :func:`validation_loss` scores, each with whether the guiding models' ensemble
+    classifies its denoised adversarial image right (the members' logits averaged, as the defense combines
+    them).
 
     Why beside the loss: the loss is what training lowers, the label is what the harness scores; on the
     training pool's validation pairs (never the test images) this says whether a lower loss is a better
-    defense.
+    defense, and, per pair, at which attacks and eps it is (:func:`hgd.train.pairs.accuracy_by_bound`).
     """
     model, validation, hooks = _validation(pairs_dir, weights, config)
     if not model.heads:
         raise ValueError(f"{config.guidance.value} runs no target models to classify with")
     for hook in hooks:
         hook.on_test_begin()
-    correct = 0
+    correct: list[bool] = []
     for k in range(len(validation)):
         inputs, labels = validation[k]
         denoised = model(inputs, training=False)
         logits = keras.ops.mean(keras.ops.stack([head(denoised, training=False)[1] for head in model.heads]), axis=0)
-        correct += int(np.sum(np.argmax(keras.ops.convert_to_numpy(logits), axis=-1) == labels))
-    return correct, len(validation.pairs)
+        correct += (np.argmax(keras.ops.convert_to_numpy(logits), axis=-1) == labels).tolist()
+    return list(zip(validation.pairs, correct))
 
 
 def _validation(pairs_dir: pathlib.Path, weights: pathlib.Path,
@@ -570,7 +576,8 @@ def _require_built(pairs_dir: pathlib.Path, pairs: Sequence[Pair], what: str) ->
 
 def _split(pairs_dir: pathlib.Path, config: FitConfig, built_only: bool,
            only: Sequence[Pair] | None = None) -> tuple[list[Pair], list[Pair]]:
-    """:func:`split_pairs` of the folder's plan, kept to its built pairs (``built_only``) or to ``only``."""
+    """:func:`split_pairs` of the folder's plan, kept to its built pairs (``built_only``) or to ``only``, the
+    training pairs weighted by ``config.epsilon_weighting``."""
     if only is None:
         _, built = read_pairs(pairs_dir, built_only=built_only)  # refuses an unfinished folder unless built_only
     else:
@@ -582,7 +589,7 @@ def _split(pairs_dir: pathlib.Path, config: FitConfig, built_only: bool,
     train, validation = [p for p in train if p in there], [p for p in validation if p in there]
     if not train or not validation:
         raise ValueError(f"{pairs_dir}: {len(train)} training and {len(validation)} validation pairs; need both")
-    return train, validation
+    return weight_by_epsilon(train, config.epsilon_weighting), validation
 
 
 def _claim(run_dir: pathlib.Path, config: FitConfig, write: bool = True) -> FitConfig:

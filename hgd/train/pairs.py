@@ -35,7 +35,7 @@ import json
 import logging
 import pathlib
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,10 @@ PAIRS_FILE = "pairs.csv"
 ADVERSARIAL_DIR = "adversarial"
 TRAIN, VALIDATION = "train", "val"
 PAIR_FIELDS = ("image", "split", "label0", "attack", "epsilon", "clean", "adversarial")
+EPSILON_WEIGHTINGS = ("uniform", "bound")
+"""How often training draws a pair by its eps (:func:`weight_by_epsilon`)."""
+BOUND_STEP = 4
+"""The competition's eps bounds are multiples of this (EVAL: 4, 8, 12, 16)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +170,43 @@ class Pair:
     epsilon: int
     clean: pathlib.Path
     adversarial: pathlib.Path
+
+
+def weight_by_epsilon(pairs: Sequence[Pair], weighting: str) -> list[Pair]:
+    """``pairs`` with each repeated as often as ``weighting`` draws it in training.
+
+    ``uniform``: once each, as built (eps drawn uniformly from 1..max_epsilon). ``bound``: as often as the
+    competition bound its eps falls under, in steps of :data:`BOUND_STEP` (eps 1-4 once, 5-8 twice, 9-12
+    three times, 13-16 four times). Why: the competition attacks at every bound alike, so an eps-16 attack
+    is a quarter of what a defense must undo, while eps drawn from 1..16 make eps 13-16 a quarter of the
+    pairs with most of them far below 16; and the harness shows the defense losing its images at the large
+    bounds. The attacks' shares stay as built in expectation (each attack's eps are drawn alike).
+    """
+    if weighting not in EPSILON_WEIGHTINGS:
+        raise ValueError(f"epsilon weighting must be one of {EPSILON_WEIGHTINGS}, got {weighting!r}")
+    if weighting == "uniform":
+        return list(pairs)
+    return [pair for pair in pairs for _ in range(bound_of(pair.epsilon) // BOUND_STEP)]
+
+
+def bound_of(epsilon: int) -> int:
+    """The competition bound ``epsilon`` falls under: the multiple of :data:`BOUND_STEP` at or above it."""
+    return -(-epsilon // BOUND_STEP) * BOUND_STEP
+
+
+def accuracy_by_bound(outcomes: Iterable[tuple[Pair, bool]],
+                      attacks: Sequence[TableAttack]) -> dict[str, dict[int, tuple[int, int]]]:
+    """(correct, pairs) by attack kind (``all`` first) and competition bound (:func:`bound_of`), from per-pair
+    outcomes such as :func:`hgd.train.fit.validation_outcomes`'; ``attacks``: the pair set's (their kinds)."""
+    kinds = {attack.name: attack.kind for attack in attacks}
+    counts: dict[str, dict[int, list[int]]] = collections.defaultdict(lambda: collections.defaultdict(lambda: [0, 0]))
+    for pair, correct in outcomes:
+        for group in ("all", kinds[pair.attack]):
+            cell = counts[group][bound_of(pair.epsilon)]
+            cell[0] += int(correct)
+            cell[1] += 1
+    return {group: {bound: (cell[0], cell[1]) for bound, cell in sorted(cells.items())}
+            for group, cells in counts.items()}
 
 
 def plan_pairs(images: Sequence[LabelledImage], spec: PairSpec, out_dir: pathlib.Path) -> list[Pair]:
