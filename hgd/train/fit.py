@@ -346,7 +346,9 @@ def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, ve
         log.info("%s: already finished (%s)", run_dir, state.finished)
         return state
     train_pairs, val_pairs = _split(pairs_dir, config, built_only, only)
-    log.info("%d training pairs, %d validation pairs scored per epoch", len(train_pairs), len(val_pairs))
+    log.info("%d training pairs%s, %d validation pairs scored per epoch", len(set(train_pairs)),
+             "" if config.epsilon_weighting == "uniform" else
+             f" ({len(train_pairs)} draws by epsilon_weighting {config.epsilon_weighting})", len(val_pairs))
     if placement.num_processes > 1:
         keras.utils.set_random_seed(config.seed)  # every process starts from the same fresh weights
     with placement.scope():  # TensorFlow: the model's variables mirrored over the devices
