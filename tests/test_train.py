@@ -439,21 +439,24 @@ def test_validation_with_reestimated_statistics_scores_the_weights_not_their_sta
 
 
 @pytest.mark.slow
-def test_validation_outcomes_are_the_ensembles_labels_on_the_denoised_validation_images(pairs_dir, tmp_path):
-    """A fresh DUNET is the identity: the outcomes are the models' own, computed apart, on the adversarial images."""
-    from hgd.train.fit import split_pairs, validation_outcomes
+def test_validation_scores_are_the_loss_and_the_ensembles_labels_on_the_denoised_validation_images(pairs_dir, tmp_path):
+    """A fresh DUNET is the identity: the labels are the models' own, computed apart, on the adversarial images;
+    the loss of the same pass is what ``validation_loss`` (Keras' evaluate) reports, BatchNorm re-estimation on."""
+    from hgd.train.fit import split_pairs, validation_loss, validation_scores
 
     identity = tmp_path / "identity.weights.h5"
     build_dunet(width=0.125).save_weights(identity)
-    config = _tiny(models=(LITE0, "efficientnet_lite1"), validation_pairs=4)
+    config = _tiny(models=(LITE0, "efficientnet_lite1"), validation_pairs=5, batch_norm_batches=1)
     _, validation = split_pairs(read_plan(pairs_dir)[1], config)
     images = np.stack([load_image(pair.adversarial)[0] for pair in validation]).astype("float32")
     logits = np.mean([keras.ops.convert_to_numpy(get_model(name).build_classifier()(images)) for name in config.models],
                      axis=0)
     expected = (logits.argmax(1) == np.array([pair.label0 for pair in validation])).tolist()
-    assert validation_outcomes(pairs_dir, identity, config) == list(zip(validation, expected))
+    loss, outcomes = validation_scores(pairs_dir, identity, config)
+    assert outcomes == list(zip(validation, expected))
+    assert loss == pytest.approx(validation_loss(pairs_dir, identity, config), rel=1e-5)
     with pytest.raises(ValueError, match="no target models"):
-        validation_outcomes(pairs_dir, identity, _tiny(guidance=Guidance.PGD, models=()))
+        validation_scores(pairs_dir, identity, _tiny(guidance=Guidance.PGD, models=()))
 
 
 def _pair(attack: str, epsilon: int, name: str = "x") -> Pair:

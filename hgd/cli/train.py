@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("pairs_dir", type=pathlib.Path, help="a folder made by `data`")
     validate.add_argument("weights", type=pathlib.Path, help="denoiser weights (.weights.h5)")
     validate.add_argument("--accuracy", action="store_true",
-                          help="also the ensemble's accuracy on the denoised validation images (a second pass), "
+                          help="also the ensemble's accuracy on the denoised validation images (in the same pass), "
                                "in total and by attack kind and competition eps bound")
     _run_arguments(validate, models)
     install = commands.add_parser("install", help="copy a run's best checkpoint to where a defense reads it")
@@ -232,16 +232,18 @@ def _continue(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from hgd.train.fit import FitConfig, validation_loss, validation_outcomes
+    from hgd.train.fit import FitConfig, validation_loss, validation_scores
     from hgd.train.pairs import accuracy_by_bound, read_plan
 
     config = FitConfig(guidance=Guidance(args.guidance), models=tuple(args.models), width=args.width,
                        lateral=not args.dae, batch_size=args.batch_size, validation_pairs=args.validation_pairs,
                        seed=args.seed, dtype_policy=args.dtype_policy, batch_norm_batches=args.batch_norm_batches)
-    print(f"{args.weights}: validation loss {validation_loss(args.pairs_dir, args.weights, config):.5f} "
-          f"({config.guidance.value}, {config.dtype_policy})")
+    if not args.accuracy:
+        loss = validation_loss(args.pairs_dir, args.weights, config)
+    else:
+        loss, outcomes = validation_scores(args.pairs_dir, args.weights, config)
+    print(f"{args.weights}: validation loss {loss:.5f} ({config.guidance.value}, {config.dtype_policy})")
     if args.accuracy:
-        outcomes = validation_outcomes(args.pairs_dir, args.weights, config)
         correct = sum(right for _, right in outcomes)
         print(f"{args.weights}: ensemble accuracy on the denoised validation images {correct}/{len(outcomes)} "
               f"= {correct / len(outcomes):.4f}")

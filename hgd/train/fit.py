@@ -405,28 +405,30 @@ def validation_loss(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitC
     return float(model.evaluate(validation, verbose=0, callbacks=hooks))
 
 
-def validation_outcomes(pairs_dir: pathlib.Path, weights: pathlib.Path,
-                        config: FitConfig) -> list[tuple[Pair, bool]]:
-    """The validation pairs :func:`validation_loss` scores, each with whether the guiding models' ensemble
+def validation_scores(pairs_dir: pathlib.Path, weights: pathlib.Path,
+                      config: FitConfig) -> tuple[float, list[tuple[Pair, bool]]]:
+    """:func:`validation_loss`, and each of its validation pairs with whether the guiding models' ensemble
     classifies its denoised adversarial image right (the members' logits averaged, as the defense combines
-    them).
+    them), in one pass over the pairs (the BatchNorm statistics re-estimated once).
 
-    Why beside the loss: the loss is what training lowers, the label is what the harness scores; on the
-    training pool's validation pairs (never the test images) this says whether a lower loss is a better
-    defense, and, per pair, at which attacks and eps it is (:func:`hgd.train.pairs.accuracy_by_bound`).
+    Why the labels beside the loss: the loss is what training lowers, the label is what the harness scores;
+    on the training pool's validation pairs (never the test images) this says whether a lower loss is a
+    better defense, and, per pair, at which attacks and eps it is (:func:`hgd.train.pairs.accuracy_by_bound`).
     """
     model, validation, hooks = _validation(pairs_dir, weights, config)
     if not model.heads:
         raise ValueError(f"{config.guidance.value} runs no target models to classify with")
     for hook in hooks:
         hook.on_test_begin()
-    correct: list[bool] = []
+    total, correct = 0.0, []
     for k in range(len(validation)):
         inputs, labels = validation[k]
         denoised = model(inputs, training=False)
+        loss = model.compute_loss(x=inputs, y=labels, y_pred=denoised, training=False)
+        total += float(keras.ops.convert_to_numpy(loss)) * len(labels)
         logits = keras.ops.mean(keras.ops.stack([head(denoised, training=False)[1] for head in model.heads]), axis=0)
         correct += (np.argmax(keras.ops.convert_to_numpy(logits), axis=-1) == labels).tolist()
-    return list(zip(validation.pairs, correct))
+    return total / len(correct), list(zip(validation.pairs, correct))
 
 
 def _validation(pairs_dir: pathlib.Path, weights: pathlib.Path,

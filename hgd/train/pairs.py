@@ -197,7 +197,7 @@ def bound_of(epsilon: int) -> int:
 def accuracy_by_bound(outcomes: Iterable[tuple[Pair, bool]],
                       attacks: Sequence[TableAttack]) -> dict[str, dict[int, tuple[int, int]]]:
     """(correct, pairs) by attack kind (``all`` first) and competition bound (:func:`bound_of`), from per-pair
-    outcomes such as :func:`hgd.train.fit.validation_outcomes`'; ``attacks``: the pair set's (their kinds)."""
+    outcomes such as :func:`hgd.train.fit.validation_scores`'; ``attacks``: the pair set's (their kinds)."""
     kinds = {attack.name: attack.kind for attack in attacks}
     counts: dict[str, dict[int, list[int]]] = collections.defaultdict(lambda: collections.defaultdict(lambda: [0, 0]))
     for pair, correct in outcomes:
