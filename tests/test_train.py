@@ -459,6 +459,24 @@ def test_validation_scores_are_the_loss_and_the_ensembles_labels_on_the_denoised
         validation_scores(pairs_dir, identity, _tiny(guidance=Guidance.PGD, models=()))
 
 
+@pytest.mark.slow
+def test_validate_cli_prints_the_loss_the_accuracy_and_the_table_by_bound(pairs_dir, tmp_path):
+    identity = tmp_path / "identity.weights.h5"
+    build_dunet(width=0.125).save_weights(identity)
+    result = subprocess.run([sys.executable, "-m", "hgd.cli.train", "validate", str(pairs_dir), str(identity),
+                             "--models", LITE0, "--width", "0.125", "--batch-size", "2", "--validation-pairs", "4",
+                             "--accuracy"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "validation loss" in lines[0] and "ensemble accuracy on the denoised validation images" in lines[1]
+    correct, total = (int(n) for n in lines[1].split()[-3].split("/"))
+    assert total == 4 and lines[2].startswith("| attack kind | eps <= ")
+    cells = [cell.strip() for cell in lines[4].strip("|").split("|")]
+    assert cells[0] == "all"
+    counts = [tuple(int(n) for n in cell.split("/")) for cell in cells[1:] if cell != "-"]
+    assert sum(c for c, _ in counts) == correct and sum(n for _, n in counts) == total
+
+
 def _pair(attack: str, epsilon: int, name: str = "x") -> Pair:
     return Pair(name, "train", 0, attack, epsilon, pathlib.Path("c.png"), pathlib.Path(f"{attack}{epsilon}{name}.png"))
 
