@@ -52,7 +52,7 @@ from hgd.io.images import IMAGE_SIZE, load_image
 from hgd.train.adaptive import Adversary, SyncWeights, build_attacked_model
 from hgd.train.distributed import Placement
 from hgd.train.guidance import Guidance, guidance_loss
-from hgd.train.pairs import EPSILON_WEIGHTINGS, TRAIN, VALIDATION, Pair, read_pairs, read_plan, weight_by_epsilon
+from hgd.train.pairs import TRAIN, VALIDATION, Pair, check_weighting, read_pairs, read_plan, weight_by_epsilon
 from hgd.zoo import NUM_CLASSES, get_model
 
 log = logging.getLogger("hgd.train.fit")
@@ -153,8 +153,7 @@ class FitConfig:
             raise ValueError(f"dtype_policy must be one of {DTYPE_POLICIES}, got {self.dtype_policy!r}")
         if self.batch_norm_batches < 0:
             raise ValueError(f"batch_norm_batches must be >= 0, got {self.batch_norm_batches}")
-        if self.epsilon_weighting not in EPSILON_WEIGHTINGS:
-            raise ValueError(f"epsilon_weighting must be one of {EPSILON_WEIGHTINGS}, got {self.epsilon_weighting!r}")
+        check_weighting(self.epsilon_weighting)
         for name in ("width", "teacher_width"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

@@ -181,11 +181,16 @@ def weight_by_epsilon(pairs: Sequence[Pair], weighting: str) -> list[Pair]:
     its images at the large bounds; this spends more of the training there (eps 13-16: 40 % of the draws
     instead of 25 %). The attacks' shares stay as built in expectation (each attack's eps are drawn alike).
     """
-    if weighting not in EPSILON_WEIGHTINGS:
-        raise ValueError(f"epsilon weighting must be one of {EPSILON_WEIGHTINGS}, got {weighting!r}")
-    if weighting == "uniform":
+    if check_weighting(weighting) == "uniform":
         return list(pairs)
     return [pair for pair in pairs for _ in range(bound_of(pair.epsilon) // BOUND_STEP)]
+
+
+def check_weighting(weighting: str) -> str:
+    """``weighting`` if it is one of :data:`EPSILON_WEIGHTINGS`, else a ValueError naming them."""
+    if weighting not in EPSILON_WEIGHTINGS:
+        raise ValueError(f"epsilon_weighting must be one of {EPSILON_WEIGHTINGS}, got {weighting!r}")
+    return weighting
 
 
 def bound_of(epsilon: int) -> int:
