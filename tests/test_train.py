@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -264,7 +265,8 @@ def test_config_validation_and_round_trip():
     assert FitConfig.from_json(config.to_json()) == config
     assert len(config.heldout()) == 250 and config.heldout() == _tiny(holdout_classes=250).heldout()
     for bad in ({"crop": 16}, {"batch_size": 0}, {"models": ()}, {"models": ("resnet_9000",)},
-                {"epsilon_weighting": "linear"}):
+                {"epsilon_weighting": "linear"}, {"selection": "labels"},
+                {"selection": "accuracy", "guidance": Guidance.PGD, "models": ()}):
         with pytest.raises(ValueError):
             _tiny(**bad)
     assert _tiny(guidance=Guidance.PGD, models=()).models == ()
@@ -312,7 +314,7 @@ def test_a_teacher_sets_the_training_loss_and_validation_keeps_the_guidance(tmp_
 @pytest.mark.slow
 def test_a_distilled_student_moves_towards_its_teacher(pairs_dir, tmp_path):
     teacher_weights = _random_teacher(tmp_path / "teacher.weights.h5")
-    config = _tiny(teacher_weights=teacher_weights, teacher_width=0.125, steps_per_epoch=4, learning_rate=1e-2)
+    config = _tiny(teacher_weights=teacher_weights, teacher_width=0.125, steps_per_epoch=4, learning_rate=1e-3)
     state = fit(pairs_dir, tmp_path / "run", config, verbose=0)
     assert state.epoch == 1
     model = build_training_model(config)
@@ -541,6 +543,68 @@ def test_checkpointer_lowers_the_rate_on_plateau_then_stops(tmp_path, max_hours,
     assert rates == [1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-4]
     assert state.best_val_loss == 0.5 and state.finished.startswith("validation loss plateaued")
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 6
+
+
+def test_selection_by_accuracy_rates_the_labels_first_and_the_loss_on_a_tie():
+    from hgd.train.fit import improves
+
+    assert improves("accuracy", (0.40, 0.71), (0.30, 0.70))  # more labels right, at a higher loss
+    assert not improves("accuracy", (0.20, 0.69), (0.30, 0.70))
+    assert improves("accuracy", (0.29, 0.70), (0.30, 0.70)) and not improves("accuracy", (0.31, 0.70), (0.30, 0.70))
+    assert improves("accuracy", (0.29, None), (0.30, 0.70))  # a side without labels: the loss alone
+    assert improves("loss", (0.29, 0.60), (0.30, 0.70)) and not improves("loss", (0.31, 0.90), (0.30, 0.70))
+    assert improves("accuracy", (0.9, 0.1), (float("inf"), None))  # the first epoch beats no epoch
+    assert RunState(best_val_loss=0.31, initial_val_loss=0.30, best_val_accuracy=0.8,
+                    initial_val_accuracy=0.7).beats_start("accuracy")
+    assert not RunState(initial_val_loss=0.30, initial_val_accuracy=0.7).beats_start("accuracy")  # no epoch yet
+
+
+def test_checkpointer_by_accuracy_keeps_the_most_labels_and_counts_its_patience_on_them(tmp_path):
+    config = _tiny(patience=2, max_epochs=10, selection="accuracy", learning_rate=1e-4)
+    state = RunState(learning_rate=config.learning_rate)
+    checkpointer = fit_module.Checkpointer(tmp_path, config, state, PairBatches(_noop_pairs(2), 2, crop=32,
+                                                                                 shuffle=True, seed=0))
+    checkpointer.set_model(_FakeModel())
+    # the loss falls throughout; the labels peak at epoch 2
+    for epoch, (val_loss, accuracy) in enumerate([(0.5, 0.6), (0.4, 0.8), (0.3, 0.7), (0.45, 0.8), (0.2, 0.9)]):
+        checkpointer.on_epoch_begin(epoch)
+        checkpointer.on_epoch_end(epoch, {"loss": 1.0, "val_loss": val_loss, "val_ensemble_accuracy": accuracy})
+        if state.finished:
+            break
+    assert (state.best_val_loss, state.best_val_accuracy, state.epoch) == (0.4, 0.8, 4)
+    assert state.finished.startswith("validation accuracy plateaued")  # epoch 3 fewer, 4 as many at a higher loss
+    history = (tmp_path / "history.csv").read_text().splitlines()
+    assert history[0].endswith(",val_accuracy") and [line.split(",")[-1] for line in history[1:]] == \
+        ["0.60000", "0.80000", "0.70000", "0.80000"]
+
+
+def test_a_run_history_from_before_the_accuracy_column_gets_it(tmp_path):
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,learning_rate,loss,val_loss,seconds,cpu_seconds\n1,0.001,0.5,0.4,10.0,9.0\n")
+    fit_module._append_history(history, [2, 0.001, 0.45, 0.35, 10.0, 9.0, "0.70000"])
+    with open(history, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["epoch"], r["val_accuracy"]) for r in rows] == [("1", ""), ("2", "0.70000")]
+
+
+def test_a_committed_history_from_before_the_accuracy_column_reads_and_grows(tmp_path):
+    from hgd.train import continued
+
+    history = tmp_path / "d.csv"
+    old = continued.HISTORY_FIELDS[:-1]
+    history.write_text(",".join(old) + "\n" + "1,0,0,0,0.00000,0.00000,,,0.30000\n")
+    assert continued.read_history(history)[0]["val_accuracy"] == ""
+    run = tmp_path / "run"
+    run.mkdir()
+    fit_module._append_history(run / "history.csv", [1, 0.001, 0.5, 0.29, 36.0, 36.0, "0.71000"])
+    state = RunState(epoch=1, best_val_loss=0.29, initial_val_loss=0.30, initial_val_accuracy=0.7)
+    continued._append_chunk(history, 2, run, state, batch_size=16, steps_per_epoch=40)
+    rows = continued.read_history(history)
+    assert history.read_text().splitlines()[0] == ",".join(continued.HISTORY_FIELDS)
+    assert [(r["chunk"], r["epoch"], r["val_accuracy"]) for r in rows] == \
+        [("1", "0", ""), ("2", "0", "0.70000"), ("2", "1", "0.71000")]
+    continued.plot_history(history, tmp_path / "d.png")  # the accuracy panel shows the chunks that scored it
+    assert (tmp_path / "d.png").stat().st_size > 10_000
 
 
 def test_fit_runs_on_the_jax_backend(pairs_dir, tmp_path):
@@ -955,15 +1019,19 @@ def test_a_chunk_installs_its_best_only_if_it_beats_the_start_float32_while_smal
     installed = tmp_path / "installed.weights.h5"
     installed.write_bytes(b"old")
     worse = RunState(epoch=2, best_val_loss=0.31, initial_val_loss=0.30)
-    assert not continued._install_if_better(tmp_path / "run", worse, installed)
+    assert not continued._install_if_better(tmp_path / "run", worse, installed, "loss")
+    assert installed.read_bytes() == b"old"
+    # by the labels: a lower loss with fewer labels right is no better
+    fewer = RunState(epoch=2, best_val_loss=0.29, initial_val_loss=0.30, best_val_accuracy=0.6, initial_val_accuracy=0.7)
+    assert not continued._install_if_better(tmp_path / "run", fewer, installed, "accuracy")
     assert installed.read_bytes() == b"old"
     better = RunState(epoch=2, best_val_loss=0.29, initial_val_loss=0.30)
-    assert continued._install_if_better(tmp_path / "run", better, installed)
+    assert continued._install_if_better(tmp_path / "run", better, installed, "loss")
     assert installed.read_bytes() == (tmp_path / "run" / "best.weights.h5").read_bytes()  # float32, unrounded
     big = continued.FLOAT32_LIMIT_BYTES
     try:
         continued.FLOAT32_LIMIT_BYTES = 1000  # a file over the limit is stored float16
-        assert continued._install_if_better(tmp_path / "run", better, installed)
+        assert continued._install_if_better(tmp_path / "run", better, installed, "loss")
     finally:
         continued.FLOAT32_LIMIT_BYTES = big
     assert installed.stat().st_size < 0.8 * (tmp_path / "run" / "best.weights.h5").stat().st_size
@@ -1027,11 +1095,15 @@ def test_continue_training_script_appends_to_the_committed_history(tmp_path):
 @pytest.mark.slow
 def test_validation_loss_of_a_checkpoint_is_what_its_run_reported(pairs_dir, tmp_path):
     """`hgd.train validate` scores any weights on a run's validation pairs: the run's best checkpoint gets the
-    run's best validation loss back, and the bfloat16 policy moves it only a little."""
-    from hgd.train.fit import validation_loss
+    run's best validation loss and accuracy back, and the bfloat16 policy moves the loss only a little."""
+    from hgd.train.fit import validation_loss, validation_scores
 
-    state = fit(pairs_dir, tmp_path / "run", _tiny(), verbose=0)
+    config = _tiny(validation_pairs=5)
+    state = fit(pairs_dir, tmp_path / "run", config, verbose=0)
     best = tmp_path / "run" / "best.weights.h5"
-    assert validation_loss(pairs_dir, best, _tiny()) == pytest.approx(state.best_val_loss, rel=1e-5)
-    rounded = validation_loss(pairs_dir, best, _tiny(dtype_policy="mixed_bfloat16"))
+    assert validation_loss(pairs_dir, best, config) == pytest.approx(state.best_val_loss, rel=1e-5)
+    _, outcomes = validation_scores(pairs_dir, best, config)
+    assert state.best_val_accuracy == pytest.approx(np.mean([right for _, right in outcomes]))
+    assert state.initial_val_accuracy is not None
+    rounded = validation_loss(pairs_dir, best, _tiny(validation_pairs=5, dtype_policy="mixed_bfloat16"))
     assert rounded == pytest.approx(state.best_val_loss, rel=0.05)

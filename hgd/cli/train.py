@@ -23,6 +23,7 @@ import sys
 
 from hgd.cli import add_cluster_option, join_cluster, named_path, run_main
 from hgd.defenses.dunet import DTYPE_POLICIES
+from hgd.train.fit import SELECTIONS
 from hgd.train.guidance import Guidance
 from hgd.train.pairs import ATTACK_SETS, EPSILON_WEIGHTINGS
 from hgd.zoo import ModelName
@@ -65,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--epsilon-weighting", choices=EPSILON_WEIGHTINGS, default="uniform",
                      help="how often a pair is drawn by its eps: uniform (as built, default) or bound (as often as "
                           "its competition bound: eps 1-4 once ... 13-16 four times)")
+    fit.add_argument("--selection", choices=SELECTIONS, default="loss",
+                     help="what makes an epoch the best: loss (the lowest validation loss, default) or accuracy "
+                          "(the most validation labels right by the guiding models' ensemble, the loss breaking ties)")
     fit.add_argument("--holdout-classes", type=int, default=0, help="classes kept out of training (Table 5)")
     fit.add_argument("--adaptive-fraction", type=float, default=0.0,
                      help="share of every batch attacked afresh by PGD through the current denoiser (defense-aware "
@@ -202,7 +206,7 @@ def _fit(args: argparse.Namespace) -> int:
                        dtype_policy=args.dtype_policy,
                        teacher_weights=None if args.teacher is None else str(args.teacher.resolve()),
                        teacher_width=args.teacher_width, batch_norm_batches=args.batch_norm_batches,
-                       epsilon_weighting=args.epsilon_weighting)
+                       epsilon_weighting=args.epsilon_weighting, selection=args.selection)
     state = fit(args.pairs_dir, args.run_dir, config, verbose=2 if args.no_progress else "auto",
                 built_only=args.built_only, placement=placement)
     print(f"{state.summary()} -> {args.run_dir / BEST_WEIGHTS}")

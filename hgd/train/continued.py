@@ -11,8 +11,9 @@ trained in chunks (``python -m hgd.cli.train continue``). A chunk
    recipe's ``continue`` options, for at most ``max_hours``, checkpointed every epoch (a killed
    chunk resumes from its last epoch when rerun), at the learning rate the last chunk ended with, or
    the recipe's final rate if that is higher (a fresh Adam: its state is not committed),
-3. installs the chunk's best checkpoint over those weights if its validation loss beats theirs
-   (measured by the same chunk on the same validation pairs before its first step), stored float32
+3. installs the chunk's best checkpoint over those weights if it beats theirs by the recipe's
+   ``selection`` (validation loss, or labels: measured by the same chunk on the same validation pairs
+   before its first step), stored float32
    when the file is at most :data:`FLOAT32_LIMIT_BYTES`, else float16,
 4. appends the chunk's epochs to a history CSV kept beside the results and redraws its plot.
 
@@ -20,8 +21,8 @@ trained in chunks (``python -m hgd.cli.train continue``). A chunk
 chunk leaves when its validation loss plateaus still trains (the next chunk, on the next pair slice).
 
 Committing the weights and the history is then all that carries the training to the next machine.
-The shipped checkpoint is chosen by the validation loss on the training pool's validation pairs,
-never by the test images' scores.
+The shipped checkpoint is chosen on the training pool's validation pairs (their loss or their labels, by
+the recipe's ``selection``), never by the test images' scores.
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ MIN_CHUNK_HOURS = 0.25
 """:func:`continue_chunks` starts a further chunk only with this much wall time left: its validation pass
 before the first step and one epoch take about that on a 2-core CPU."""
 
-HISTORY_FIELDS = ("chunk", "epoch", "steps", "images", "hours", "cpu_hours", "learning_rate", "loss", "val_loss")
-"""The committed history: one row per epoch; ``epoch`` 0 is the chunk's starting weights' validation loss;
-``steps``, ``images``, ``hours`` and ``cpu_hours`` count from the first chunk."""
+HISTORY_FIELDS = ("chunk", "epoch", "steps", "images", "hours", "cpu_hours", "learning_rate", "loss", "val_loss",
+                  "val_accuracy")
+"""The committed history: one row per epoch; ``epoch`` 0 is the chunk's starting weights' validation scores;
+``steps``, ``images``, ``hours`` and ``cpu_hours`` count from the first chunk; ``val_accuracy`` is empty
+for the chunks from before it was scored."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +101,7 @@ def continue_training(config_path: pathlib.Path, source: pathlib.Path, work_dir:
                  f", on training-pair slice {(chunk - 1) % recipe.pair_slices + 1} of {recipe.pair_slices}"
                  if sliced else "")
         state = fit(pairs_dir, run_dir, config, verbose="auto" if progress else 2, only=only, placement=placement)
-        installed = placement.writes and _install_if_better(run_dir, state, job.spec.weights)
+        installed = placement.writes and _install_if_better(run_dir, state, job.spec.weights, config.selection)
         if history is not None and placement.writes:
             _append_chunk(history, chunk, run_dir, state, config.batch_size, config.steps_per_epoch)
             plot_history(history, history.with_suffix(".png"))
@@ -172,10 +175,10 @@ def _starting_rate(history: pathlib.Path | None, config: FitConfig) -> float:
     return max(rates[-1], config.final_learning_rate) if rates else config.learning_rate
 
 
-def _install_if_better(run_dir: pathlib.Path, state: RunState, weights: pathlib.Path) -> bool:
-    """The chunk's best checkpoint over ``weights`` if it beats them on the validation pairs."""
+def _install_if_better(run_dir: pathlib.Path, state: RunState, weights: pathlib.Path, selection: str) -> bool:
+    """The chunk's best checkpoint over ``weights`` if it beats them on the validation pairs by ``selection``."""
     best = run_dir / BEST_WEIGHTS
-    if state.initial_val_loss is None or not best.is_file() or state.best_val_loss >= state.initial_val_loss:
+    if not best.is_file() or not state.beats_start(selection):
         log.warning("%s: no epoch beat the starting weights (%s); %s unchanged", run_dir, state.summary(), weights)
         return False
     install(best, weights, float16=best.stat().st_size > FLOAT32_LIMIT_BYTES)
@@ -183,12 +186,14 @@ def _install_if_better(run_dir: pathlib.Path, state: RunState, weights: pathlib.
 
 
 def read_history(path: pathlib.Path) -> list[dict[str, str]]:
-    """The rows of a committed history CSV (checked against :data:`HISTORY_FIELDS`)."""
+    """The rows of a committed history CSV (checked against :data:`HISTORY_FIELDS`; one written before
+    ``val_accuracy`` was a column reads with it empty)."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != HISTORY_FIELDS:
+        columns = tuple(reader.fieldnames or ())
+        if columns not in (HISTORY_FIELDS, HISTORY_FIELDS[:-1]):
             raise ValueError(f"{path}: columns {reader.fieldnames}, expected {list(HISTORY_FIELDS)}")
-        return list(reader)
+        return [{"val_accuracy": "", **row} for row in reader]
 
 
 def _append_chunk(path: pathlib.Path, chunk: int, run_dir: pathlib.Path, state: RunState, batch_size: int,
@@ -202,7 +207,8 @@ def _append_chunk(path: pathlib.Path, chunk: int, run_dir: pathlib.Path, state: 
     last = rows[-1] if rows else {"steps": 0, "images": 0, "hours": 0.0, "cpu_hours": 0.0}
     steps, images = int(last["steps"]), int(last["images"])
     hours, cpu_hours = float(last["hours"]), float(last["cpu_hours"])
-    new = [[chunk, 0, steps, images, f"{hours:.5f}", f"{cpu_hours:.5f}", "", "", f"{state.initial_val_loss:.5f}"]]
+    new = [[chunk, 0, steps, images, f"{hours:.5f}", f"{cpu_hours:.5f}", "", "", f"{state.initial_val_loss:.5f}",
+            "" if state.initial_val_accuracy is None else f"{state.initial_val_accuracy:.5f}"]]
     with open(run_dir / HISTORY_FILE, newline="") as f:
         for epoch in csv.DictReader(f):
             steps += steps_per_epoch
@@ -210,7 +216,8 @@ def _append_chunk(path: pathlib.Path, chunk: int, run_dir: pathlib.Path, state: 
             hours += float(epoch["seconds"]) / 3600
             cpu_hours += float(epoch["cpu_seconds"]) / 3600
             new.append([chunk, int(epoch["epoch"]), steps, images, f"{hours:.5f}", f"{cpu_hours:.5f}",
-                        epoch["learning_rate"], f"{float(epoch['loss']):.5f}", f"{float(epoch['val_loss']):.5f}"])
+                        epoch["learning_rate"], f"{float(epoch['loss']):.5f}", f"{float(epoch['val_loss']):.5f}",
+                        epoch.get("val_accuracy") or ""])
 
     def write(f) -> None:
         writer = csv.writer(f)
@@ -222,23 +229,31 @@ def _append_chunk(path: pathlib.Path, chunk: int, run_dir: pathlib.Path, state: 
 
 
 def plot_history(path: pathlib.Path, out: pathlib.Path) -> None:
-    """Validation loss against CPU-hours of training, one colour per chunk (its start marked)."""
+    """Validation loss against CPU-hours of training, one colour per chunk (its start marked), and below it
+    the validation accuracy of the chunks that scored it."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     rows = read_history(path)
-    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    scored = any(row["val_accuracy"] for row in rows)
+    figure, axes = plt.subplots(2 if scored else 1, 1, sharex=True, squeeze=False,
+                                figsize=(6.4, 6.4 if scored else 4.0))
     for chunk in sorted({int(row["chunk"]) for row in rows}):
         mine = [row for row in rows if int(row["chunk"]) == chunk]
-        axis.plot([float(r["cpu_hours"]) for r in mine], [float(r["val_loss"]) for r in mine], marker="o",
-                  markevery=[0], label=f"chunk {chunk}")
-    axis.set_xlabel("CPU-hours of training (all chunks)")
-    axis.set_ylabel("validation loss (FGD)")
-    axis.set_title(f"{path.stem}: each chunk starts (marked) from the weights the one before installed",
-                   fontsize=9)
-    axis.legend(fontsize=8)
+        line, = axes[0, 0].plot([float(r["cpu_hours"]) for r in mine], [float(r["val_loss"]) for r in mine],
+                                marker="o", markevery=[0], label=f"chunk {chunk}")
+        if scored and all(r["val_accuracy"] for r in mine):
+            axes[1, 0].plot([float(r["cpu_hours"]) for r in mine], [float(r["val_accuracy"]) for r in mine],
+                            marker="o", markevery=[0], color=line.get_color())
+    axes[-1, 0].set_xlabel("CPU-hours of training (all chunks)")
+    axes[0, 0].set_ylabel("validation loss (FGD)")
+    if scored:
+        axes[1, 0].set_ylabel("validation accuracy (ensemble)")
+    axes[0, 0].set_title(f"{path.stem}: each chunk starts (marked) from the weights the one before installed",
+                         fontsize=9)
+    axes[0, 0].legend(fontsize=8, ncol=2)
     figure.tight_layout()
     figure.savefig(out, dpi=120)
     plt.close(figure)

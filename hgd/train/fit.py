@@ -4,7 +4,9 @@ Only the denoiser trains; the target models are frozen and run in inference mode
 BatchNorm uses its ImageNet statistics), and gradients flow through them into the denoiser.
 The recipe (paper section 4.2): Adam at ``learning_rate``
 until the validation loss stops improving for ``patience`` epochs, then ``final_learning_rate``
-until it stops again; the checkpoint with the lowest validation loss is the result.
+until it stops again; the checkpoint with the lowest validation loss is the result. A run may choose its
+checkpoints by the validation labels instead (``selection="accuracy"``): how many denoised validation
+adversarial images the guiding models' ensemble classifies right, the loss breaking ties.
 
 Cheaper than the paper on purpose, both measured in ``docs/results/paper-tables.md``: a width multiplier for
 the DUNET and random square crops of the 299 images for training (the same crop and horizontal
@@ -21,8 +23,8 @@ Everything lives in one run folder (outside the checkout)::
     config.json         the FitConfig (resuming with another one is refused)
     state.json          epoch, learning rate, best validation loss, plateau count, hours spent
     last.weights.h5     the denoiser after the last finished epoch (+ optimizer.npz: Adam's moments)
-    best.weights.h5     the denoiser with the lowest validation loss: the result
-    history.csv         one row per epoch (wall and process CPU seconds included)
+    best.weights.h5     the denoiser the selection rule rates best: the result
+    history.csv         one row per epoch (wall and process CPU seconds, validation accuracy included)
 
 An epoch is ``steps_per_epoch`` batches (default: one pass over the training pairs), so a long
 pass can be cut into checkpointed pieces; successive epochs walk through successive shuffles of
@@ -59,7 +61,11 @@ log = logging.getLogger("hgd.train.fit")
 
 CONFIG_FILE, STATE_FILE, HISTORY_FILE = "config.json", "state.json", "history.csv"
 LAST_WEIGHTS, BEST_WEIGHTS, OPTIMIZER_FILE = "last.weights.h5", "best.weights.h5", "optimizer.npz"
-HISTORY_FIELDS = ("epoch", "learning_rate", "loss", "val_loss", "seconds", "cpu_seconds")
+HISTORY_FIELDS = ("epoch", "learning_rate", "loss", "val_loss", "seconds", "cpu_seconds", "val_accuracy")
+SELECTIONS = ("loss", "accuracy")
+"""What rates a checkpoint (:attr:`FitConfig.selection`)."""
+ACCURACY_METRIC = "ensemble_accuracy"
+"""The share of a batch's denoised adversarial images the guiding models' ensemble classifies right."""
 # Options that may change between the sessions of one run: how long to go on, where the starting
 # weights were read from (only the first session reads them; a checkout moves between sessions), and
 # the DUNET body's precision (checkpoints are float32 under every policy; the next session's machine
@@ -104,6 +110,10 @@ class FitConfig:
             averages of training. Checkpoints carry the statistics they were scored with.
         epsilon_weighting: how often training draws a pair by its eps (:func:`hgd.train.pairs.weight_by_epsilon`:
             ``uniform`` or ``bound``); validation and the BatchNorm statistics' pairs stay as built.
+        selection: what makes an epoch the best so far, and what the patience counts (:func:`improves`):
+            ``loss`` (the paper's: the lowest validation loss) or ``accuracy`` (the most validation labels
+            right, the loss breaking ties). Why the labels: late in training the loss stopped tracking them
+            (``docs/results/training.md``), and the labels are what a defense is scored on.
     """
 
     guidance: Guidance = Guidance.FGD
@@ -131,6 +141,7 @@ class FitConfig:
     teacher_width: float = 0.5
     batch_norm_batches: int = 0
     epsilon_weighting: str = "uniform"
+    selection: str = "loss"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "guidance", Guidance(self.guidance))
@@ -154,6 +165,10 @@ class FitConfig:
         if self.batch_norm_batches < 0:
             raise ValueError(f"batch_norm_batches must be >= 0, got {self.batch_norm_batches}")
         check_weighting(self.epsilon_weighting)
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.selection == "accuracy" and not self.models:
+            raise ValueError("selection 'accuracy' needs guiding target models to classify with")
         for name in ("width", "teacher_width"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -183,12 +198,37 @@ class RunState:
     hours: float = 0.0
     finished: str = ""  # why training stopped, once it has
     initial_val_loss: float | None = None  # the starting denoiser's (untrained or init_weights): the bar to clear
+    best_val_accuracy: float | None = None  # the best epoch's (None: the run scores no labels)
+    initial_val_accuracy: float | None = None
 
     def summary(self) -> str:
         """One line for a person: where the run stands."""
         start = "" if self.initial_val_loss is None else f" (at the start: {self.initial_val_loss:.5f})"
+        if self.best_val_accuracy is not None:
+            start += f", its validation accuracy {self.best_val_accuracy:.4f}"
+            if self.initial_val_accuracy is not None:
+                start += f" (at the start: {self.initial_val_accuracy:.4f})"
         return (f"epoch {self.epoch}, best validation loss {self.best_val_loss:.5f}{start}, {self.hours:.2f} h"
                 f"{'; finished: ' + self.finished if self.finished else ''}")
+
+    def beats_start(self, selection: str) -> bool:
+        """Whether the best epoch improves on the starting denoiser by ``selection`` (the bar to install)."""
+        if self.initial_val_loss is None or math.isinf(self.best_val_loss):
+            return False
+        return improves(selection, (self.best_val_loss, self.best_val_accuracy),
+                        (self.initial_val_loss, self.initial_val_accuracy))
+
+
+def improves(selection: str, new: tuple[float, float | None], old: tuple[float, float | None]) -> bool:
+    """Whether validation scores ``new`` = (loss, accuracy) beat ``old`` by ``selection`` (:data:`SELECTIONS`).
+
+    ``accuracy``: more labels right, or as many at a lower loss; a side without an accuracy (a run that
+    scored none, e.g. one resumed from before the labels were scored) is rated by the loss alone.
+    """
+    (loss, accuracy), (old_loss, old_accuracy) = new, old
+    if selection == "accuracy" and accuracy is not None and old_accuracy is not None and accuracy != old_accuracy:
+        return accuracy > old_accuracy
+    return loss < old_loss
 
 
 class PairBatches(keras.utils.PyDataset):
@@ -268,6 +308,8 @@ class DenoiserTraining(keras.Model):
         self.denoiser, self.normalize, self.heads, self.guidance = denoiser, normalize, list(heads), guidance
         self.teacher = teacher
         self.weights_attached = False
+        # the denoised images' ensemble labels, in every step (the heads' inference: a few % of a step at most)
+        self.ensemble_accuracy = keras.metrics.SparseCategoricalAccuracy(name=ACCURACY_METRIC) if heads else None
         for frozen in [*self.heads, *([teacher] if teacher is not None else [])]:
             frozen.trainable = False
 
@@ -292,11 +334,21 @@ class DenoiserTraining(keras.Model):
         return self.denoiser(self.normalize(inputs["adversarial"]), training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training: bool = True):
-        """The guidance loss; in training steps with a teacher, the pixel loss against its output instead."""
+        """The guidance loss; in training steps with a teacher, the pixel loss against its output instead.
+
+        It also counts the denoised images' ensemble labels (:data:`ACCURACY_METRIC`): here, not in
+        ``compute_metrics``, because JAX runs that without the model's weights (the heads could not run).
+        """
+        if self.ensemble_accuracy is not None:
+            self.ensemble_accuracy.update_state(y, self.ensemble_logits(y_pred))
         if training and self.teacher is not None:
             taught = keras.ops.stop_gradient(self.teacher(self.normalize(x["adversarial"]), training=False))
             return replica_share(guidance_loss(Guidance.PGD, y_pred, taught, y, ()))
         return replica_share(guidance_loss(self.guidance, y_pred, self.normalize(x["clean"]), y, self.heads))
+
+    def ensemble_logits(self, denoised):
+        """The guiding models' mean logits for normalized denoised images."""
+        return keras.ops.mean(keras.ops.stack([head(denoised, training=False)[1] for head in self.heads]), axis=0)
 
 
 def build_training_model(config: FitConfig) -> DenoiserTraining:
@@ -367,9 +419,10 @@ def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, ve
     if config.batch_norm_batches:
         hooks.append(BatchNormStatistics(model, _built_statistics_pairs(pairs_dir, config), config))
     if state.epoch == 0 and state.initial_val_loss is None:
-        state.initial_val_loss = float(model.evaluate(validation, verbose=0, callbacks=hooks))
-        log.info("validation loss of the starting denoiser (%s): %.5f", config.init_weights or "untrained",
-                 state.initial_val_loss)
+        scores = model.evaluate(validation, verbose=0, callbacks=hooks, return_dict=True)
+        state.initial_val_loss, state.initial_val_accuracy = float(scores["loss"]), _accuracy(scores)
+        log.info("validation loss of the starting denoiser (%s): %.5f%s", config.init_weights or "untrained",
+                 state.initial_val_loss, _accuracy_note(state.initial_val_accuracy))
         if placement.writes:
             _save_state(run_dir, state)
     checkpointer = Checkpointer(run_dir, config, state, train, writes=placement.writes)
@@ -425,7 +478,7 @@ def validation_scores(pairs_dir: pathlib.Path, weights: pathlib.Path,
         denoised = model(inputs, training=False)
         loss = model.compute_loss(x=inputs, y=labels, y_pred=denoised, training=False)
         total += float(keras.ops.convert_to_numpy(loss)) * len(labels)
-        logits = keras.ops.mean(keras.ops.stack([head(denoised, training=False)[1] for head in model.heads]), axis=0)
+        logits = model.ensemble_logits(denoised)
         correct += (np.argmax(keras.ops.convert_to_numpy(logits), axis=-1) == labels).tolist()
     return total / len(correct), list(zip(validation.pairs, correct))
 
@@ -504,10 +557,10 @@ class Checkpointer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         seconds, cpu_seconds = time.monotonic() - self._started, time.process_time() - self._cpu_started
         state, config = self.state, self.config
-        val_loss = float(logs["val_loss"])
+        val_loss, val_accuracy = float(logs["val_loss"]), _accuracy(logs, "val_")
         denoiser = self.model.denoiser
-        if val_loss < state.best_val_loss:
-            state.best_val_loss, state.epochs_without_improvement = val_loss, 0
+        if improves(config.selection, (val_loss, val_accuracy), (state.best_val_loss, state.best_val_accuracy)):
+            state.best_val_loss, state.best_val_accuracy, state.epochs_without_improvement = val_loss, val_accuracy, 0
             if self.writes:
                 _save_weights(denoiser, self.run_dir / BEST_WEIGHTS)
         else:
@@ -515,14 +568,15 @@ class Checkpointer(keras.callbacks.Callback):
         if self.writes:
             _append_history(self.run_dir / HISTORY_FILE,
                             [epoch + 1, state.learning_rate, float(logs["loss"]), val_loss, round(seconds, 1),
-                             round(cpu_seconds, 1)])
-        log.info("epoch %d: loss %.5f, val_loss %.5f (best %.5f), lr %g, %.0f s", epoch + 1, logs["loss"], val_loss,
-                 state.best_val_loss, state.learning_rate, seconds)
+                             round(cpu_seconds, 1), "" if val_accuracy is None else f"{val_accuracy:.5f}"])
+        log.info("epoch %d: loss %.5f, val_loss %.5f%s (best %.5f%s by %s), lr %g, %.0f s", epoch + 1, logs["loss"],
+                 val_loss, _accuracy_note(val_accuracy), state.best_val_loss, _accuracy_note(state.best_val_accuracy),
+                 config.selection, state.learning_rate, seconds)
         if state.epochs_without_improvement >= config.patience:
             if state.learning_rate > config.final_learning_rate:
                 state.learning_rate, state.epochs_without_improvement = config.final_learning_rate, 0
             else:
-                state.finished = f"validation loss plateaued at the final learning rate (epoch {epoch + 1})"
+                state.finished = f"validation {config.selection} plateaued at the final learning rate (epoch {epoch + 1})"
         state.epoch, state.hours = epoch + 1, state.hours + seconds / 3600
         if not state.finished and config.max_hours is not None and state.hours >= config.max_hours:
             state.finished = f"reached max_hours={config.max_hours} ({state.hours:.2f} h)"
@@ -658,10 +712,26 @@ def _restore(run_dir: pathlib.Path, model: DenoiserTraining, init_weights: str |
     log.info("resumed from %s", run_dir / LAST_WEIGHTS)
 
 
+def _accuracy(logs: dict, prefix: str = "") -> float | None:
+    """The :data:`ACCURACY_METRIC` of Keras' ``logs`` (``None``: a run without guiding models scores none)."""
+    value = logs.get(prefix + ACCURACY_METRIC)
+    return None if value is None else float(value)
+
+
+def _accuracy_note(accuracy: float | None) -> str:
+    return "" if accuracy is None else f", accuracy {accuracy:.4f}"
+
+
 def _append_history(path: pathlib.Path, row: list) -> None:
-    new = not path.is_file()
-    with open(path, "a", newline="") as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(HISTORY_FIELDS)
-        writer.writerow(row)
+    """One epoch's row; a history begun before the last column was added gets the new header, its rows an
+    empty last column (a run resumed across versions)."""
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    if rows and tuple(rows[0]) == HISTORY_FIELDS:
+        with open(path, "a", newline="") as f:
+            csv.writer(f).writerow(row)
+        return
+    padded = [old + [""] * (len(HISTORY_FIELDS) - len(old)) for old in rows[1:]]
+    write_atomically(path, "w", lambda f: csv.writer(f).writerows([HISTORY_FIELDS, *padded, row]))
