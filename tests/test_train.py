@@ -479,6 +479,27 @@ def test_validate_cli_prints_the_loss_the_accuracy_and_the_table_by_bound(pairs_
     assert sum(c for c, _ in counts) == correct and sum(n for _, n in counts) == total
 
 
+@pytest.mark.slow
+def test_validation_saves_the_weights_with_the_statistics_it_scored_them_with(pairs_dir, tmp_path):
+    """`validate --batch-norm-batches N --save FILE`: FILE scores, as it stands, what the weights scored with their
+    statistics re-estimated; the identity's statistics (mean 0, variance 1) did move."""
+    from hgd.train.fit import validation_loss
+
+    identity, saved = tmp_path / "identity.weights.h5", tmp_path / "saved.weights.h5"
+    build_dunet(width=0.125).save_weights(identity)
+    config = _tiny(validation_pairs=4, batch_norm_batches=2)
+    loss = validation_loss(pairs_dir, identity, config, save=saved)
+    assert validation_loss(pairs_dir, saved, _tiny(validation_pairs=4)) == pytest.approx(loss, rel=1e-5)
+    fresh, calibrated = build_dunet(width=0.125), build_dunet(width=0.125)
+    fresh.load_weights(identity)
+    calibrated.load_weights(saved)
+    moved = [not np.allclose(a.numpy(), b.numpy()) for a, b in zip(fresh.non_trainable_weights,
+                                                                   calibrated.non_trainable_weights)]
+    assert moved and all(moved)
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(fresh.trainable_weights,
+                                                                   calibrated.trainable_weights))
+
+
 def _pair(attack: str, epsilon: int, name: str = "x") -> Pair:
     return Pair(name, "train", 0, attack, epsilon, pathlib.Path("c.png"), pathlib.Path(f"{attack}{epsilon}{name}.png"))
 

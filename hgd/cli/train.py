@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--accuracy", action="store_true",
                           help="also the ensemble's accuracy on the denoised validation images (in the same pass), "
                                "in total and by attack kind and competition eps bound")
+    validate.add_argument("--save", type=pathlib.Path, default=None,
+                          help="also write the weights with the BatchNorm statistics they were scored with (those "
+                               "re-estimated by --batch-norm-batches): e.g. to install better-estimated statistics")
     _run_arguments(validate, models)
     install = commands.add_parser("install", help="copy a run's best checkpoint to where a defense reads it")
     install.add_argument("run_dir", type=pathlib.Path, help="a `fit` run")
@@ -243,15 +246,17 @@ def _validate(args: argparse.Namespace) -> int:
                        lateral=not args.dae, batch_size=args.batch_size, validation_pairs=args.validation_pairs,
                        seed=args.seed, dtype_policy=args.dtype_policy, batch_norm_batches=args.batch_norm_batches)
     if not args.accuracy:
-        loss = validation_loss(args.pairs_dir, args.weights, config)
+        loss = validation_loss(args.pairs_dir, args.weights, config, save=args.save)
     else:
-        loss, outcomes = validation_scores(args.pairs_dir, args.weights, config)
+        loss, outcomes = validation_scores(args.pairs_dir, args.weights, config, save=args.save)
     print(f"{args.weights}: validation loss {loss:.5f} ({config.guidance.value}, {config.dtype_policy})")
     if args.accuracy:
         correct = sum(right for _, right in outcomes)
         print(f"{args.weights}: ensemble accuracy on the denoised validation images {correct}/{len(outcomes)} "
               f"= {correct / len(outcomes):.4f}")
         print(_bound_table(accuracy_by_bound(outcomes, read_plan(args.pairs_dir)[0].attacks())))
+    if args.save is not None:
+        print(f"{args.weights} with the statistics it was scored with -> {args.save}")
     return 0
 
 

@@ -445,20 +445,22 @@ def _whole_batches(pairs: list[Pair], batch_size: int, placement: Placement) -> 
     return pairs[:kept]
 
 
-def validation_loss(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitConfig) -> float:
+def validation_loss(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitConfig,
+                    save: pathlib.Path | None = None) -> float:
     """The loss of ``config`` for the denoiser ``weights`` on the validation pairs a run of ``config`` scores.
 
     What ``fit`` reports as ``val_loss``, for any checkpoint: e.g. one trained in ``mixed_bfloat16`` scored in
     ``float32`` (``config.dtype_policy``), so runs validated under different policies compare on one scale.
     With ``config.batch_norm_batches`` the BatchNorm statistics are re-estimated first, on the same images as
-    ``fit`` re-estimates them on (:func:`statistics_pairs`).
+    ``fit`` re-estimates them on (:func:`statistics_pairs`); ``save`` keeps the weights with the statistics they
+    were scored with (what a checkpoint of ``fit`` holds).
     """
-    model, validation, hooks = _validation(pairs_dir, weights, config)
-    return float(model.evaluate(validation, verbose=0, callbacks=hooks))
+    model, validation = _validation(pairs_dir, weights, config, save)
+    return float(model.evaluate(validation, verbose=0, return_dict=True)["loss"])
 
 
-def validation_scores(pairs_dir: pathlib.Path, weights: pathlib.Path,
-                      config: FitConfig) -> tuple[float, list[tuple[Pair, bool]]]:
+def validation_scores(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitConfig,
+                      save: pathlib.Path | None = None) -> tuple[float, list[tuple[Pair, bool]]]:
     """:func:`validation_loss`, and each of its validation pairs with whether the guiding models' ensemble
     classifies its denoised adversarial image right (the members' logits averaged, as the defense combines
     them), in one pass over the pairs (the BatchNorm statistics re-estimated once).
@@ -467,11 +469,9 @@ def validation_scores(pairs_dir: pathlib.Path, weights: pathlib.Path,
     on the training pool's validation pairs (never the test images) this says whether a lower loss is a
     better defense, and, per pair, at which attacks and eps it is (:func:`hgd.train.pairs.accuracy_by_bound`).
     """
-    model, validation, hooks = _validation(pairs_dir, weights, config)
-    if not model.heads:
+    if not config.models:
         raise ValueError(f"{config.guidance.value} runs no target models to classify with")
-    for hook in hooks:
-        hook.on_test_begin()
+    model, validation = _validation(pairs_dir, weights, config, save)
     total, correct = 0.0, []
     for k in range(len(validation)):
         inputs, labels = validation[k]
@@ -483,21 +483,21 @@ def validation_scores(pairs_dir: pathlib.Path, weights: pathlib.Path,
     return total / len(correct), list(zip(validation.pairs, correct))
 
 
-def _validation(pairs_dir: pathlib.Path, weights: pathlib.Path,
-                config: FitConfig) -> tuple[DenoiserTraining, PairBatches, list[keras.callbacks.Callback]]:
-    """The compiled model of ``config`` with the denoiser ``weights``, its validation batches and the hooks
-    to run before scoring them (the BatchNorm statistics' re-estimation)."""
+def _validation(pairs_dir: pathlib.Path, weights: pathlib.Path, config: FitConfig,
+                save: pathlib.Path | None) -> tuple[DenoiserTraining, PairBatches]:
+    """The compiled model of ``config`` with the denoiser ``weights``, its BatchNorm statistics re-estimated as
+    ``config`` asks (then saved to ``save``, if given), and its validation batches."""
     plan = read_plan(pairs_dir)[1]
     _, val_pairs = split_pairs(plan, config)
     _require_built(pairs_dir, val_pairs, "validation pairs")
     model = build_training_model(dataclasses.replace(config, teacher_weights=None))  # validation runs no teacher
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     model.denoiser.load_weights(weights)
-    validation = PairBatches(val_pairs, config.batch_size, crop=None, shuffle=False, seed=config.seed)
-    hooks: list[keras.callbacks.Callback] = []
     if config.batch_norm_batches:
-        hooks.append(BatchNormStatistics(model, _built_statistics_pairs(pairs_dir, config), config))
-    return model, validation, hooks
+        BatchNormStatistics(model, _built_statistics_pairs(pairs_dir, config), config).on_test_begin()
+    if save is not None:
+        _save_weights(model.denoiser, save)
+    return model, PairBatches(val_pairs, config.batch_size, crop=None, shuffle=False, seed=config.seed)
 
 
 def reestimate_batch_norm(denoiser: keras.Model, inputs: Iterable[np.ndarray]) -> None:
