@@ -790,7 +790,7 @@ def test_adaptive_profile_trains_the_shipped_denoiser_against_defense_aware_exam
 
 def test_distilled_profile_learns_from_the_shipped_denoiser_and_is_scored_as_its_chunks_are(tmp_path):
     """defense/profiles/lite_distilled.json: a width-0.25 student of the shipped denoiser, selected on the
-    shipped chunks' validation pairs by their loss, so its numbers and the shipped ones compare."""
+    shipped chunks' validation pairs as they are, so its numbers and the shipped ones compare."""
     shipped, distilled = (load_recipe(path) for path in (REPO / "defense" / "config.json",
                                                           REPO / "defense" / "profiles" / "lite_distilled.json"))
     (job,), (shipped_job,) = distilled.jobs, shipped.jobs
@@ -799,7 +799,7 @@ def test_distilled_profile_learns_from_the_shipped_denoiser_and_is_scored_as_its
     assert job.name != shipped_job.name  # its own weights file and history
     assert distilled.pairs.folder(tmp_path) == shipped.continue_pairs.folder(tmp_path)  # the chunks' pairs, built once
     assert distilled.continue_pairs == shipped.continue_pairs and distilled.pair_slices == shipped.pair_slices
-    for field in ("guidance", "models", "validation_pairs", "batch_norm_batches", "seed", "batch_size"):
+    for field in ("guidance", "models", "validation_pairs", "batch_norm_batches", "selection", "seed", "batch_size"):
         assert getattr(job.continued, field) == getattr(shipped_job.continued, field), field
     assert job.continued.teacher_weights == job.config.teacher_weights  # the chunks go on distilling
 
