@@ -6,8 +6,9 @@
 # Each chunk rebuilds its training pairs if WORK_DIR lacks them (seeded: the same on every machine; the
 # recipe's pair_slices 3 build a third of the competition set per chunk, the whole set took 1 h 21 min
 # on two cores), trains with the 'continue' options of defense/config.json's recipe until its
-# validation loss plateaus (checkpointed every epoch; rerun the same command after a kill to resume the
-# chunk), installs its best checkpoint if its validation loss beats the committed weights', and
+# validation score plateaus (checkpointed every epoch; rerun the same command after a kill to resume the
+# chunk), installs its best checkpoint if it beats the committed weights by the recipe's selection (the
+# ensemble's labels on the pool's validation pairs, the loss breaking ties), and
 # appends itself to docs/results/training/NAME.csv (+ NAME.png). The next chunk (up to CHUNKS, on the
 # next pair slice) then goes on from what it installed while a quarter hour of HOURS, counted in wall
 # time from the start, is left; each chunk trains at most the hours left when it starts (its pair
