@@ -996,6 +996,27 @@ def test_chunks_go_on_from_the_installed_weights_and_append_one_history(small_so
 
 
 @pytest.mark.slow
+def test_a_chunk_selecting_by_accuracy_records_the_labels_and_installs_by_them(small_source, tmp_path):
+    """selection 'accuracy' (the shipped recipe's): the history's val_accuracy is the run's, epoch 0's the start's,
+    and the chunk installs exactly when its best epoch gets more labels right (or as many at a lower loss)."""
+    from hgd.train import continued
+
+    config = _continuable_defense(tmp_path / "defense", {"max_epochs": 2, "selection": "accuracy",
+                                                         "validation_pairs": 4})
+    weights = tmp_path / "defense" / "weights" / "d.weights.h5"
+    before = weights.read_bytes()
+    (result,) = continued.continue_training(config, small_source, tmp_path / "work", max_hours=1.0,
+                                            history_dir=tmp_path / "history", progress=False)
+    state = result.state
+    rows = continued.read_history(tmp_path / "history" / "d.csv")
+    accuracies = [float(r["val_accuracy"]) for r in rows]
+    assert accuracies[0] == pytest.approx(state.initial_val_accuracy, abs=1e-5)
+    assert state.best_val_accuracy == pytest.approx(max(accuracies[1:]), abs=1e-5)
+    assert all(a * 4 == pytest.approx(round(a * 4)) for a in accuracies)  # shares of the 4 validation pairs
+    assert result.installed == state.beats_start("accuracy") == (weights.read_bytes() != before)
+
+
+@pytest.mark.slow
 def test_chunks_follow_one_another_while_a_quarter_hour_is_left(small_source, tmp_path):
     """A chunk that ends early leaves the session's time to the next one; with too little time left, none starts."""
     from hgd.train import continued
