@@ -277,6 +277,9 @@ def test_only_the_denoiser_trains():
     trainable = {id(v) for v in model.trainable_variables}
     assert trainable == {id(v) for v in model.denoiser.trainable_variables}
     assert len(model.heads) == 2 and not any(head.trainable for head in model.heads)
+    # a pixel-loss run selecting by the labels runs the heads to count them, and only then
+    assert build_training_model(_tiny(guidance=Guidance.PGD, selection="accuracy")).ensemble_accuracy is not None
+    assert build_training_model(_tiny(guidance=Guidance.PGD)).heads == []
 
 
 def _random_teacher(path: pathlib.Path, width: float = 0.125) -> str:

@@ -359,8 +359,8 @@ def build_training_model(config: FitConfig) -> DenoiserTraining:
     normalize = (targets[0] if targets else get_model("efficientnet_lite0")).normalize()
     if targets:
         shared_normalization([Member(t) for t in targets])
-    attacked = config.guidance.needs_models or config.adaptive_fraction > 0
-    heads = [t.build_from_normalized(None, guide=True) for t in targets] if attacked else []
+    needs_heads = config.guidance.needs_models or config.adaptive_fraction > 0 or config.selection == "accuracy"
+    heads = [t.build_from_normalized(None, guide=True) for t in targets] if needs_heads else []
     denoiser = build_dunet(width=config.width, lateral=config.lateral, dtype_policy=config.dtype_policy)
     return DenoiserTraining(denoiser, normalize, heads, config.guidance, teacher=_teacher(config),
                             name=f"{config.guidance.value}_training")
@@ -469,9 +469,9 @@ def validation_scores(pairs_dir: pathlib.Path, weights: pathlib.Path, config: Fi
     on the training pool's validation pairs (never the test images) this says whether a lower loss is a
     better defense, and, per pair, at which attacks and eps it is (:func:`hgd.train.pairs.accuracy_by_bound`).
     """
-    if not config.models:
-        raise ValueError(f"{config.guidance.value} runs no target models to classify with")
     model, validation = _validation(pairs_dir, weights, config, save)
+    if not model.heads:
+        raise ValueError(f"{config.guidance.value} runs no target models to classify with")
     total, correct = 0.0, []
     for k in range(len(validation)):
         inputs, labels = validation[k]
