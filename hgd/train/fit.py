@@ -308,7 +308,7 @@ class DenoiserTraining(keras.Model):
         self.denoiser, self.normalize, self.heads, self.guidance = denoiser, normalize, list(heads), guidance
         self.teacher = teacher
         self.weights_attached = False
-        # the denoised images' ensemble labels, in every step (the heads' inference: a few % of a step at most)
+        # the denoised images' ensemble labels (the heads' inference: a few % of an FGD step)
         self.ensemble_accuracy = keras.metrics.SparseCategoricalAccuracy(name=ACCURACY_METRIC) if heads else None
         for frozen in [*self.heads, *([teacher] if teacher is not None else [])]:
             frozen.trainable = False
@@ -337,11 +337,13 @@ class DenoiserTraining(keras.Model):
         """The guidance loss; in training steps with a teacher, the pixel loss against its output instead.
 
         It also counts the denoised images' ensemble labels (:data:`ACCURACY_METRIC`): here, not in
-        ``compute_metrics``, because JAX runs that without the model's weights (the heads could not run).
+        ``compute_metrics``, because JAX runs that without the model's weights (the heads could not run);
+        not in a distillation step, whose point is to run no classifier (its training accuracy reads 0).
         """
-        if self.ensemble_accuracy is not None:
+        distilling = training and self.teacher is not None
+        if self.ensemble_accuracy is not None and not distilling:
             self.ensemble_accuracy.update_state(y, self.ensemble_logits(y_pred))
-        if training and self.teacher is not None:
+        if distilling:
             taught = keras.ops.stop_gradient(self.teacher(self.normalize(x["adversarial"]), training=False))
             return replica_share(guidance_loss(Guidance.PGD, y_pred, taught, y, ()))
         return replica_share(guidance_loss(self.guidance, y_pred, self.normalize(x["clean"]), y, self.heads))
