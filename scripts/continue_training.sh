@@ -10,9 +10,9 @@
 # chunk), installs its best checkpoint if it beats the committed weights by the recipe's selection (the
 # ensemble's labels on the pool's validation pairs, the loss breaking ties), and
 # appends itself to docs/results/training/NAME.csv (+ NAME.png). The next chunk (up to CHUNKS, on the
-# next pair slice) then goes on from what it installed while a quarter hour of HOURS, counted in wall
-# time from the start, is left; each chunk trains at most the hours left when it starts (its pair
-# building comes on top). Commit defense/weights/ and docs/results/training/
+# next pair slice) then goes on from what it installed while HOURS, counted in wall time from the start,
+# still holds the last chunk's start-up and longest epoch; no epoch starts that would pass HOURS (the
+# first chunk's start-up and first epoch come on top). Commit defense/weights/ and docs/results/training/
 # afterwards: that is all the next machine needs to go on.
 # Run it at the lowest priority beside other work: nice -n 19 scripts/continue_training.sh 2
 # Environment: POOL (clean labelled folder, default ../shared/datasets/imagenet_pool); PYTHON; CHUNKS

@@ -569,6 +569,40 @@ def test_checkpointer_lowers_the_rate_on_plateau_then_stops(tmp_path, max_hours,
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 6
 
 
+def test_a_run_starts_no_epoch_that_would_pass_its_hours(tmp_path, monkeypatch):
+    """Epochs of 0.4 h under max_hours 1: two fit, a third would end at 1.2 h, so the run stops at 0.8 h; the
+    stop holds when the run is resumed with the same limit, and a raised limit lets it go on."""
+    clock = iter(range(0, 10**6, 1440))  # every call 1440 s later: an epoch (begin to end) takes 0.4 h
+    monkeypatch.setattr(fit_module.time, "monotonic", lambda: float(next(clock)))
+    config = _tiny(patience=5, max_epochs=10, max_hours=1.0)
+    state = RunState(learning_rate=config.learning_rate)
+    checkpointer = fit_module.Checkpointer(tmp_path, config, state, PairBatches(_noop_pairs(2), 2, crop=32,
+                                                                                 shuffle=True, seed=0))
+    checkpointer.set_model(_FakeModel())
+    for epoch in range(3):
+        checkpointer.on_epoch_begin(epoch)
+        checkpointer.on_epoch_end(epoch, {"loss": 1.0, "val_loss": 1.0 - epoch / 10})
+        if state.finished:
+            break
+    assert state.epoch == 2 and state.hours == pytest.approx(0.8) and state.last_epoch_hours == pytest.approx(0.4)
+    assert state.finished.startswith("reached max_hours=1.0: another epoch as long as the last (0.40 h)")
+    assert fit_module._load_state(tmp_path, config).finished == state.finished
+    assert fit_module._load_state(tmp_path, _tiny(max_epochs=10, max_hours=1.3)).finished == ""
+
+
+def test_a_further_chunk_needs_the_last_ones_start_and_longest_epoch():
+    from hgd.train.continued import MIN_CHUNK_HOURS, ChunkResult, _chunk_needs
+
+    def chunk(hours: float, last: float) -> ChunkResult:
+        return ChunkResult(job=None, chunk=1, state=RunState(hours=hours, last_epoch_hours=last), installed=False)
+
+    start_up, needed = _chunk_needs([chunk(1.0, 0.3)], wall_hours=1.2)
+    assert start_up == pytest.approx(0.2) and needed == pytest.approx(0.5)
+    assert _chunk_needs([chunk(0.1, 0.05)], wall_hours=0.12)[1] == MIN_CHUNK_HOURS  # never under the floor
+    assert _chunk_needs([chunk(2.0, 0.3)], wall_hours=1.0)[0] == 0.0  # a resumed chunk's hours outrun its wall
+    assert _chunk_needs([chunk(0.5, 0.1), chunk(0.5, 0.4)], wall_hours=1.5)[1] == pytest.approx(0.9)
+
+
 def test_selection_by_accuracy_rates_the_labels_first_and_the_loss_on_a_tie():
     from hgd.train.fit import improves
 

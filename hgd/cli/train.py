@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--crop", type=int, default=None, help="train on random crops of this side (default: 299)")
     fit.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the pairs")
     fit.add_argument("--max-epochs", type=int, default=30)
-    fit.add_argument("--max-hours", type=float, default=None, help="stop after this many hours of training")
+    fit.add_argument("--max-hours", type=float, default=None,
+                     help="stop after this many hours of training (no epoch starts that would pass them)")
     fit.add_argument("--learning-rate", type=float, default=1e-3)
     fit.add_argument("--final-learning-rate", type=float, default=1e-4)
     fit.add_argument("--patience", type=int, default=2, help="epochs without improvement before lowering the rate")
@@ -99,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
                                "(the 'continue' section of its recipe); each installs its result if it is better")
     _recipe_arguments(more)
     more.add_argument("--max-hours", type=float, required=True,
-                      help="train at most this long (checked per epoch); with --chunks, wall time for all of them")
+                      help="train at most this long (no epoch starts that, as long as the last, would pass it); "
+                           "with --chunks, wall time for all of them")
     more.add_argument("--chunks", type=int, default=1,
                       help="chunks one after another within --max-hours: the next starts where one plateaus "
                            "(default 1)")

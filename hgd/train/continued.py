@@ -49,8 +49,8 @@ FLOAT32_LIMIT_BYTES = 12 * 2**20
 """Installed weights stay float32 (no rounding between chunks) while the file is at most this big."""
 
 MIN_CHUNK_HOURS = 0.25
-""":func:`continue_chunks` starts a further chunk only with this much wall time left: its validation pass
-before the first step and one epoch take about that on a 2-core CPU."""
+""":func:`continue_chunks` starts a further chunk only with at least this much wall time left, and only
+with as much as the chunk before took to start (pairs, its first validation pass) plus its longest epoch."""
 
 HISTORY_FIELDS = ("chunk", "epoch", "steps", "images", "hours", "cpu_hours", "learning_rate", "loss", "val_loss",
                   "val_accuracy")
@@ -115,12 +115,14 @@ def continue_chunks(config_path: pathlib.Path, source: pathlib.Path, work_dir: p
     """Up to ``chunks`` chunks of :func:`continue_training`, each from what the one before installed.
 
     ``max_hours`` is wall time from the start: each chunk trains at most the hours left when it starts
-    (its pair building comes on top, as for one chunk), so later chunks shrink to fit a session's budget.
+    (the first chunk's pair building comes on top), so later chunks shrink to fit a session's budget.
 
     Why: a chunk ends when its validation loss plateaus, often an hour into a session; the next chunk goes
-    on, on the next pair slice, instead of leaving the cores idle. A further chunk starts only with
-    :data:`MIN_CHUNK_HOURS` left; the first always starts. Several chunks need the history (it numbers
-    them) and one process (processes' clocks could disagree about starting another).
+    on, on the next pair slice, instead of leaving the cores idle. A further chunk starts only when what
+    is left holds what the chunk before took to start plus its longest epoch (and :data:`MIN_CHUNK_HOURS`),
+    and trains for what is left after such a start: an epoch cut short is lost, and the session's
+    measurements need the time after. The first always starts. Several chunks need the history (it
+    numbers them) and one process (processes' clocks could disagree about starting another).
     """
     if chunks < 1:
         raise ValueError(f"chunks must be at least 1, got {chunks}")
@@ -130,14 +132,26 @@ def continue_chunks(config_path: pathlib.Path, source: pathlib.Path, work_dir: p
         raise ValueError(f"several chunks need one process, not {placement.num_processes}: run one chunk per job")
     deadline = time.monotonic() + max_hours * 3600
     results: list[ChunkResult] = []
+    start_up, needed = 0.0, MIN_CHUNK_HOURS
     for _ in range(chunks):
-        left = (deadline - time.monotonic()) / 3600
-        if results and left < MIN_CHUNK_HOURS:
-            log.info("%.2f h left, under the %.2f h a further chunk needs: stopping", left, MIN_CHUNK_HOURS)
+        started = time.monotonic()
+        left = (deadline - started) / 3600
+        if results and left < needed:
+            log.info("%.2f h left, under the %.2f h a further chunk needs: stopping", left, needed)
             break
-        results += continue_training(config_path, source, work_dir, max_hours=left if results else max_hours,
-                                     history_dir=history_dir, progress=progress, placement=placement)
+        chunk = continue_training(config_path, source, work_dir, max_hours=left - start_up if results else max_hours,
+                                  history_dir=history_dir, progress=progress, placement=placement)
+        results += chunk
+        start_up, needed = _chunk_needs(chunk, (time.monotonic() - started) / 3600)
     return results
+
+
+def _chunk_needs(chunk: Sequence[ChunkResult], wall_hours: float) -> tuple[float, float]:
+    """The hours a chunk like ``chunk`` (which took ``wall_hours``) spends before its first epoch, and the
+    least a further one needs: that start plus the longest last epoch, at least :data:`MIN_CHUNK_HOURS`."""
+    start_up = max(0.0, wall_hours - sum(result.state.hours for result in chunk))
+    epoch = max((result.state.last_epoch_hours for result in chunk), default=0.0)
+    return start_up, max(MIN_CHUNK_HOURS, start_up + epoch)
 
 
 def chunk_pairs(plan: Sequence[Pair], *, config: FitConfig, slices: int, chunk: int) -> list[Pair]:
