@@ -244,7 +244,8 @@ def _append_chunk(path: pathlib.Path, chunk: int, run_dir: pathlib.Path, state: 
 
 def plot_history(path: pathlib.Path, out: pathlib.Path) -> None:
     """Validation loss against CPU-hours of training, one colour per chunk (its start marked), and below it
-    the validation accuracy of the chunks that scored it."""
+    the validation accuracy of the chunks that scored it; the legend beside the axes, so that it hides no
+    chunk however many there are."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,12 +253,13 @@ def plot_history(path: pathlib.Path, out: pathlib.Path) -> None:
 
     rows = read_history(path)
     scored = any(row["val_accuracy"] for row in rows)
-    figure, axes = plt.subplots(2 if scored else 1, 1, sharex=True, squeeze=False,
-                                figsize=(6.4, 6.4 if scored else 4.0))
-    for chunk in sorted({int(row["chunk"]) for row in rows}):
+    figure, axes = plt.subplots(2 if scored else 1, 1, sharex=True, squeeze=False, layout="constrained",
+                                figsize=(8.0, 6.4 if scored else 4.0))
+    colours = plt.get_cmap("tab20")
+    for i, chunk in enumerate(sorted({int(row["chunk"]) for row in rows})):
         mine = [row for row in rows if int(row["chunk"]) == chunk]
         line, = axes[0, 0].plot([float(r["cpu_hours"]) for r in mine], [float(r["val_loss"]) for r in mine],
-                                marker="o", markevery=[0], label=f"chunk {chunk}")
+                                marker="o", markevery=[0], label=f"chunk {chunk}", color=colours(i % colours.N))
         if scored and all(r["val_accuracy"] for r in mine):
             axes[1, 0].plot([float(r["cpu_hours"]) for r in mine], [float(r["val_accuracy"]) for r in mine],
                             marker="o", markevery=[0], color=line.get_color())
@@ -267,7 +269,6 @@ def plot_history(path: pathlib.Path, out: pathlib.Path) -> None:
         axes[1, 0].set_ylabel("validation accuracy (ensemble)")
     axes[0, 0].set_title(f"{path.stem}: each chunk starts (marked) from the weights the one before installed",
                          fontsize=9)
-    axes[0, 0].legend(fontsize=8, ncol=2)
-    figure.tight_layout()
+    figure.legend(loc="outside right upper", fontsize=8, ncol=1 if len(axes[0, 0].lines) <= 24 else 2)
     figure.savefig(out, dpi=120)
     plt.close(figure)
