@@ -581,8 +581,8 @@ class Checkpointer(keras.callbacks.Callback):
                 state.learning_rate, state.epochs_without_improvement = config.final_learning_rate, 0
             else:
                 state.finished = f"validation {config.selection} plateaued at the final learning rate (epoch {epoch + 1})"
-        state.epoch, state.hours = epoch + 1, state.hours + seconds / 3600
         state.last_epoch_hours = seconds / 3600
+        state.epoch, state.hours = epoch + 1, state.hours + state.last_epoch_hours
         if not state.finished:
             state.finished = _out_of_hours(config.max_hours, state)
         if self.writes:
