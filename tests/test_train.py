@@ -33,6 +33,7 @@ from hgd.train.pairs import (
     read_pairs,
     read_plan,
     table1_attacks,
+    weight_by_attack,
     weight_by_epsilon,
 )
 from hgd.io.datasets import read_dataset
@@ -261,11 +262,12 @@ def _tiny(**changes) -> FitConfig:
 
 
 def test_config_validation_and_round_trip():
-    config = _tiny(holdout_classes=250)
+    config = _tiny(holdout_classes=250, attack_weights={"mifgsm": 3})
     assert FitConfig.from_json(config.to_json()) == config
     assert len(config.heldout()) == 250 and config.heldout() == _tiny(holdout_classes=250).heldout()
     for bad in ({"crop": 16}, {"batch_size": 0}, {"models": ()}, {"models": ("resnet_9000",)},
-                {"epsilon_weighting": "linear"}, {"selection": "labels"},
+                {"epsilon_weighting": "linear"}, {"selection": "labels"}, {"attack_weights": {"pgd": 2}},
+                {"attack_weights": {"mifgsm": 0}}, {"attack_weights": {"mifgsm": 1.5}},
                 {"selection": "accuracy", "guidance": Guidance.PGD, "models": ()}):
         with pytest.raises(ValueError):
             _tiny(**bad)
@@ -517,12 +519,26 @@ def test_bound_weighting_draws_a_pair_as_often_as_its_competition_bound():
         weight_by_epsilon(pairs, "linear")
 
 
+def test_attack_weights_draw_a_pair_as_often_as_its_kind_is_weighted():
+    attacks = PairSpec(source="s", models=(LITE0, ModelName.LITE1.value), attack_set="competition").attacks()
+    pairs = [_pair("mifgsm10_ensemble", 3), _pair("ifgsm2_ensemble", 9), _pair("noop", 1), _pair("fgsm_ensemble", 16)]
+    weighted = weight_by_attack(pairs, {"mifgsm": 3, "ifgsm": 2}, attacks)
+    assert [weighted.count(pair) for pair in pairs] == [3, 2, 1, 1]
+    assert weight_by_attack(pairs, {}, attacks) == pairs
+    with pytest.raises(ValueError, match="mifgsm"):
+        weight_by_attack(pairs, {"mi-fgsm": 3}, attacks)
+
+
 def test_training_pairs_are_weighted_and_validation_pairs_are_not(pairs_dir):
     plain_train, plain_validation = fit_module._split(pairs_dir, _tiny(), False)
     train, validation = fit_module._split(pairs_dir, _tiny(epsilon_weighting="bound"), False)
     assert validation == plain_validation
     assert sorted(train, key=str) == sorted(weight_by_epsilon(plain_train, "bound"), key=str)
     assert len(train) > len(plain_train)
+    both, validation = fit_module._split(pairs_dir, _tiny(epsilon_weighting="bound", attack_weights={"fgsm": 3}), False)
+    assert validation == plain_validation
+    fgsm = [pair for pair in train if pair.attack.startswith("fgsm")]
+    assert fgsm and len(both) == len(train) + 2 * len(fgsm)
 
 
 def test_accuracy_by_bound_counts_every_pair_under_its_kind_and_all():
@@ -669,12 +685,21 @@ def test_fit_runs_on_the_jax_backend(pairs_dir, tmp_path):
     pytest.importorskip("jax", reason="the JAX backend is tested where jax is installed (the dev extras install it)")
     command = [sys.executable, "-m", "hgd.cli.train", "fit", str(pairs_dir), str(tmp_path / "run"), "--guidance", "cgd",
                "--width", "0.125", "--crop", "64", "--batch-size", "2", "--steps-per-epoch", "2",
-               "--validation-pairs", "2", "--max-epochs", "1", "--batch-norm-batches", "1", "--no-progress"]
+               "--validation-pairs", "2", "--max-epochs", "1", "--batch-norm-batches", "1", "--no-progress",
+               "--attack-weights", "ifgsm=2"]
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "finished: reached max_epochs=1" in result.stdout
     assert (tmp_path / "run" / "best.weights.h5").is_file()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["attack_weights"] == {"ifgsm": 2}
+
+
+def test_cli_refuses_an_unknown_attack_kind_to_weight(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hgd.cli.train", "fit", str(tmp_path / "pairs"), str(tmp_path / "run"),
+                             "--attack-weights", "mi-fgsm=3"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "KIND one of noop, random_noise, fgsm, ifgsm, mifgsm" in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_refuses_unfinished_pairs_with_a_clear_line(tmp_path):

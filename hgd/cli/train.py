@@ -25,7 +25,7 @@ from hgd.cli import add_cluster_option, join_cluster, named_path, run_main
 from hgd.defenses.dunet import DTYPE_POLICIES
 from hgd.train.fit import SELECTIONS
 from hgd.train.guidance import Guidance
-from hgd.train.pairs import ATTACK_SETS, EPSILON_WEIGHTINGS
+from hgd.train.pairs import ATTACK_KINDS, ATTACK_SETS, EPSILON_WEIGHTINGS
 from hgd.zoo import ModelName
 
 
@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--epsilon-weighting", choices=EPSILON_WEIGHTINGS, default="uniform",
                      help="how often a pair is drawn by its eps: uniform (as built, default) or bound (as often as "
                           "its competition bound: eps 1-4 once ... 13-16 four times)")
+    fit.add_argument("--attack-weights", nargs="+", type=_attack_weight, default=[], metavar="KIND=N",
+                     help=f"draw the pairs of these attack kinds N times as often ({', '.join(ATTACK_KINDS)}; "
+                          "e.g. mifgsm=3), on top of --epsilon-weighting; the others once")
     fit.add_argument("--selection", choices=SELECTIONS, default="loss",
                      help="what makes an epoch the best: loss (the lowest validation loss, default) or accuracy "
                           "(the most validation labels right by the guiding models' ensemble, the loss breaking ties)")
@@ -176,6 +179,15 @@ def _placement(args: argparse.Namespace):
                  process_id=args.process_id)
 
 
+def _attack_weight(text: str) -> tuple[str, int]:
+    """An argparse type for ``KIND=N``: a training attack kind and how many times its pairs are drawn."""
+    kind, sep, count = text.partition("=")
+    if not sep or kind not in ATTACK_KINDS or not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"expected KIND=N with KIND one of {', '.join(ATTACK_KINDS)} and N >= 1, "
+                                         f"got {text!r}")
+    return kind, int(count)
+
+
 def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """What every recipe command reads: the defense configuration, the clean images, the work folder."""
     parser.add_argument("config", type=pathlib.Path, help="a defense config.json (or profile) with a 'training' section")
@@ -211,7 +223,8 @@ def _fit(args: argparse.Namespace) -> int:
                        dtype_policy=args.dtype_policy,
                        teacher_weights=None if args.teacher is None else str(args.teacher.resolve()),
                        teacher_width=args.teacher_width, batch_norm_batches=args.batch_norm_batches,
-                       epsilon_weighting=args.epsilon_weighting, selection=args.selection)
+                       epsilon_weighting=args.epsilon_weighting, attack_weights=dict(args.attack_weights),
+                       selection=args.selection)
     state = fit(args.pairs_dir, args.run_dir, config, verbose=2 if args.no_progress else "auto",
                 built_only=args.built_only, placement=placement)
     print(f"{state.summary()} -> {args.run_dir / BEST_WEIGHTS}")

@@ -54,7 +54,8 @@ from hgd.io.images import IMAGE_SIZE, load_image
 from hgd.train.adaptive import Adversary, SyncWeights, build_attacked_model
 from hgd.train.distributed import Placement
 from hgd.train.guidance import Guidance, guidance_loss
-from hgd.train.pairs import TRAIN, VALIDATION, Pair, check_weighting, read_pairs, read_plan, weight_by_epsilon
+from hgd.train.pairs import (TRAIN, VALIDATION, Pair, check_attack_weights, check_weighting, read_pairs, read_plan,
+                             weight_by_attack, weight_by_epsilon)
 from hgd.zoo import NUM_CLASSES, get_model
 
 log = logging.getLogger("hgd.train.fit")
@@ -111,6 +112,8 @@ class FitConfig:
             averages of training. Checkpoints carry the statistics they were scored with.
         epsilon_weighting: how often training draws a pair by its eps (:func:`hgd.train.pairs.weight_by_epsilon`:
             ``uniform`` or ``bound``); validation and the BatchNorm statistics' pairs stay as built.
+        attack_weights: how often training draws a pair by its attack's kind, on top of ``epsilon_weighting``
+            (:func:`hgd.train.pairs.weight_by_attack`; e.g. ``{"mifgsm": 3}``; a kind not named: once).
         selection: what makes an epoch the best so far, and what the patience counts (:func:`improves`):
             ``loss`` (the paper's: the lowest validation loss) or ``accuracy`` (the most validation labels
             right, the loss breaking ties). Why the labels: late in training the loss stopped tracking them
@@ -142,6 +145,7 @@ class FitConfig:
     teacher_width: float = 0.5
     batch_norm_batches: int = 0
     epsilon_weighting: str = "uniform"
+    attack_weights: dict[str, int] = dataclasses.field(default_factory=dict)
     selection: str = "loss"
 
     def __post_init__(self) -> None:
@@ -166,6 +170,7 @@ class FitConfig:
         if self.batch_norm_batches < 0:
             raise ValueError(f"batch_norm_batches must be >= 0, got {self.batch_norm_batches}")
         check_weighting(self.epsilon_weighting)
+        object.__setattr__(self, "attack_weights", dict(check_attack_weights(self.attack_weights)))
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.selection == "accuracy" and not self.models:
@@ -402,8 +407,10 @@ def fit(pairs_dir: pathlib.Path, run_dir: pathlib.Path, config: FitConfig, *, ve
         return state
     train_pairs, val_pairs = _split(pairs_dir, config, built_only, only)
     log.info("%d training pairs%s, %d validation pairs scored per epoch", len(set(train_pairs)),
-             "" if config.epsilon_weighting == "uniform" else
-             f" ({len(train_pairs)} draws by epsilon_weighting {config.epsilon_weighting})", len(val_pairs))
+             "" if len(train_pairs) == len(set(train_pairs)) else
+             f" ({len(train_pairs)} draws by epsilon_weighting {config.epsilon_weighting}"
+             f"{', attack_weights ' + json.dumps(config.attack_weights) if config.attack_weights else ''})",
+             len(val_pairs))
     if placement.num_processes > 1:
         keras.utils.set_random_seed(config.seed)  # every process starts from the same fresh weights
     with placement.scope():  # TensorFlow: the model's variables mirrored over the devices
@@ -655,19 +662,21 @@ def _require_built(pairs_dir: pathlib.Path, pairs: Sequence[Pair], what: str) ->
 def _split(pairs_dir: pathlib.Path, config: FitConfig, built_only: bool,
            only: Sequence[Pair] | None = None) -> tuple[list[Pair], list[Pair]]:
     """:func:`split_pairs` of the folder's plan, kept to its built pairs (``built_only``) or to ``only``, the
-    training pairs weighted by ``config.epsilon_weighting``."""
+    training pairs weighted by ``config.epsilon_weighting`` and ``config.attack_weights``."""
     if only is None:
         _, built = read_pairs(pairs_dir, built_only=built_only)  # refuses an unfinished folder unless built_only
     else:
         built = list(only)
         _require_built(pairs_dir, built, "pairs to train on")
-    _, plan = read_plan(pairs_dir)
+    spec, plan = read_plan(pairs_dir)
     train, validation = split_pairs(plan, config)
     there = set(built)
     train, validation = [p for p in train if p in there], [p for p in validation if p in there]
     if not train or not validation:
         raise ValueError(f"{pairs_dir}: {len(train)} training and {len(validation)} validation pairs; need both")
-    return weight_by_epsilon(train, config.epsilon_weighting), validation
+    weighted = weight_by_attack(weight_by_epsilon(train, config.epsilon_weighting), config.attack_weights,
+                                spec.attacks())
+    return weighted, validation
 
 
 def _claim(run_dir: pathlib.Path, config: FitConfig, write: bool = True) -> FitConfig:

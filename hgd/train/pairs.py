@@ -35,7 +35,7 @@ import json
 import logging
 import pathlib
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,8 @@ EPSILON_WEIGHTINGS = ("uniform", "bound")
 """How often training draws a pair by its eps (:func:`weight_by_epsilon`)."""
 BOUND_STEP = 4
 """The competition's eps bounds are multiples of this (EVAL: 4, 8, 12, 16)."""
+ATTACK_KINDS = ("noop", "random_noise", "fgsm", "ifgsm", "mifgsm")
+"""The kinds of training attack (:class:`TableAttack`); what :func:`weight_by_attack` weighs by."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +67,7 @@ class TableAttack:
     """An attack as the paper's tables name one: a kind, the models it attacks (logits averaged), its steps."""
 
     name: str
-    kind: str  # noop | random_noise | fgsm | ifgsm | mifgsm
+    kind: str  # one of ATTACK_KINDS
     models: tuple[ModelName, ...] = ()
     steps: int = 0
 
@@ -184,6 +186,27 @@ def weight_by_epsilon(pairs: Sequence[Pair], weighting: str) -> list[Pair]:
     if check_weighting(weighting) == "uniform":
         return list(pairs)
     return [pair for pair in pairs for _ in range(bound_of(pair.epsilon) // BOUND_STEP)]
+
+
+def weight_by_attack(pairs: Sequence[Pair], weights: Mapping[str, int], attacks: Sequence[TableAttack]) -> list[Pair]:
+    """``pairs`` with each repeated as often as ``weights`` names its attack's kind (1 when it names none);
+    ``attacks``: the pair set's (their kinds). Why: the ensemble attacks the harness scores hardest
+    (MI-FGSM) are one training attack in eleven of the ``competition`` set, and the defense loses most of
+    its harness images there; this spends more of the training on them without rebuilding the pairs."""
+    kinds = {attack.name: attack.kind for attack in attacks}
+    check_attack_weights(weights)
+    return [pair for pair in pairs for _ in range(weights.get(kinds[pair.attack], 1))]
+
+
+def check_attack_weights(weights: Mapping[str, int]) -> Mapping[str, int]:
+    """``weights`` if it maps kinds of :data:`ATTACK_KINDS` to integers >= 1, else a ValueError saying which."""
+    unknown = sorted(set(weights) - set(ATTACK_KINDS))
+    if unknown:
+        raise ValueError(f"attack_weights: unknown attack kinds {unknown}; the kinds are {ATTACK_KINDS}")
+    bad = {kind: n for kind, n in weights.items() if isinstance(n, bool) or not isinstance(n, int) or n < 1}
+    if bad:
+        raise ValueError(f"attack_weights: each weight is a whole number of draws >= 1, got {bad}")
+    return weights
 
 
 def check_weighting(weighting: str) -> str:
