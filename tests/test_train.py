@@ -268,6 +268,7 @@ def test_config_validation_and_round_trip():
     for bad in ({"crop": 16}, {"batch_size": 0}, {"models": ()}, {"models": ("resnet_9000",)},
                 {"epsilon_weighting": "linear"}, {"selection": "labels"}, {"attack_weights": {"pgd": 2}},
                 {"attack_weights": {"mifgsm": 0}}, {"attack_weights": {"mifgsm": 1.5}},
+                {"attack_weights": ["mifgsm"]},
                 {"selection": "accuracy", "guidance": Guidance.PGD, "models": ()}):
         with pytest.raises(ValueError):
             _tiny(**bad)
@@ -941,6 +942,16 @@ def test_continue_section_may_cut_the_chunks_pairs_into_slices(tmp_path):
     raw["training"] = {"pair_slices": 2}  # a chunk option, not the recipe's
     config.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="unknown 'training' keys"):
+        load_recipe(config)
+
+
+def test_continue_section_may_weight_the_attack_kinds(tmp_path):
+    config = _continuable_defense(tmp_path, {"attack_weights": {"mifgsm": 3}})
+    assert load_recipe(config).jobs[0].continued.attack_weights == {"mifgsm": 3}
+    raw = json.loads(config.read_text())
+    raw["training"]["continue"] = {"attack_weights": {"momentum": 3}}
+    config.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="unknown attack kinds \\['momentum'\\]"):
         load_recipe(config)
 
 

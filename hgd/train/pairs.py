@@ -200,6 +200,8 @@ def weight_by_attack(pairs: Sequence[Pair], weights: Mapping[str, int], attacks:
 
 def check_attack_weights(weights: Mapping[str, int]) -> Mapping[str, int]:
     """``weights`` if it maps kinds of :data:`ATTACK_KINDS` to integers >= 1, else a ValueError saying which."""
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"attack_weights: a mapping of attack kind to draws, e.g. {{\"mifgsm\": 3}}, got {weights!r}")
     unknown = sorted(set(weights) - set(ATTACK_KINDS))
     if unknown:
         raise ValueError(f"attack_weights: unknown attack kinds {unknown}; the kinds are {ATTACK_KINDS}")
