@@ -190,9 +190,9 @@ def weight_by_epsilon(pairs: Sequence[Pair], weighting: str) -> list[Pair]:
 
 def weight_by_attack(pairs: Sequence[Pair], weights: Mapping[str, int], attacks: Sequence[TableAttack]) -> list[Pair]:
     """``pairs`` with each repeated as often as ``weights`` names its attack's kind (1 when it names none);
-    ``attacks``: the pair set's (their kinds). Why: the ensemble attacks the harness scores hardest
-    (MI-FGSM) are one training attack in eleven of the ``competition`` set, and the defense loses most of
-    its harness images there; this spends more of the training on them without rebuilding the pairs."""
+    ``attacks``: the pair set's (their kinds). Why: to spend more of the training on the attacks a defense
+    fails most without rebuilding the pairs (MI-FGSM is one training attack in eleven of the ``competition``
+    set); ``docs/results/training.md`` measures what drawing it three times as often did."""
     kinds = {attack.name: attack.kind for attack in attacks}
     check_attack_weights(weights)
     return [pair for pair in pairs for _ in range(weights.get(kinds[pair.attack], 1))]
