@@ -25,7 +25,7 @@ from hgd.cli import add_cluster_option, join_cluster, named_path, run_main
 from hgd.defenses.dunet import DTYPE_POLICIES
 from hgd.train.fit import SELECTIONS
 from hgd.train.guidance import Guidance
-from hgd.train.pairs import ATTACK_KINDS, ATTACK_SETS, EPSILON_WEIGHTINGS
+from hgd.train.pairs import ATTACK_KINDS, ATTACK_SETS, EPSILON_WEIGHTINGS, check_attack_weights
 from hgd.zoo import ModelName
 
 
@@ -180,11 +180,16 @@ def _placement(args: argparse.Namespace):
 
 
 def _attack_weight(text: str) -> tuple[str, int]:
-    """An argparse type for ``KIND=N``: a training attack kind and how many times its pairs are drawn."""
+    """An argparse type for ``KIND=N``: a training attack kind and how many times its pairs are drawn (the
+    rule is :func:`hgd.train.pairs.check_attack_weights`'; this only parses)."""
     kind, sep, count = text.partition("=")
-    if not sep or kind not in ATTACK_KINDS or not count.isdigit() or int(count) < 1:
+    try:
+        if not sep or not count.isdigit():
+            raise ValueError(text)
+        check_attack_weights({kind: int(count)})
+    except ValueError:
         raise argparse.ArgumentTypeError(f"expected KIND=N with KIND one of {', '.join(ATTACK_KINDS)} and N >= 1, "
-                                         f"got {text!r}")
+                                         f"got {text!r}") from None
     return kind, int(count)
 
 
