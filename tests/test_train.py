@@ -682,6 +682,32 @@ def test_a_committed_history_from_before_the_accuracy_column_reads_and_grows(tmp
     assert (tmp_path / "d.png").stat().st_size > 10_000
 
 
+def test_the_history_plot_draws_the_measured_harness_scores_and_refuses_a_bad_row(tmp_path):
+    from matplotlib import image
+
+    from hgd.train import continued
+
+    history = tmp_path / "d.csv"
+    history.write_text(",".join(continued.HISTORY_FIELDS) + "\n" + "1,0,0,0,0.00000,0.00000,,,0.30000,0.70000\n"
+                       "1,1,40,640,0.20000,0.25000,0.0001,0.31000,0.29000,0.71000\n"
+                       "2,0,40,640,0.20000,0.25000,,,0.29000,0.71000\n"
+                       "2,1,80,1280,0.40000,0.50000,0.0001,0.30000,0.28000,0.72000\n")
+    continued.plot_history(history, tmp_path / "two.png")
+    scores = continued.scores_path(history)
+    assert scores.name == "d_harness.csv"
+    scores.write_text("chunk,score\n0,0.679\n2,0.772\n")
+    assert continued.read_scores(scores, {1, 2}) == [(0, 0.679), (2, 0.772)]
+    continued.plot_history(history, tmp_path / "three.png")
+    two, three = (image.imread(tmp_path / name).shape[0] for name in ("two.png", "three.png"))
+    assert three > two * 1.3  # a third panel, the harness score's
+    for bad, message in [("chunk,scores\n0,0.5\n", "columns"), ("chunk,score\n3,0.5\n", "chunk 3 is not in the history"),
+                         ("chunk,score\n1,84.3\n", "not a normalized score"), ("chunk,score\n1,x\n", "line 2"),
+                         ("chunk,score\n1,0.5\n1,0.6\n", "scored twice")]:
+        scores.write_text(bad)
+        with pytest.raises(ValueError, match=message):
+            continued.plot_history(history, tmp_path / "bad.png")
+
+
 def test_fit_runs_on_the_jax_backend(pairs_dir, tmp_path):
     pytest.importorskip("jax", reason="the JAX backend is tested where jax is installed (the dev extras install it)")
     command = [sys.executable, "-m", "hgd.cli.train", "fit", str(pairs_dir), str(tmp_path / "run"), "--guidance", "cgd",

@@ -58,6 +58,11 @@ HISTORY_FIELDS = ("chunk", "epoch", "steps", "images", "hours", "cpu_hours", "le
 ``steps``, ``images``, ``hours`` and ``cpu_hours`` count from the first chunk; ``val_accuracy`` is empty
 for the chunks from before it was scored."""
 
+SCORE_FIELDS = ("chunk", "score")
+"""A history's measured harness scores (``NAME_harness.csv`` beside ``NAME.csv``, kept by hand: the harness
+runs after some chunks, not every one): the chunk whose installed weights were scored (0: the weights
+before the first chunk) and the normalized defense score."""
+
 
 @dataclasses.dataclass(frozen=True)
 class ChunkResult:
@@ -242,33 +247,78 @@ def _append_chunk(path: pathlib.Path, chunk: int, run_dir: pathlib.Path, state: 
     write_atomically(path, "w", write)
 
 
+def scores_path(history: pathlib.Path) -> pathlib.Path:
+    """Where a history's measured harness scores live (:data:`SCORE_FIELDS`)."""
+    return history.with_name(f"{history.stem}_harness.csv")
+
+
+def read_scores(path: pathlib.Path, chunks: set[int]) -> list[tuple[int, float]]:
+    """The (chunk, score) rows of a harness-score CSV, checked: the columns, a score in [0, 1], a chunk the
+    history has (or 0), each chunk once. Why: the file is kept by hand, and a typo would draw a false curve."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != SCORE_FIELDS:
+            raise ValueError(f"{path}: columns {reader.fieldnames}, expected {list(SCORE_FIELDS)}")
+        rows = [(line, row) for line, row in enumerate(reader, start=2)]
+    scores: dict[int, float] = {}
+    for line, row in rows:
+        try:
+            chunk, score = int(row["chunk"]), float(row["score"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}, line {line}: chunk {row['chunk']!r} and score {row['score']!r} must be "
+                             "a whole number and a number") from None
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"{path}, line {line}: score {score} is not a normalized score in [0, 1]")
+        if chunk != 0 and chunk not in chunks:
+            raise ValueError(f"{path}, line {line}: chunk {chunk} is not in the history (chunks {min(chunks)}-"
+                             f"{max(chunks)}, or 0 before the first)")
+        if chunk in scores:
+            raise ValueError(f"{path}, line {line}: chunk {chunk} is scored twice")
+        scores[chunk] = score
+    return sorted(scores.items())
+
+
 def plot_history(path: pathlib.Path, out: pathlib.Path) -> None:
-    """Validation loss against CPU-hours of training, one colour per chunk (its start marked), and below it
-    the validation accuracy of the chunks that scored it; the legend beside the axes, so that it hides no
-    chunk however many there are."""
+    """Validation loss against CPU-hours of training, one colour per chunk (its start marked), below it
+    the validation accuracy of the chunks that scored it and, where :func:`scores_path` exists, the
+    harness score of the chunks it measured, at the CPU-hours each chunk ended (chunk 0 at 0); the legend
+    beside the axes, so that it hides no chunk however many there are. Why the last panel: the training
+    ends by the harness score's plateau, which the validation curves only suggest."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     rows = read_history(path)
-    scored = any(row["val_accuracy"] for row in rows)
-    figure, axes = plt.subplots(2 if scored else 1, 1, sharex=True, squeeze=False, layout="constrained",
-                                figsize=(8.0, 6.4 if scored else 4.0))
+    chunks = sorted({int(row["chunk"]) for row in rows})
+    scores = read_scores(scores_path(path), set(chunks)) if scores_path(path).is_file() else []
+    panels = ["loss"] + (["accuracy"] if any(row["val_accuracy"] for row in rows) else []) + \
+        (["harness"] if scores else [])
+    figure, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False, layout="constrained",
+                                figsize=(8.0, 1.0 + 3.0 * len(panels)))
+    axis = {panel: axes[i, 0] for i, panel in enumerate(panels)}
     colours = plt.get_cmap("tab20")
-    for i, chunk in enumerate(sorted({int(row["chunk"]) for row in rows})):
+    for i, chunk in enumerate(chunks):
         mine = [row for row in rows if int(row["chunk"]) == chunk]
-        line, = axes[0, 0].plot([float(r["cpu_hours"]) for r in mine], [float(r["val_loss"]) for r in mine],
-                                marker="o", markevery=[0], label=f"chunk {chunk}", color=colours(i % colours.N))
-        if scored and all(r["val_accuracy"] for r in mine):
-            axes[1, 0].plot([float(r["cpu_hours"]) for r in mine], [float(r["val_accuracy"]) for r in mine],
-                            marker="o", markevery=[0], color=line.get_color())
+        line, = axis["loss"].plot([float(r["cpu_hours"]) for r in mine], [float(r["val_loss"]) for r in mine],
+                                  marker="o", markevery=[0], label=f"chunk {chunk}", color=colours(i % colours.N))
+        if "accuracy" in axis and all(r["val_accuracy"] for r in mine):
+            axis["accuracy"].plot([float(r["cpu_hours"]) for r in mine], [float(r["val_accuracy"]) for r in mine],
+                                  marker="o", markevery=[0], color=line.get_color())
+    if scores:
+        ended = {chunk: max(float(r["cpu_hours"]) for r in rows if int(r["chunk"]) == chunk) for chunk in chunks}
+        hours = [ended[chunk] if chunk else 0.0 for chunk, _ in scores]
+        axis["harness"].plot(hours, [score for _, score in scores], color="black", marker="o")
+        for x, (chunk, score) in zip(hours, scores):
+            axis["harness"].annotate(str(chunk), (x, score), textcoords="offset points", xytext=(0, 5),
+                                     ha="center", fontsize=7)
+        axis["harness"].set_ylabel("harness score (chunk)")
     axes[-1, 0].set_xlabel("CPU-hours of training (all chunks)")
-    axes[0, 0].set_ylabel("validation loss (FGD)")
-    if scored:
-        axes[1, 0].set_ylabel("validation accuracy (ensemble)")
-    axes[0, 0].set_title(f"{path.stem}: each chunk starts (marked) from the weights the one before installed",
-                         fontsize=9)
-    figure.legend(loc="outside right upper", fontsize=8, ncol=1 if len(axes[0, 0].lines) <= 24 else 2)
+    axis["loss"].set_ylabel("validation loss (FGD)")
+    if "accuracy" in axis:
+        axis["accuracy"].set_ylabel("validation accuracy (ensemble)")
+    axis["loss"].set_title(f"{path.stem}: each chunk starts (marked) from the weights the one before installed",
+                           fontsize=9)
+    figure.legend(loc="outside right upper", fontsize=8, ncol=1 if len(axis["loss"].lines) <= 24 else 2)
     figure.savefig(out, dpi=120)
     plt.close(figure)
