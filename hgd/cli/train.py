@@ -181,7 +181,7 @@ def _placement(args: argparse.Namespace):
 
 def _attack_weight(text: str) -> tuple[str, int]:
     """An argparse type for ``KIND=N``: a training attack kind and how many times its pairs are drawn (the
-    rule is :func:`hgd.train.pairs.check_attack_weights`'; this only parses)."""
+    rule is :func:`hgd.train.pairs.check_attack_weights`; this only parses)."""
     kind, sep, count = text.partition("=")
     try:
         if not sep or not count.isdigit():

@@ -298,16 +298,17 @@ def plot_history(path: pathlib.Path, out: pathlib.Path) -> None:
                                 figsize=(8.0, 1.0 + 3.0 * len(panels)))
     axis = {panel: axes[i, 0] for i, panel in enumerate(panels)}
     colours = plt.get_cmap("tab20")
+    ended: dict[int, float] = {0: 0.0}  # the CPU-hours at which each chunk ended; chunk 0 before any
     for i, chunk in enumerate(chunks):
         mine = [row for row in rows if int(row["chunk"]) == chunk]
+        ended[chunk] = max(float(r["cpu_hours"]) for r in mine)
         line, = axis["loss"].plot([float(r["cpu_hours"]) for r in mine], [float(r["val_loss"]) for r in mine],
                                   marker="o", markevery=[0], label=f"chunk {chunk}", color=colours(i % colours.N))
         if "accuracy" in axis and all(r["val_accuracy"] for r in mine):
             axis["accuracy"].plot([float(r["cpu_hours"]) for r in mine], [float(r["val_accuracy"]) for r in mine],
                                   marker="o", markevery=[0], color=line.get_color())
     if scores:
-        ended = {chunk: max(float(r["cpu_hours"]) for r in rows if int(r["chunk"]) == chunk) for chunk in chunks}
-        hours = [ended[chunk] if chunk else 0.0 for chunk, _ in scores]
+        hours = [ended[chunk] for chunk, _ in scores]
         axis["harness"].plot(hours, [score for _, score in scores], color="black", marker="o")
         for x, (chunk, score) in zip(hours, scores):
             axis["harness"].annotate(str(chunk), (x, score), textcoords="offset points", xytext=(0, 5),
